@@ -1,0 +1,58 @@
+"""Sans-I/O protocol of offload: bytes in, typed messages out. Imports neither trio nor libp2p.
+
+errors.py     one error root; local (misuse) vs remote (a peer's bad bytes)
+codec.py      the one canonical msgpack codec, strict and size-capped
+identity.py   Ed25519 keys, libp2p-compatible peer ids, signature checks
+schema.py     frozen message dataclasses that check their fields; strict wire mapping
+messages.py   CapacityAd, JobSpec, JobResult and their parts
+signing.py    signed envelopes with a domain tag per message type; freshness checks
+replay.py     bounded replay guard
+framing.py    length-prefixed frames with a size cap
+wire.py       frames of the job exchange stream
+"""
+
+from __future__ import annotations
+
+from protocol.errors import (
+    BadSignature,
+    DecodeError,
+    Expired,
+    FieldTypeError,
+    FrameTooLarge,
+    InvalidMessage,
+    LocalProtocolError,
+    MalformedMessage,
+    MissingField,
+    NonCanonical,
+    ProtocolError,
+    RemoteProtocolError,
+    Replayed,
+    UnknownField,
+    UnsupportedVersion,
+    WrongMessageType,
+)
+from protocol.identity import Identity, sha256_hex
+from protocol.messages import (
+    CapacityAd,
+    Device,
+    InputFile,
+    JobResult,
+    JobSpec,
+    OutputFile,
+    Price,
+    Resources,
+    Runtime,
+    SandboxProfile,
+    Usage,
+)
+from protocol.signing import Signed, check_ad_fresh, check_spec_fresh, open_signed, sign
+
+__all__ = [
+    "BadSignature", "CapacityAd", "DecodeError", "Device", "Expired", "FieldTypeError",
+    "FrameTooLarge", "Identity", "InputFile", "InvalidMessage", "JobResult", "JobSpec",
+    "LocalProtocolError", "MalformedMessage", "MissingField", "NonCanonical", "OutputFile",
+    "Price", "ProtocolError", "RemoteProtocolError", "Replayed", "Resources", "Runtime",
+    "SandboxProfile", "Signed", "UnknownField", "UnsupportedVersion", "Usage",
+    "WrongMessageType", "check_ad_fresh", "check_spec_fresh", "open_signed", "sha256_hex",
+    "sign",
+]

@@ -1,0 +1,67 @@
+"""Errors of the protocol package: local (you built something invalid) vs remote (a peer sent it)."""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """Root of every error raised by protocol/."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This node misused the protocol API, e.g. built a message with an invalid field."""
+
+
+class InvalidMessage(LocalProtocolError, ValueError):
+    """A message was constructed with a field that breaks its rules."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """Bytes from a peer failed validation; drop them and keep running."""
+
+
+class DecodeError(RemoteProtocolError):
+    """The bytes are not a well-formed msgpack document of the expected shape."""
+
+
+class NonCanonical(DecodeError):
+    """The bytes decode, but are not the canonical encoding of their value."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame announced or carried more bytes than the reader's cap."""
+
+
+class UnsupportedVersion(RemoteProtocolError):
+    """The frame's `v` is not one this node speaks."""
+
+
+class WrongMessageType(RemoteProtocolError):
+    """The frame's `type` is not the one expected here."""
+
+
+class UnknownField(RemoteProtocolError):
+    """The message carries a field its type does not define."""
+
+
+class MissingField(RemoteProtocolError):
+    """The message lacks a field its type requires."""
+
+
+class FieldTypeError(RemoteProtocolError):
+    """A field has the wrong type."""
+
+
+class MalformedMessage(RemoteProtocolError):
+    """A field has the right type but a value its message type forbids."""
+
+
+class BadSignature(RemoteProtocolError):
+    """The signature does not verify for the signer named in the message."""
+
+
+class Expired(RemoteProtocolError):
+    """The message is outside its validity window."""
+
+
+class Replayed(RemoteProtocolError):
+    """The message was seen before; a replay is refused."""

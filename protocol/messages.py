@@ -1,0 +1,262 @@
+"""The signed records of the market: capacity ads, job specs and job results."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar, Literal
+
+from protocol.errors import InvalidMessage
+from protocol.identity import public_key_from_peer_id
+from protocol.schema import Message, field, message
+
+MAX_OUTPUT_TEXT = 64 * 1024
+MAX_AD_AGE_MS = 10 * 60 * 1000
+_SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
+_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
+_REL_PATH = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}){0,7}\Z")
+
+SandboxTier = Literal["A", "B", "none"]
+JobStatus = Literal["ok", "failed", "timeout", "killed", "error"]
+
+
+def check_peer_id(value: str, what: str) -> None:
+    try:
+        public_key_from_peer_id(value)
+    except Exception as exc:
+        raise InvalidMessage(f"{what} is not an Ed25519 peer id: {exc}") from exc
+
+
+def check_sha256(value: str, what: str) -> None:
+    if not _SHA256.match(value):
+        raise InvalidMessage(f"{what} must be 64 lowercase hex digits")
+
+
+def check_file_name(value: str, what: str) -> None:
+    """Plain names only: no slash, no leading dot, no '..'."""
+    if not _NAME.match(value) or ".." in value:
+        raise InvalidMessage(f"{what} {value!r} is not a plain file name")
+
+
+def check_rel_path(value: str, what: str) -> None:
+    if not _REL_PATH.match(value) or ".." in value:
+        raise InvalidMessage(f"{what} {value!r} is not a safe relative path")
+
+
+def _non_negative(**values: int | float) -> None:
+    for name, v in values.items():
+        if v < 0:
+            raise InvalidMessage(f"{name} must not be negative")
+
+
+class Signable(Message):
+    """A message type that travels signed; `signer_field` names the signing peer."""
+
+    __slots__ = ()
+    type_name: ClassVar[str]
+    signer_field: ClassVar[str]
+
+    @classmethod
+    def domain(cls) -> bytes:
+        return f"offload/{cls.type_name}/1".encode()
+
+    def signer(self) -> str:
+        value: str = getattr(self, self.signer_field)
+        return value
+
+
+@message
+class Device(Message):
+    kind: Literal["cpu", "cuda"]
+    model: str = field(max_len=128)
+    memory_mb: int
+    compute_capability: str = field(max_len=16)
+    count: int
+    gflops: float
+
+    def validate(self) -> None:
+        _non_negative(memory_mb=self.memory_mb, gflops=self.gflops)
+        if not 1 <= self.count <= 64:
+            raise InvalidMessage("device count must be between 1 and 64")
+
+
+@message
+class Price(Message):
+    """Linear price in micro-credits: start fee plus per-unit rates, with a minimum charge."""
+
+    start: int = 0
+    per_cpu_second: int = 0
+    per_gpu_second: int = 0
+    per_gb_second: int = 0
+    per_gb_transfer: int = 0
+    minimum: int = 0
+
+    def validate(self) -> None:
+        _non_negative(start=self.start, per_cpu_second=self.per_cpu_second,
+                      per_gpu_second=self.per_gpu_second, per_gb_second=self.per_gb_second,
+                      per_gb_transfer=self.per_gb_transfer, minimum=self.minimum)
+
+
+@message
+class Runtime(Message):
+    name: str = field(max_len=64)
+    version: str = field(max_len=64)
+
+
+@message
+class CapacityAd(Signable):
+    type_name: ClassVar[str] = "capacity_ad"
+    signer_field: ClassVar[str] = "peer_id"
+
+    peer_id: str = field(max_len=64)
+    addrs: tuple[str, ...] = field(max_len=16)
+    devices: tuple[Device, ...] = field(max_len=16)
+    cpus: int
+    memory_mb: int
+    runtimes: tuple[Runtime, ...] = field(max_len=16)
+    price: Price
+    sandbox_tier: SandboxTier
+    region: str = field(max_len=64)
+    coords: tuple[float, ...] = field(max_len=8)
+    cached: tuple[str, ...] = field(max_len=64)
+    load: float
+    seq: int
+    expires: int
+
+    def validate(self) -> None:
+        check_peer_id(self.peer_id, "peer_id")
+        for a in self.addrs:
+            if not a.startswith("/") or len(a) > 256:
+                raise InvalidMessage(f"addr {a!r} is not a multiaddr")
+        for d in self.cached:
+            check_sha256(d, "cached digest")
+        _non_negative(cpus=self.cpus, memory_mb=self.memory_mb, seq=self.seq,
+                      expires=self.expires)
+        if not 0.0 <= self.load <= 1.0:
+            raise InvalidMessage("load must be between 0 and 1")
+
+
+@message
+class InputFile(Message):
+    name: str = field(max_len=128)
+    sha256: str = field(max_len=64)
+    size: int
+
+    def validate(self) -> None:
+        check_file_name(self.name, "input name")
+        check_sha256(self.sha256, "input sha256")
+        _non_negative(size=self.size)
+
+
+@message
+class Resources(Message):
+    gpus: int = 0
+    cpus: int = 1
+    memory_mb: int = 2048
+    disk_mb: int = 1024
+    max_seconds: int = 600
+
+    def validate(self) -> None:
+        _non_negative(gpus=self.gpus)
+        if self.cpus < 1 or self.memory_mb < 1 or self.disk_mb < 1 or self.max_seconds < 1:
+            raise InvalidMessage("cpus, memory_mb, disk_mb and max_seconds must be at least 1")
+        if self.max_seconds > 7 * 24 * 3600:
+            raise InvalidMessage("max_seconds must be at most one week")
+
+
+@message
+class JobSpec(Signable):
+    """What to run, signed by the requester and addressed to one provider."""
+
+    type_name: ClassVar[str] = "job_spec"
+    signer_field: ClassVar[str] = "requester"
+
+    requester: str = field(max_len=64)
+    provider: str = field(max_len=64)
+    runtime: str = field(max_len=64)
+    entrypoint: str = field(max_len=128)
+    args: tuple[str, ...] = field(max_len=256)
+    inputs: tuple[InputFile, ...] = field(max_len=256)
+    resources: Resources
+    max_price: int | None
+    verification: Literal["none"]
+    nonce: bytes = field(max_len=32)
+    created_at: int
+
+    def validate(self) -> None:
+        check_peer_id(self.requester, "requester")
+        check_peer_id(self.provider, "provider")
+        names = [f.name for f in self.inputs]
+        if len(set(names)) != len(names):
+            raise InvalidMessage("input names must be unique")
+        if self.entrypoint not in names:
+            raise InvalidMessage("entrypoint must be one of the input files")
+        if len(self.nonce) < 16:
+            raise InvalidMessage("nonce must be at least 16 bytes")
+        if self.max_price is not None:
+            _non_negative(max_price=self.max_price)
+        _non_negative(created_at=self.created_at)
+
+
+@message
+class OutputFile(Message):
+    name: str = field(max_len=1024)
+    sha256: str = field(max_len=64)
+    size: int
+
+    def validate(self) -> None:
+        check_rel_path(self.name, "output name")
+        check_sha256(self.sha256, "output sha256")
+        _non_negative(size=self.size)
+
+
+@message
+class Usage(Message):
+    wall_s: float
+    cpu_s: float
+    gpu_s: float
+    peak_memory_mb: int
+
+    def validate(self) -> None:
+        _non_negative(wall_s=self.wall_s, cpu_s=self.cpu_s, gpu_s=self.gpu_s,
+                      peak_memory_mb=self.peak_memory_mb)
+
+
+@message
+class SandboxProfile(Message):
+    tier: SandboxTier
+    wall_limit_s: int
+    memory_limit_mb: int
+    runtime: str = field(max_len=64)
+    runtime_digest: str = field(max_len=64)
+
+
+@message
+class JobResult(Signable):
+    """What happened, signed by the provider that ran it."""
+
+    type_name: ClassVar[str] = "job_result"
+    signer_field: ClassVar[str] = "provider"
+
+    job_id: str = field(max_len=64)
+    provider: str = field(max_len=64)
+    requester: str = field(max_len=64)
+    status: JobStatus
+    exit_code: int
+    stdout: str = field(max_len=MAX_OUTPUT_TEXT)
+    stderr: str = field(max_len=MAX_OUTPUT_TEXT)
+    stdout_truncated: bool
+    stderr_truncated: bool
+    outputs: tuple[OutputFile, ...] = field(max_len=1024)
+    usage: Usage
+    sandbox: SandboxProfile
+    price_charged: int
+    finished_at: int
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+        check_peer_id(self.provider, "provider")
+        check_peer_id(self.requester, "requester")
+        names = [o.name for o in self.outputs]
+        if len(set(names)) != len(names):
+            raise InvalidMessage("output names must be unique")
+        _non_negative(price_charged=self.price_charged, finished_at=self.finished_at)

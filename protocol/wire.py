@@ -1,0 +1,132 @@
+"""Frames of the `/offload/job/1.0.0` exchange: every frame is `{v, type, body}`."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, TypeVar
+
+from protocol.codec import pack, unpack
+from protocol.errors import (
+    DecodeError,
+    InvalidMessage,
+    MissingField,
+    UnknownField,
+    UnsupportedVersion,
+    WrongMessageType,
+)
+from protocol.framing import DEFAULT_MAX_FRAME, encode_frame
+from protocol.messages import check_rel_path, check_sha256
+from protocol.schema import Message, field, message
+from protocol.signing import MAX_SIGNED_SIZE, VERSION
+
+JOB_PROTOCOL = "/offload/job/1.0.0"
+CHUNK_SIZE = 1024 * 1024
+
+ErrorCode = Literal[
+    "bad_request", "bad_signature", "expired", "replayed", "wrong_provider",
+    "busy", "no_sandbox", "too_large", "transfer_failed", "internal", "cancelled",
+]
+
+
+class Frame(Message):
+    __slots__ = ()
+    type_name: ClassVar[str]
+
+
+@message
+class SubmitJob(Frame):
+    """Requester -> provider: the signed JobSpec envelope, byte for byte."""
+
+    type_name: ClassVar[str] = "submit"
+    spec: bytes = field(max_len=MAX_SIGNED_SIZE)
+
+
+@message
+class Accepted(Frame):
+    """Provider -> requester: send these input digests, in this order."""
+
+    type_name: ClassVar[str] = "accepted"
+    job_id: str = field(max_len=64)
+    need: tuple[str, ...] = field(max_len=256)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+        for d in self.need:
+            check_sha256(d, "needed digest")
+
+
+@message
+class Chunk(Frame):
+    """A piece of a content-addressed file; `final` marks its last piece."""
+
+    type_name: ClassVar[str] = "chunk"
+    name: str = field(max_len=1024)
+    offset: int
+    data: bytes = field(max_len=CHUNK_SIZE)
+    final: bool
+
+    def validate(self) -> None:
+        check_rel_path(self.name, "chunk name")
+        if self.offset < 0:
+            raise InvalidMessage("offset must not be negative")
+
+
+@message
+class Running(Frame):
+    """Provider -> requester heartbeat while the job runs."""
+
+    type_name: ClassVar[str] = "running"
+    elapsed_s: float
+
+
+@message
+class ResultReady(Frame):
+    """Provider -> requester: the signed JobResult envelope; output chunks follow."""
+
+    type_name: ClassVar[str] = "result"
+    result: bytes = field(max_len=MAX_SIGNED_SIZE)
+
+
+@message
+class ErrorReply(Frame):
+    """Either side: a named error, then the stream closes."""
+
+    type_name: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str = field(max_len=1024)
+    retry_after_s: float | None = None
+
+
+F = TypeVar("F", bound=Frame)
+
+FRAME_TYPES: dict[str, type[Frame]] = {
+    t.type_name: t for t in (SubmitJob, Accepted, Chunk, Running, ResultReady, ErrorReply)
+}
+
+
+def encode(frame: Frame) -> bytes:
+    """A frame ready for the stream: length prefix and canonical body."""
+    return encode_frame(pack({"v": VERSION, "type": frame.type_name, "body": frame.to_wire()}))
+
+
+def decode(body: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Frame:
+    doc = unpack(body, max_size=max_size)
+    if not isinstance(doc, dict):
+        raise DecodeError("a frame must be a map")
+    unknown = set(doc) - {"v", "type", "body"}
+    if unknown:
+        raise UnknownField(f"frame has unknown field {sorted(map(str, unknown))[0]!r}")
+    for key in ("v", "type", "body"):
+        if key not in doc:
+            raise MissingField(f"frame lacks field {key!r}")
+    if doc["v"] != VERSION:
+        raise UnsupportedVersion(f"frame version {doc['v']!r} is not {VERSION}")
+    cls = FRAME_TYPES.get(doc["type"]) if isinstance(doc["type"], str) else None
+    if cls is None:
+        raise WrongMessageType(f"unknown frame type {doc['type']!r}")
+    return cls.from_wire(doc["body"])
+
+
+def expect(frame: Frame, cls: type[F]) -> F:
+    if not isinstance(frame, cls):
+        raise WrongMessageType(f"expected a {cls.type_name} frame, got {frame.type_name}")
+    return frame
