@@ -1,0 +1,293 @@
+"""The `offload` command: one thin function per verb over library code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from node.errors import NodeError, RemoteError, UserError
+from node.home import init_identity, load_identity, resolve_home
+from protocol import CapacityAd, ProtocolError, Resources
+
+EXAMPLES = {
+    "init": "offload init",
+    "id": "offload id --json",
+    "provide": "offload provide --listen /ip4/127.0.0.1/tcp/4001 --ready-file ready.json",
+    "offers": "offload offers --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --json",
+    "submit": "offload submit examples/torch_demo.py --steps 50 "
+              "--bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --out results",
+    "verify": "offload verify results/result.msgpack",
+    "demo": "offload demo --providers 3",
+}
+
+SUBMIT_OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out",
+                             "--cpus", "--memory", "--gpus", "--max-price"}
+SUBMIT_FLAGS = {"--json", "-h", "--help"}
+
+
+def _env_list(name: str) -> list[str]:
+    return [v for v in os.environ.get(name, "").replace(",", " ").split() if v]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="offload", description="Offload compute jobs to providers found over libp2p.",
+        epilog="Every global flag has an OFFLOAD_* environment variable "
+               "(OFFLOAD_HOME, OFFLOAD_BOOTSTRAP). OFFLOAD_DEBUG=1 shows tracebacks.")
+    p.add_argument("--home", default=os.environ.get("OFFLOAD_HOME"),
+                   help="node home (identity, jobs); default: the platform's data dir")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_,
+                              epilog=f"example: {EXAMPLES[name]}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    c = cmd("init", "create this node's identity key if it has none")
+    c.add_argument("--json", action="store_true")
+    c = cmd("id", "print this node's peer id and public key")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("provide", "run a provider daemon in the foreground (SIGINT/SIGTERM stops it)")
+    c.add_argument("--listen", action="append", default=None, metavar="MADDR")
+    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
+    c.add_argument("--ready-file", type=Path, metavar="F",
+                   help='write {"peer_id", "addrs"} here once listening and advertised')
+
+    c = cmd("offers", "list verified provider ads found through the DHT")
+    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
+    c.add_argument("--limit", type=int, default=20)
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("submit", "offload SCRIPT [ARGS]... to a provider and verify its signed result")
+    c.add_argument("script", type=Path, metavar="SCRIPT")
+    c.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
+                   help="an extra input file, placed beside the script")
+    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
+    c.add_argument("--provider", metavar="PEER", help="use this provider's peer id")
+    c.add_argument("--timeout", type=int, default=600, metavar="S",
+                   help="wall-clock limit of the job on the provider (default 600)")
+    c.add_argument("--cpus", type=int, default=1, metavar="N")
+    c.add_argument("--memory", type=float, default=2.0, metavar="GB")
+    c.add_argument("--gpus", type=int, default=0, metavar="N")
+    c.add_argument("--max-price", type=float, default=None, metavar="X",
+                   help="most credits the job may cost")
+    c.add_argument("--out", type=Path, metavar="DIR",
+                   help="save result.msgpack and outputs here (default offload-out/<job>)")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("verify", "check a saved result offline: signature and output digests")
+    c.add_argument("result", type=Path, metavar="RESULT_FILE")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("demo", "start a local network and offload a torch job to it")
+    c.add_argument("--providers", type=int, default=3, metavar="N")
+    c.add_argument("--json", action="store_true")
+    return p
+
+
+def split_submit_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """For `submit`: our options anywhere; every other word after SCRIPT goes to the script."""
+    try:
+        i = list(argv).index("submit")
+    except ValueError:
+        return list(argv), []
+    ours, theirs = list(argv[: i + 1]), []
+    rest = list(argv[i + 1:])
+    seen_script = False
+    while rest:
+        word = rest.pop(0)
+        name = word.split("=", 1)[0]
+        if seen_script and word == "--":
+            theirs += rest
+            break
+        if name in SUBMIT_OPTIONS_WITH_VALUE:
+            ours.append(word)
+            if "=" not in word and rest:
+                ours.append(rest.pop(0))
+        elif name in SUBMIT_FLAGS or not seen_script:
+            ours.append(word)
+            seen_script = seen_script or not word.startswith("-")
+        else:
+            theirs.append(word)
+    return ours, theirs
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, script_args = split_submit_argv(argv)
+    args = build_parser().parse_args(ours)
+    args.script_args = script_args
+    level = os.environ.get("OFFLOAD_LOG", "INFO" if args.command == "provide" else "WARNING")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code = COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except (UserError, ProtocolError) as exc:
+        code = _fail(exc, 2)
+    except (NodeError, OSError) as exc:
+        code = _fail(exc, 1)
+    sys.exit(code)
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    if os.environ.get("OFFLOAD_DEBUG") == "1":
+        raise exc
+    print(f"offload: error: {exc}", file=sys.stderr)
+    return code
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    print(json.dumps(doc) if getattr(args, "json", False) else text)
+
+
+def _bootstrap(args: argparse.Namespace) -> list[str]:
+    return list(args.bootstrap or _env_list("OFFLOAD_BOOTSTRAP"))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = resolve_home(args.home)
+    identity, created = init_identity(home)
+    _emit(args, {"peer_id": identity.peer_id, "home": str(home), "created": created},
+          f"{'created' if created else 'existing'} identity {identity.peer_id} in {home}")
+    return 0
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    home = resolve_home(args.home)
+    identity = load_identity(home)
+    _emit(args, {"peer_id": identity.peer_id, "public_key": identity.public_key.hex(),
+                 "home": str(home)}, identity.peer_id)
+    return 0
+
+
+def cmd_provide(args: argparse.Namespace) -> int:
+    from node.provider import ProviderConfig, serve
+
+    home = resolve_home(args.home)
+    identity, _ = init_identity(home)
+    config = ProviderConfig(home=home, listen=args.listen or ["/ip4/127.0.0.1/tcp/0"],
+                            bootstrap=_bootstrap(args), ready_file=args.ready_file)
+    trio.run(serve, config, identity)
+    return 0
+
+
+def _ad_json(ad: CapacityAd) -> dict[str, Any]:
+    doc = ad.to_wire()
+    doc["price"] = ad.price.to_wire()
+    return doc
+
+
+def cmd_offers(args: argparse.Namespace) -> int:
+    from node.client import open_client
+
+    identity, _ = init_identity(resolve_home(args.home))
+
+    async def find() -> list[CapacityAd]:
+        async with open_client(identity, _bootstrap(args)) as (_, disc):
+            return [a.message for a in await disc.find_ads("cpu", limit=args.limit)]
+
+    ads = trio.run(find)
+    lines = [f"{a.peer_id}  tier={a.sandbox_tier}  cpus={a.cpus}  mem={a.memory_mb}MB  "
+             f"load={a.load:.2f}" for a in ads]
+    _emit(args, [_ad_json(a) for a in ads], "\n".join(lines) or "no offers found")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from node.client import open_client
+    from node.requester import JobRequest, choose_provider, run_job
+    from scheduler import Requirements
+
+    if args.timeout < 1:
+        raise UserError("--timeout must be at least 1 second")
+    identity, _ = init_identity(resolve_home(args.home))
+    request = JobRequest(
+        script=args.script, args=tuple(args.script_args), files=tuple(args.file),
+        resources=Resources(gpus=args.gpus, cpus=args.cpus, max_seconds=args.timeout,
+                            memory_mb=max(1, int(args.memory * 1024))),
+        max_price=None if args.max_price is None else int(args.max_price * 1_000_000))
+    started = time.monotonic()
+
+    async def go() -> Any:
+        async with open_client(identity, _bootstrap(args)) as (host, disc):
+            ad = await choose_provider(disc, Requirements(cpus=1, gpus=args.gpus),
+                                       provider=args.provider)
+            out = args.out or Path("offload-out") / "pending"
+            outcome = await run_job(host, ad.message, request, out)
+            if args.out is None:
+                final = Path("offload-out") / outcome.result.job_id[:12]
+                if final.exists():
+                    import shutil
+                    shutil.rmtree(final)
+                out.rename(final)
+                outcome = type(outcome)(signed=outcome.signed, out_dir=final,
+                                        wall_s=outcome.wall_s)
+            return outcome
+
+    outcome = trio.run(go)
+    r = outcome.result
+    doc = {"job_id": r.job_id, "provider": r.provider, "status": r.status,
+           "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
+           "outputs": {o.name: o.sha256 for o in r.outputs}, "verified": True,
+           "wall_s": round(time.monotonic() - started, 3), "out_dir": str(outcome.out_dir)}
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        sys.stdout.write(r.stdout)
+        sys.stderr.write(r.stderr)
+        print(f"verified result of job {r.job_id[:12]} from {r.provider[:16]}: {r.status} "
+              f"(exit {r.exit_code}); {len(r.outputs)} output(s) in {outcome.out_dir}",
+              file=sys.stderr)
+    return 0 if r.status == "ok" else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from node.errors import ResultRejected
+    from node.verify import verify_result_file
+
+    try:
+        signed = verify_result_file(args.result)
+    except ResultRejected as exc:
+        _emit(args, {"valid": False, "reason": str(exc)}, f"INVALID: {exc}")
+        return 1
+    r = signed.message
+    _emit(args, {"valid": True, "job_id": r.job_id, "provider": r.provider,
+                 "outputs": len(r.outputs)},
+          f"valid: job {r.job_id[:12]} signed by {r.provider}, {len(r.outputs)} output(s) intact")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from node.demo import run_demo
+
+    doc = run_demo(args.providers)
+    if args.json:
+        print(json.dumps({k: doc[k] for k in ("providers", "job_id", "provider", "verified",
+                                              "exit_code", "wall_s")}))
+    else:
+        print(f"{len(doc['providers'])} providers on loopback; job {doc['job_id'][:12]} ran on "
+              f"{doc['provider'][:16]} ({doc['status']}, exit {doc['exit_code']}, "
+              f"{doc['wall_s']:.1f} s), signature and outputs verified")
+        print(doc["stdout"], end="")
+    return 0 if doc["exit_code"] == 0 else 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "offers": cmd_offers,
+    "submit": cmd_submit, "verify": cmd_verify, "demo": cmd_demo,
+}
+
+_ = RemoteError

@@ -1,0 +1,93 @@
+"""Every py-libp2p 0.8.1 workaround lives here (see shared/notes/libp2p-0.8.1.md)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+_patched = False
+
+
+class _DropNoise(logging.Filter):
+    """Bug 10: normal stream closes log 'Failed to read DHT message' by the hundred."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to read DHT message" not in record.getMessage()
+
+
+def patch_libp2p() -> None:
+    """Apply process-wide fixes once: no happy-eyeballs dial delay (bug 1), quiet logs."""
+    global _patched
+    if _patched:
+        return
+    import libp2p.network.swarm as swarm
+
+    swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    for name in ("libp2p", "libp2p.kad_dht", "libp2p.kad_dht.kad_dht"):
+        logging.getLogger(name).addFilter(_DropNoise())
+    logging.getLogger("libp2p").setLevel(logging.ERROR)
+    _patched = True
+
+
+def new_host(seed: bytes) -> Any:
+    """A host with our Ed25519 identity, noise only (bug 6) and yamux only (bugs 3, 4)."""
+    patch_libp2p()
+    from libp2p import new_host as _new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.crypto.x25519 import create_new_key_pair as create_x25519
+    from libp2p.custom_types import TProtocol
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    key_pair = create_new_key_pair(seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)
+    return _new_host(
+        key_pair=key_pair,
+        sec_opt={TProtocol(NOISE_ID): noise},
+        muxer_opt={TProtocol(YAMUX_ID): Yamux},
+    )
+
+
+@asynccontextmanager
+async def running_host(host: Any, listen: Sequence[str]) -> AsyncIterator[None]:
+    """Run `host`; on exit close it explicitly, shielded, so no listener survives (bug 5)."""
+    from multiaddr import Multiaddr
+
+    try:
+        async with host.run([Multiaddr(a) for a in listen]):
+            yield
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(3):
+            await host.close()
+
+
+def forget_failed_dial(host: Any, peer_id: Any) -> None:
+    """Bug 11: after one failed dial a peer id is refused for 60 s; forget that."""
+    cache = getattr(host.get_network(), "_negative_peer_cache", None)
+    if cache is not None:
+        cache.evict(str(peer_id))
+
+
+def rendezvous_cid(name: str) -> str:
+    """Provider keys must be CIDs (CIDv1, raw codec, sha2-256) to interoperate."""
+    from libp2p.bitswap.cid import compute_cid_v1_obj
+
+    return str(compute_cid_v1_obj(name.encode()))
+
+
+def dedupe_peers(infos: Sequence[Any]) -> list[Any]:
+    """Bug 7: find_providers returns duplicates."""
+    seen: set[str] = set()
+    out = []
+    for info in infos:
+        key = str(info.peer_id)
+        if key not in seen:
+            seen.add(key)
+            out.append(info)
+    return out

@@ -1,0 +1,166 @@
+"""Our seam over libp2p: a Host that dials, listens and opens framed streams."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from node import compat
+from node.errors import PeerGone, PeerTimeout, UserError
+from protocol import wire
+from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
+from protocol.identity import Identity
+
+log = logging.getLogger(__name__)
+READ_SIZE = 256 * 1024
+
+
+class Stream:
+    """One exchange with one peer, in length-prefixed protocol frames."""
+
+    def __init__(self, raw: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._raw = raw
+        self._decoder = FrameDecoder(max_size=max_frame)
+        self.remote_peer = str(raw.muxed_conn.peer_id)
+
+    async def send(self, frame: wire.Frame) -> None:
+        try:
+            await self._raw.write(wire.encode(frame))
+        except Exception as exc:
+            raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream: {exc!r}") from exc
+
+    async def receive(self) -> wire.Frame:
+        """The next frame; PeerGone if the stream ends first. Decoding errors propagate."""
+        while True:
+            body = self._decoder.next_frame()
+            if body is not None:
+                return wire.decode(body, max_size=self._decoder.max_size)
+            try:
+                data = await self._raw.read(READ_SIZE)
+            except Exception as exc:
+                raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream") from exc
+            if not data:
+                raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream")
+            self._decoder.feed(data)
+
+    async def receive_within(self, seconds: float, what: str) -> wire.Frame:
+        with trio.move_on_after(seconds) as scope:
+            return await self.receive()
+        assert scope.cancelled_caught
+        raise PeerTimeout(f"no {what} from {self.remote_peer[:16]} within {seconds:.0f} s")
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._raw.close()
+            except Exception:
+                log.debug("closing a stream failed", exc_info=True)
+
+    async def reset(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._raw.reset()
+            except Exception:
+                log.debug("resetting a stream failed", exc_info=True)
+
+
+Handler = Callable[[Stream], Awaitable[None]]
+
+
+def split_peer_addr(maddr: str) -> tuple[str, str]:
+    """`/ip4/.../tcp/N/p2p/ID` -> (transport part, peer id); UserError when malformed."""
+    head, sep, peer = maddr.rpartition("/p2p/")
+    if not sep or not head or not peer or "/" in peer:
+        raise UserError(f"address {maddr!r} must end in /p2p/<peer id>; copy it from the "
+                        "provider's ready file or `offload id`")
+    return head, peer
+
+
+class Host:
+    """A running libp2p host with our identity."""
+
+    def __init__(self, raw: Any, identity: Identity) -> None:
+        self.raw = raw
+        self.identity = identity
+        self.peer_id = identity.peer_id
+
+    def addrs(self) -> list[str]:
+        return [str(a) for a in self.raw.get_addrs()]
+
+    def handle(self, protocol: str, handler: Handler, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        async def _on_stream(raw_stream: Any) -> None:
+            stream = Stream(raw_stream, max_frame=max_frame)
+            try:
+                await handler(stream)
+            except Exception:
+                log.exception("handler for %s failed", protocol)
+                await stream.reset()
+            else:
+                await stream.close()
+
+        from libp2p.custom_types import TProtocol
+
+        self.raw.set_stream_handler(TProtocol(protocol), _on_stream)
+
+    def remember(self, peer_id: str, addrs: Sequence[str]) -> None:
+        from libp2p.peer.id import ID
+        from multiaddr import Multiaddr
+
+        good = []
+        for a in addrs:
+            try:
+                good.append(Multiaddr(a.rpartition("/p2p/")[0] if "/p2p/" in a else a))
+            except Exception:
+                log.debug("dropping unparsable addr %r", a)
+        if good:
+            self.raw.get_peerstore().add_addrs(ID.from_base58(peer_id), good, 3600)
+
+    async def connect(self, maddr: str, *, timeout: float = 10.0) -> str:
+        """Dial a full multiaddr; returns the peer id. PeerTimeout / PeerGone on failure."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from multiaddr import Multiaddr
+
+        split_peer_addr(maddr)
+        try:
+            info = info_from_p2p_addr(Multiaddr(maddr))
+        except Exception as exc:
+            raise UserError(f"address {maddr!r} is not a valid multiaddr: {exc}") from exc
+        compat.forget_failed_dial(self.raw, info.peer_id)
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self.raw.connect(info)
+            except Exception as exc:
+                raise PeerGone(f"could not reach {maddr}: {exc}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"could not reach {maddr} within {timeout:.0f} s")
+        return str(info.peer_id)
+
+    async def open_stream(self, peer_id: str, protocol: str, *,
+                          addrs: Sequence[str] = (), timeout: float = 10.0,
+                          max_frame: int = DEFAULT_MAX_FRAME) -> Stream:
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        self.remember(peer_id, addrs)
+        pid = ID.from_base58(peer_id)
+        compat.forget_failed_dial(self.raw, pid)
+        with trio.move_on_after(timeout) as scope:
+            try:
+                raw_stream = await self.raw.new_stream(pid, [TProtocol(protocol)])
+            except Exception as exc:
+                raise PeerGone(f"could not open {protocol} to {peer_id[:16]}: {exc}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"could not open {protocol} to {peer_id[:16]} in {timeout:.0f} s")
+        return Stream(raw_stream, max_frame=max_frame)
+
+
+@asynccontextmanager
+async def open_host(identity: Identity, listen: Sequence[str]) -> AsyncIterator[Host]:
+    """Start a host listening on `listen`; it is closed, listener included, on exit."""
+    raw = compat.new_host(identity.seed)
+    async with compat.running_host(raw, listen):
+        yield Host(raw, identity)

@@ -1,0 +1,307 @@
+"""The provider daemon: advertise capacity, accept signed jobs, run them, return signed results."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from node import runner
+from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, open_discovery
+from node.errors import RemoteError
+from node.host import Host, Stream, open_host
+from node.transfer import TransferFailed, receive_file, send_file
+from protocol import (
+    CapacityAd,
+    Device,
+    Expired,
+    JobResult,
+    JobSpec,
+    OutputFile,
+    Price,
+    ProtocolError,
+    Replayed,
+    Runtime,
+    SandboxProfile,
+    Usage,
+    check_spec_fresh,
+    open_signed,
+    sign,
+    wire,
+)
+from protocol.identity import Identity
+from protocol.replay import ReplayGuard
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_BYTES = 512 * 1024 * 1024
+MAX_OUTPUT_FILES = 1000
+MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
+HEARTBEAT_S = 2.0
+IDLE_TIMEOUT_S = 30.0
+SPEC_WINDOW_MS = 5 * 60 * 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    home: Path
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: Sequence[str] = ()
+    ready_file: Path | None = None
+    slots: int = 2
+    max_seconds: int = 3600
+    price: Price = dataclasses.field(default_factory=Price)
+    region: str = ""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()[:128]
+    except OSError:
+        pass
+    return platform.processor()[:128] or "cpu"
+
+
+def memory_mb() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
+
+
+def job_runtime() -> Runtime:
+    """The interpreter jobs run with: this node's own Python until the sandbox runtime lands."""
+    return Runtime(name="python3", version=platform.python_version())
+
+
+class Provider:
+    """Serves `/offload/job/1.0.0` on a host; one instance per daemon."""
+
+    def __init__(self, config: ProviderConfig, identity: Identity, *,
+                 clock: Callable[[], float]) -> None:
+        self.config = config
+        self.identity = identity
+        self.clock = clock
+        self.replay = ReplayGuard(window_ms=2 * SPEC_WINDOW_MS + 60_000)
+        self.slots = trio.Semaphore(config.slots)
+        self.running = 0
+        self.jobs_dir = config.home / "jobs"
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def build_ad(self, addrs: Sequence[str]) -> CapacityAd:
+        now = self.now_ms()
+        return CapacityAd(
+            peer_id=self.identity.peer_id, addrs=tuple(addrs),
+            devices=(Device(kind="cpu", model=cpu_model(), memory_mb=memory_mb(),
+                            compute_capability="", count=1, gflops=0.0),),
+            cpus=os.cpu_count() or 1, memory_mb=memory_mb(), runtimes=(job_runtime(),),
+            price=self.config.price, sandbox_tier="none", region=self.config.region,
+            coords=(), cached=(), load=min(1.0, self.running / self.config.slots),
+            seq=now, expires=now + AD_LIFETIME_S * 1000)
+
+    async def advertise_forever(self, host: Host, disc: Discovery, *,
+                                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                                ) -> None:
+        first = True
+        while True:
+            signed = sign(self.build_ad(host.addrs()), self.identity)
+            try:
+                await disc.advertise(signed, ["cpu"])
+            except Exception:
+                log.warning("advertising failed; retrying in %d s", AD_REFRESH_S, exc_info=True)
+            if first:
+                task_status.started()
+                first = False
+            await trio.sleep(AD_REFRESH_S)
+
+    async def handle_job(self, stream: Stream) -> None:
+        try:
+            await self._serve(stream)
+        except (ProtocolError, RemoteError) as exc:
+            log.info("job exchange with %s ended: %s", stream.remote_peer[:16], exc)
+            code = "transfer_failed" if isinstance(exc, TransferFailed) else "bad_request"
+            await _try_send(stream, wire.ErrorReply(code=code, message=str(exc)[:1000]))
+
+    async def _serve(self, stream: Stream) -> None:
+        frame = wire.expect(await stream.receive_within(IDLE_TIMEOUT_S, "job"), wire.SubmitJob)
+        try:
+            signed = open_signed(frame.spec, JobSpec)
+        except ProtocolError as exc:
+            await _refuse(stream, "bad_signature" if "signature" in str(exc) else "bad_request",
+                          str(exc))
+            return
+        spec, job_id = signed.message, signed.digest
+        refusal = self._check_spec(spec, stream.remote_peer)
+        if refusal:
+            await _refuse(stream, *refusal)
+            return
+        try:
+            check_spec_fresh(spec, now_ms=self.now_ms())
+            self.replay.check_and_remember(job_id, now_ms=self.now_ms())
+        except Expired as exc:
+            await _refuse(stream, "expired", str(exc))
+            return
+        except Replayed as exc:
+            await _refuse(stream, "replayed", str(exc))
+            return
+        try:
+            self.slots.acquire_nowait()
+        except trio.WouldBlock:
+            await stream.send(wire.ErrorReply(code="busy", message="all job slots are in use",
+                                              retry_after_s=5.0))
+            return
+        self.running += 1
+        work = self.jobs_dir / job_id[:16]
+        try:
+            await self._run(stream, spec, job_id, work)
+        finally:
+            self.running -= 1
+            self.slots.release()
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _check_spec(self, spec: JobSpec, peer: str) -> tuple[str, str] | None:
+        if spec.provider != self.identity.peer_id:
+            return ("wrong_provider", "this job spec is addressed to another provider")
+        if spec.requester != peer:
+            return ("bad_request", "the job spec was signed by a peer other than the sender")
+        if spec.runtime != "python3":
+            return ("bad_request", f"runtime {spec.runtime!r} is not offered here")
+        if spec.resources.gpus > 0:
+            return ("bad_request", "this provider has no GPU")
+        if spec.resources.max_seconds > self.config.max_seconds:
+            return ("bad_request", f"max_seconds above this provider's {self.config.max_seconds}")
+        if sum(f.size for f in spec.inputs) > MAX_INPUT_BYTES:
+            return ("too_large", f"inputs exceed {MAX_INPUT_BYTES} bytes")
+        return None
+
+    async def _run(self, stream: Stream, spec: JobSpec, job_id: str, work: Path) -> None:
+        inputs = work / "in"
+        inputs.mkdir(parents=True, exist_ok=True)
+        need = tuple(dict.fromkeys(f.sha256 for f in spec.inputs))
+        await stream.send(wire.Accepted(job_id=job_id, need=need))
+        by_digest = {f.sha256: f for f in spec.inputs}
+        for digest in need:
+            f = by_digest[digest]
+            await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
+                               dest=inputs / f.name, idle_timeout=IDLE_TIMEOUT_S)
+        for f in spec.inputs:
+            source = inputs / by_digest[f.sha256].name
+            if not (inputs / f.name).exists():
+                shutil.copyfile(source, inputs / f.name)
+        (inputs / "out").mkdir()
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(inputs), "LANG": "C.UTF-8",
+               "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "OMP_NUM_THREADS": str(spec.resources.cpus)}
+        argv = [sys.executable, "-u", "-s", spec.entrypoint, *spec.args]
+        log.info("job %s from %s: running %s", job_id[:12], spec.requester[:16], spec.entrypoint)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_heartbeat, stream)
+            proc = await runner.run_process(argv, cwd=inputs, env=env,
+                                            timeout_s=spec.resources.max_seconds)
+            nursery.cancel_scope.cancel()
+        outputs = collect_outputs(inputs / "out")
+        result = JobResult(
+            job_id=job_id, provider=self.identity.peer_id, requester=spec.requester,
+            status=proc.status, exit_code=proc.exit_code,
+            stdout=proc.stdout.decode("utf-8", "replace"),
+            stderr=proc.stderr.decode("utf-8", "replace"),
+            stdout_truncated=proc.stdout_truncated, stderr_truncated=proc.stderr_truncated,
+            outputs=tuple(o for o, _ in outputs),
+            usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3), gpu_s=0.0,
+                        peak_memory_mb=proc.peak_memory_mb),
+            sandbox=SandboxProfile(tier="none", wall_limit_s=spec.resources.max_seconds,
+                                   memory_limit_mb=0, runtime=job_runtime().name,
+                                   runtime_digest=""),
+            price_charged=0, finished_at=self.now_ms())
+        signed = sign(result, self.identity)
+        await stream.send(wire.ResultReady(result=signed.raw))
+        for out, path in outputs:
+            await send_file(stream, out.name, path)
+        log.info("job %s: %s (exit %d) in %.2f s", job_id[:12], proc.status, proc.exit_code,
+                 proc.wall_s)
+
+
+def collect_outputs(out_dir: Path) -> list[tuple[OutputFile, Path]]:
+    """Regular files under out/ (symlinks and specials ignored), in a stable order."""
+    found: list[tuple[OutputFile, Path]] = []
+    total = 0
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        rel = path.relative_to(out_dir).as_posix()
+        try:
+            size = path.stat().st_size
+            total += size
+            if len(found) >= MAX_OUTPUT_FILES or total > MAX_OUTPUT_BYTES:
+                log.warning("output limit reached; %s and later files dropped", rel)
+                break
+            digest = _file_sha256(path)
+            found.append((OutputFile(name=rel, sha256=digest, size=size), path))
+        except (OSError, ValueError) as exc:
+            log.warning("output %s skipped: %s", rel, exc)
+    return found
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def _heartbeat(stream: Stream) -> None:
+    started = time.monotonic()
+    while True:
+        await trio.sleep(HEARTBEAT_S)
+        await stream.send(wire.Running(elapsed_s=round(time.monotonic() - started, 3)))
+
+
+async def _refuse(stream: Stream, code: str, message: str) -> None:
+    log.info("refusing job from %s: %s: %s", stream.remote_peer[:16], code, message)
+    await _try_send(stream, wire.ErrorReply(code=code, message=message[:1000]))  # type: ignore[arg-type]
+
+
+async def _try_send(stream: Stream, frame: wire.Frame) -> None:
+    try:
+        await stream.send(frame)
+    except RemoteError:
+        pass
+
+
+async def serve(config: ProviderConfig, identity: Identity, *,
+                clock: Callable[[], float] = time.time) -> None:
+    """Run until SIGINT/SIGTERM: listen, bootstrap, advertise, serve jobs."""
+    provider = Provider(config, identity, clock=clock)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_host(identity, config.listen) as host, \
+                open_discovery(host, server=True, clock=clock) as disc:
+            host.handle(wire.JOB_PROTOCOL, provider.handle_job)
+            await disc.bootstrap(config.bootstrap)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(provider.advertise_forever, host, disc)
+                if config.ready_file is not None:
+                    write_ready_file(config.ready_file, identity.peer_id, host.addrs())
+                log.info("provider %s listening on %s", identity.peer_id, host.addrs())
+                async for signum in signals:
+                    log.info("signal %d: stopping", signum)
+                    break
+                nursery.cancel_scope.cancel()
+
+
+def write_ready_file(path: Path, peer_id: str, addrs: Sequence[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"peer_id": peer_id, "addrs": list(addrs)}))
+    tmp.replace(path)

@@ -1,0 +1,165 @@
+"""The requester side of a job: choose a provider, send a signed spec and inputs, verify the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from node.discovery import Discovery
+from node.errors import PeerGone, PeerRefused, PeerTimeout, ResultRejected, UserError
+from node.host import Host, Stream
+from node.transfer import receive_file, send_file
+from node.verify import RESULT_FILE, safe_join, verify_result_bytes
+from protocol import (
+    CapacityAd,
+    InputFile,
+    JobResult,
+    JobSpec,
+    ProtocolError,
+    Resources,
+    Signed,
+    open_signed,
+    sign,
+    wire,
+)
+from protocol.messages import check_file_name
+from scheduler import Requirements, rank_offers
+
+log = logging.getLogger(__name__)
+
+TRANSFER_IDLE_S = 30.0
+HEARTBEAT_GRACE_S = 15.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRequest:
+    script: Path
+    args: Sequence[str] = ()
+    files: Sequence[Path] = ()
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    max_price: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobOutcome:
+    signed: Signed[JobResult]
+    out_dir: Path
+    wall_s: float
+
+    @property
+    def result(self) -> JobResult:
+        return self.signed.message
+
+
+def input_files(request: JobRequest) -> list[tuple[InputFile, Path]]:
+    """The script and every --file, named by basename; names must be plain and unique."""
+    pairs: list[tuple[InputFile, Path]] = []
+    for path in [request.script, *request.files]:
+        if not path.is_file():
+            raise UserError(f"{path} is not a readable file")
+        try:
+            check_file_name(path.name, "file name")
+        except ProtocolError as exc:
+            raise UserError(f"{exc}; rename the file") from None
+        if any(p.name == path.name for _, p in pairs):
+            raise UserError(f"two inputs are named {path.name!r}; rename one of them")
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        pairs.append((InputFile(name=path.name, sha256=h.hexdigest(),
+                                size=path.stat().st_size), path))
+    return pairs
+
+
+async def choose_provider(disc: Discovery, requirements: Requirements, *,
+                          provider: str | None = None) -> Signed[CapacityAd]:
+    ads = await disc.require_ads("cpu")
+    if provider is not None:
+        ads = [a for a in ads if a.message.peer_id == provider]
+        if not ads:
+            raise UserError(f"provider {provider} was not found through the DHT; "
+                            "run `offload offers` to list the ones that are")
+    ranked = rank_offers([a.message for a in ads], requirements,
+                         now_ms=int(disc.clock() * 1000))
+    if not ranked:
+        raise UserError("no provider meets the job's requirements; "
+                        "relax them or run `offload offers` to see what is offered")
+    chosen = ranked[0].peer_id
+    return next(a for a in ads if a.message.peer_id == chosen)
+
+
+async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path, *,
+                  clock: Callable[[], float] = time.time) -> JobOutcome:
+    """Send the job to `ad`'s provider and return its verified result; outputs land in out_dir."""
+    started = time.monotonic()
+    files = input_files(request)
+    spec = JobSpec(
+        requester=host.peer_id, provider=ad.peer_id, runtime="python3",
+        entrypoint=request.script.name, args=tuple(request.args),
+        inputs=tuple(f for f, _ in files), resources=request.resources,
+        max_price=request.max_price, verification="none", nonce=os.urandom(16),
+        created_at=int(clock() * 1000))
+    signed_spec = sign(spec, host.identity)
+    job_id = signed_spec.digest
+    deadline = request.resources.max_seconds + 2 * TRANSFER_IDLE_S
+    with trio.move_on_after(deadline) as scope:
+        stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+        try:
+            signed = await _exchange(stream, signed_spec.raw, job_id, ad, files, out_dir,
+                                     host.peer_id)
+        finally:
+            await stream.close()
+    if scope.cancelled_caught:
+        raise PeerTimeout(f"job {job_id[:12]} got no result from {ad.peer_id[:16]} "
+                          f"within {deadline:.0f} s")
+    return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started)
+
+
+async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
+                    files: list[tuple[InputFile, Path]], out_dir: Path,
+                    requester: str) -> Signed[JobResult]:
+    await stream.send(wire.SubmitJob(spec=spec_raw))
+    reply = await stream.receive_within(TRANSFER_IDLE_S, "answer to the job")
+    _raise_if_error(reply)
+    accepted = wire.expect(reply, wire.Accepted)
+    if accepted.job_id != job_id:
+        raise ResultRejected("the provider acknowledged a different job id")
+    by_digest = {f.sha256: (f, p) for f, p in files}
+    for digest in accepted.need:
+        if digest not in by_digest:
+            raise ResultRejected("the provider asked for a file that is not part of the job")
+        f, path = by_digest[digest]
+        await send_file(stream, f.name, path)
+    while True:
+        try:
+            frame = await stream.receive_within(HEARTBEAT_GRACE_S, "heartbeat or result")
+        except PeerGone as exc:
+            raise PeerGone(f"provider {ad.peer_id[:16]} went away while running job "
+                           f"{job_id[:12]}; nothing was charged") from exc
+        _raise_if_error(frame)
+        if isinstance(frame, wire.Running):
+            continue
+        ready = wire.expect(frame, wire.ResultReady)
+        break
+    signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
+                                 requester=requester)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for out in signed.message.outputs:
+        await receive_file(stream, name=out.name, size=out.size, sha256=out.sha256,
+                           dest=safe_join(out_dir, out.name), idle_timeout=TRANSFER_IDLE_S)
+    (out_dir / RESULT_FILE).write_bytes(signed.raw)
+    return signed
+
+
+
+def _raise_if_error(frame: wire.Frame) -> None:
+    if isinstance(frame, wire.ErrorReply):
+        raise PeerRefused(frame.code, frame.message, frame.retry_after_s)

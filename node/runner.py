@@ -1,0 +1,107 @@
+"""Runs one job's process: capped output capture, wall timeout, kill of its process group.
+
+This is the plain-subprocess runner of the walking skeleton (sandbox tier `none`); the
+bubblewrap runner replaces it behind the same `run_process` seam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import trio
+
+from protocol.messages import MAX_OUTPUT_TEXT
+
+Outcome = Literal["ok", "failed", "timeout", "killed"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcessResult:
+    status: Outcome
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    wall_s: float
+    cpu_s: float
+    peak_memory_mb: int
+
+
+class _Capped:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.truncated = False
+
+    async def drain(self, stream: trio.abc.ReceiveStream) -> None:
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            room = self.cap - len(self.data)
+            if room > 0:
+                self.data += chunk[:room]
+            if len(chunk) > max(room, 0):
+                self.truncated = True
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+                      timeout_s: float, output_cap: int = MAX_OUTPUT_TEXT) -> ProcessResult:
+    """Run `argv` in its own session; on timeout or cancellation the whole group is killed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    out, err = _Capped(output_cap), _Capped(output_cap)
+    proc = await trio.lowlevel.open_process(
+        list(argv), cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    timed_out = False
+    try:
+        with trio.move_on_after(timeout_s) as scope:
+            async with trio.open_nursery() as nursery:
+                assert proc.stdout is not None and proc.stderr is not None
+                nursery.start_soon(out.drain, proc.stdout)
+                nursery.start_soon(err.drain, proc.stderr)
+                await proc.wait()
+                _kill_group(proc.pid)
+                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        timed_out = scope.cancelled_caught
+    finally:
+        _kill_group(proc.pid)
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+            for s in (proc.stdout, proc.stderr):
+                if s is not None:
+                    await s.aclose()
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code = proc.returncode if proc.returncode is not None else -9
+    status: Outcome
+    if timed_out:
+        status = "timeout"
+    elif code < 0:
+        status = "killed"
+    elif code == 0:
+        status = "ok"
+    else:
+        status = "failed"
+    return ProcessResult(
+        status=status, exit_code=code, stdout=bytes(out.data), stderr=bytes(err.data),
+        stdout_truncated=out.truncated, stderr_truncated=err.truncated, wall_s=wall,
+        cpu_s=max(0.0, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)),
+        peak_memory_mb=after.ru_maxrss // 1024)

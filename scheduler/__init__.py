@@ -1,0 +1,10 @@
+"""Pure decision logic: which offers meet a job's needs and which to try first.
+
+select.py   requirement filters and offer ranking (first valid offer, least loaded)
+"""
+
+from __future__ import annotations
+
+from scheduler.select import Requirements, meets, rank_offers
+
+__all__ = ["Requirements", "meets", "rank_offers"]

@@ -1,0 +1,35 @@
+"""Requirement filters and offer ranking. This issue's rule: the first valid offer wins."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from protocol import CapacityAd
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Requirements:
+    runtime: str = "python3"
+    cpus: int = 1
+    memory_mb: int = 0
+    gpus: int = 0
+    tiers: tuple[str, ...] = ("A", "B", "none")
+
+
+def meets(ad: CapacityAd, req: Requirements, *, now_ms: int) -> bool:
+    if ad.expires <= now_ms:
+        return False
+    if req.runtime not in {r.name for r in ad.runtimes}:
+        return False
+    if ad.cpus < req.cpus or ad.memory_mb < req.memory_mb:
+        return False
+    gpus = sum(d.count for d in ad.devices if d.kind == "cuda")
+    return gpus >= req.gpus and ad.sandbox_tier in req.tiers
+
+
+def rank_offers(ads: Sequence[CapacityAd], req: Requirements, *,
+                now_ms: int) -> list[CapacityAd]:
+    """Offers that meet `req`, best first: least loaded, then in discovery order."""
+    eligible = [ad for ad in ads if meets(ad, req, now_ms=now_ms)]
+    return sorted(eligible, key=lambda ad: ad.load)
