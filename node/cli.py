@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from node.errors import NodeError, RemoteError, UserError
+from node.errors import NodeError, UserError, sole_error
 from node.home import init_identity, load_identity, resolve_home
 from protocol import CapacityAd, ProtocolError, Resources
 
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        code = COMMANDS[args.command](args)
+        code = _run_unwrapped(COMMANDS[args.command], args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
@@ -140,6 +140,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except (NodeError, OSError) as exc:
         code = _fail(exc, 1)
     sys.exit(code)
+
+
+def _run_unwrapped(command: Callable[[argparse.Namespace], int],
+                   args: argparse.Namespace) -> int:
+    try:
+        return command(args)
+    except BaseExceptionGroup as group:
+        sole = sole_error(group)
+        if sole is None:
+            raise
+        raise sole from None
 
 
 def _fail(exc: BaseException, code: int) -> int:
@@ -289,5 +300,3 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "offers": cmd_offers,
     "submit": cmd_submit, "verify": cmd_verify, "demo": cmd_demo,
 }
-
-_ = RemoteError

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from node.discovery import Discovery, open_discovery
-from node.errors import NoProviders, UserError
+from node.errors import NoProviders, UserError, sole_error
 from node.host import Host, open_host, split_peer_addr
 from protocol.identity import Identity
 
@@ -23,8 +23,15 @@ async def open_client(identity: Identity, bootstrap: Sequence[str], *,
                         "or set OFFLOAD_BOOTSTRAP")
     for maddr in bootstrap:
         split_peer_addr(maddr)
-    async with open_host(identity, CLIENT_LISTEN) as host, \
-            open_discovery(host, server=False, clock=clock) as disc:
-        if not await disc.bootstrap(bootstrap):
-            raise NoProviders(f"none of the bootstrap peers answered: {', '.join(bootstrap)}")
-        yield host, disc
+    try:
+        async with open_host(identity, CLIENT_LISTEN) as host, \
+                open_discovery(host, server=False, clock=clock) as disc:
+            if not await disc.bootstrap(bootstrap):
+                raise NoProviders(
+                    f"none of the bootstrap peers answered: {', '.join(bootstrap)}")
+            yield host, disc
+    except BaseExceptionGroup as group:
+        sole = sole_error(group)
+        if sole is None:
+            raise
+        raise sole from None

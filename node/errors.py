@@ -38,3 +38,18 @@ class NoProviders(RemoteError):
 
 class ResultRejected(RemoteError):
     """A result failed signature or digest verification; nothing from it was used."""
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one real error inside nested task groups, if there is exactly one."""
+    import trio
+
+    real = [e for e in leaves(group) if not isinstance(e, trio.Cancelled)]
+    return real[0] if len(real) == 1 else None
