@@ -33,7 +33,8 @@ def main() -> None:
             print(f"step {step:3d} loss {loss.item():.5f}")
 
     weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-    checksum = hashlib.sha256(repr([round(v, 5) for v in weights.tolist()]).encode()).hexdigest()[:16]
+    rounded = repr([round(v, 5) for v in weights.tolist()])
+    checksum = hashlib.sha256(rounded.encode()).hexdigest()[:16]
     os.makedirs("out", exist_ok=True)
     torch.save(model.state_dict(), "out/model.pt")
     with open("out/metrics.json", "w") as f:

@@ -1,4 +1,4 @@
-"""Kademlia discovery: providers advertise signed CapacityAds; requesters find and re-verify them."""
+"""Kademlia discovery: providers advertise signed CapacityAds; requesters find and re-check them."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class RemoteAdError(RemoteError):
 def _make_validator(clock: Clock) -> Any:
     from libp2p.records.validator import Validator
 
-    class AdValidator(Validator):  # type: ignore[misc]
+    class AdValidator(Validator):
         """Registered on every node, so no node stores or serves an invalid ad."""
 
         def validate(self, key: str, value: bytes) -> None:

@@ -91,7 +91,8 @@ class Host:
     def addrs(self) -> list[str]:
         return [str(a) for a in self.raw.get_addrs()]
 
-    def handle(self, protocol: str, handler: Handler, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def handle(self, protocol: str, handler: Handler, *,
+               max_frame: int = DEFAULT_MAX_FRAME) -> None:
         async def _on_stream(raw_stream: Any) -> None:
             stream = Stream(raw_stream, max_frame=max_frame)
             try:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -112,7 +113,7 @@ class Provider:
             seq=now, expires=now + AD_LIFETIME_S * 1000)
 
     async def advertise_forever(self, host: Host, disc: Discovery, *,
-                                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                                task_status: Any = trio.TASK_STATUS_IGNORED
                                 ) -> None:
         first = True
         while True:
@@ -131,7 +132,8 @@ class Provider:
             await self._serve(stream)
         except (ProtocolError, RemoteError) as exc:
             log.info("job exchange with %s ended: %s", stream.remote_peer[:16], exc)
-            code = "transfer_failed" if isinstance(exc, TransferFailed) else "bad_request"
+            code: wire.ErrorCode = ("transfer_failed" if isinstance(exc, TransferFailed)
+                                    else "bad_request")
             await _try_send(stream, wire.ErrorReply(code=code, message=str(exc)[:1000]))
 
     async def _serve(self, stream: Stream) -> None:
@@ -171,7 +173,7 @@ class Provider:
             self.slots.release()
             shutil.rmtree(work, ignore_errors=True)
 
-    def _check_spec(self, spec: JobSpec, peer: str) -> tuple[str, str] | None:
+    def _check_spec(self, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, str] | None:
         if spec.provider != self.identity.peer_id:
             return ("wrong_provider", "this job spec is addressed to another provider")
         if spec.requester != peer:
@@ -269,9 +271,9 @@ async def _heartbeat(stream: Stream) -> None:
         await stream.send(wire.Running(elapsed_s=round(time.monotonic() - started, 3)))
 
 
-async def _refuse(stream: Stream, code: str, message: str) -> None:
+async def _refuse(stream: Stream, code: wire.ErrorCode, message: str) -> None:
     log.info("refusing job from %s: %s: %s", stream.remote_peer[:16], code, message)
-    await _try_send(stream, wire.ErrorReply(code=code, message=message[:1000]))  # type: ignore[arg-type]
+    await _try_send(stream, wire.ErrorReply(code=code, message=message[:1000]))
 
 
 async def _try_send(stream: Stream, frame: wire.Frame) -> None:

@@ -1,4 +1,4 @@
-"""The requester side of a job: choose a provider, send a signed spec and inputs, verify the result."""
+"""The requester side of a job: pick a provider, send spec and inputs, verify the result."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from protocol import (
     ProtocolError,
     Resources,
     Signed,
-    open_signed,
     sign,
     wire,
 )

@@ -1,4 +1,4 @@
-"""Errors of the protocol package: local (you built something invalid) vs remote (a peer sent it)."""
+"""Errors of protocol/: local (you built something invalid) vs remote (a peer sent it)."""
 
 from __future__ import annotations
 

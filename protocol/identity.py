@@ -48,7 +48,7 @@ def b58decode(text: str) -> bytes:
 class Identity:
     """A node's signing key; its peer id is the libp2p id of the same key."""
 
-    __slots__ = ("_key", "public_key", "peer_id")
+    __slots__ = ("_key", "peer_id", "public_key")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != 32:

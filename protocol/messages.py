@@ -13,7 +13,8 @@ MAX_OUTPUT_TEXT = 64 * 1024
 MAX_AD_AGE_MS = 10 * 60 * 1000
 _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
 _NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
-_REL_PATH = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}){0,7}\Z")
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}"
+_REL_PATH = re.compile(rf"\A{_PART}(/{_PART}){{0,7}}\Z")
 
 SandboxTier = Literal["A", "B", "none"]
 JobStatus = Literal["ok", "failed", "timeout", "killed", "error"]

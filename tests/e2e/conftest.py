@@ -35,7 +35,7 @@ class Network:
         except subprocess.TimeoutExpired:
             _kill(proc)  # type: ignore[arg-type]
             out, err = proc.communicate()
-            raise AssertionError(f"offload {' '.join(args)} hung for {timeout} s:\n{err}")
+            raise AssertionError(f"offload {' '.join(args)} hung for {timeout} s:\n{err}") from None
         result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
         if check and result.returncode != 0:
             raise AssertionError(f"offload {' '.join(args)} exited {result.returncode}:\n{err}")

@@ -97,7 +97,7 @@ def test_provider_killed_mid_job_gives_a_clear_error_not_a_hang(network: Network
                                 "--timeout", "60")
     _wait_for_log(p1["log"], "running sleepy.py", timeout=30)
     p1["proc"].send_signal(signal.SIGKILL)
-    out, err = cmd.communicate(timeout=60)
+    _, err = cmd.communicate(timeout=60)
     elapsed = time.monotonic() - started
     assert cmd.returncode == 1
     assert "went away while running job" in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import Replayed, RemoteProtocolError, sha256_hex
+from protocol import RemoteProtocolError, Replayed, sha256_hex
 from protocol.replay import ReplayGuard
 
 WINDOW = 60_000

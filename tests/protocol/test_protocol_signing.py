@@ -384,3 +384,49 @@ def test_spec_clock_window(build: Any, offset_ms: int, fresh: bool) -> None:
         with pytest.raises(Expired,
                            match=r"^job spec was created outside the accepted clock window$"):
             check_spec_fresh(spec, now_ms=now)
+
+
+# -- known bugs (strict xfail: each turns into a failure once protocol/ is fixed) --------
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="BUG: signing.py envelope_fields compares `v != 1`, so "
+                   "v=True and v=1.0 pass; the same signed spec gets another raw and job id")
+@pytest.mark.parametrize("v", [True, 1.0], ids=["true", "float"])
+def test_version_must_be_the_integer_1(build: Any, pack_envelope: Any, v: Any) -> None:
+    signed = sign(build.spec(), build.alice)
+    respelled = pack_envelope(signed.message.to_wire(), type_name="job_spec",
+                              sig=signed.signature, v=v)
+    assert respelled != signed.raw
+    with pytest.raises(UnsupportedVersion):
+        open_signed(respelled, JobSpec)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="BUG: a peer id of a small-order Ed25519 key (all-zero "
+                   "public key) is accepted; anyone can forge its signatures (identity.py)")
+def test_small_order_public_keys_cannot_sign(build: Any, pack_envelope: Any) -> None:
+    from protocol.identity import peer_id_from_public_key
+
+    nobody = peer_id_from_public_key(bytes(32))  # order-4 point: no private key exists
+    for seq in range(32):
+        try:
+            ad = build.ad(peer_id=nobody, seq=seq)
+        except InvalidMessage:
+            return  # refusing the id outright is a fix too
+        raw = pack_envelope(ad.to_wire(), type_name="capacity_ad", sig=bytes(64))
+        with pytest.raises(RemoteProtocolError):
+            open_signed(raw, CapacityAd)
+
+
+@pytest.mark.xfail(strict=True, raises=FrameTooLarge,
+                   reason="BUG: sign() accepts a JobResult whose envelope exceeds "
+                   "MAX_SIGNED_SIZE (stdout cap counts characters, not bytes), and "
+                   "open_signed() then refuses it with FrameTooLarge")
+def test_whatever_sign_accepts_open_signed_accepts(build: Any) -> None:
+    result = build.result(stdout="\U0001f600" * (64 * 1024))  # within the 64 Ki-char cap
+    try:
+        signed = sign(result, build.bob)
+    except InvalidMessage:
+        return  # refusing to sign is a fix too
+    assert open_signed(signed.raw, JobResult).message == result

@@ -182,3 +182,12 @@ def test_expect_returns_the_frame_of_the_right_type() -> None:
 def test_expect_refuses_another_frame_type(frame: Frame, cls: type[Frame], message: str) -> None:
     with pytest.raises(WrongMessageType, match=f"^{re.escape(message)}$"):
         expect(frame, cls)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="BUG: wire.py decode compares `v != 1`, so v=True and "
+                   "v=1.0 frames are accepted")
+@pytest.mark.parametrize("v", [True, 1.0], ids=["true", "float"])
+def test_frame_version_must_be_the_integer_1(v: Any) -> None:
+    with pytest.raises(UnsupportedVersion):
+        decode(pack({"v": v, "type": "running", "body": {"elapsed_s": 1.0}}))

@@ -1,0 +1,43 @@
+"""Requirement filters and the first-valid-offer ranking."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from protocol import CapacityAd, Device, Identity, Price, Runtime
+from scheduler import Requirements, meets, rank_offers
+
+NOW = 1_000_000
+
+
+def ad(**changes: object) -> CapacityAd:
+    base = CapacityAd(
+        peer_id=Identity.generate().peer_id, addrs=(), cpus=4, memory_mb=8192,
+        devices=(Device(kind="cpu", model="c", memory_mb=8192, compute_capability="",
+                        count=1, gflops=0.0),),
+        runtimes=(Runtime(name="python3", version="3.11"),), price=Price(),
+        sandbox_tier="none", region="", coords=(), cached=(), load=0.0, seq=1,
+        expires=NOW + 1000)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("changes", "req", "ok"), [
+    ({}, Requirements(), True),
+    ({"expires": NOW}, Requirements(), False),
+    ({"runtimes": ()}, Requirements(), False),
+    ({}, Requirements(cpus=8), False),
+    ({}, Requirements(memory_mb=9000), False),
+    ({}, Requirements(gpus=1), False),
+    ({"devices": (Device(kind="cuda", model="g", memory_mb=1, compute_capability="8.0",
+                         count=2, gflops=1.0),)}, Requirements(gpus=2), True),
+    ({}, Requirements(tiers=("A",)), False),
+])
+def test_meets(changes: dict[str, object], req: Requirements, ok: bool) -> None:
+    assert meets(ad(**changes), req, now_ms=NOW) is ok
+
+
+def test_rank_prefers_the_least_loaded_and_drops_the_ineligible() -> None:
+    busy, idle, dead = ad(load=0.9), ad(load=0.1), ad(expires=NOW - 1)
+    assert rank_offers([busy, dead, idle], Requirements(), now_ms=NOW) == [idle, busy]
