@@ -24,6 +24,7 @@ from node.errors import RemoteError
 from node.host import Host, Stream, open_host
 from node.transfer import TransferFailed, receive_file, send_file
 from protocol import (
+    BadSignature,
     CapacityAd,
     Device,
     Expired,
@@ -64,6 +65,8 @@ class ProviderConfig:
     max_seconds: int = 3600
     price: Price = dataclasses.field(default_factory=Price)
     region: str = ""
+    ad_refresh_s: float = AD_REFRESH_S
+    ad_lifetime_s: float = AD_LIFETIME_S
 
 
 def cpu_model() -> str:
@@ -110,7 +113,7 @@ class Provider:
             cpus=os.cpu_count() or 1, memory_mb=memory_mb(), runtimes=(job_runtime(),),
             price=self.config.price, sandbox_tier="none", region=self.config.region,
             coords=(), cached=(), load=min(1.0, self.running / self.config.slots),
-            seq=now, expires=now + AD_LIFETIME_S * 1000)
+            seq=now, expires=now + int(self.config.ad_lifetime_s * 1000))
 
     async def advertise_forever(self, host: Host, disc: Discovery, *,
                                 task_status: Any = trio.TASK_STATUS_IGNORED
@@ -121,11 +124,12 @@ class Provider:
             try:
                 await disc.advertise(signed, ["cpu"])
             except Exception:
-                log.warning("advertising failed; retrying in %d s", AD_REFRESH_S, exc_info=True)
+                log.warning("advertising failed; retrying in %.0f s", self.config.ad_refresh_s,
+                            exc_info=True)
             if first:
                 task_status.started()
                 first = False
-            await trio.sleep(AD_REFRESH_S)
+            await trio.sleep(self.config.ad_refresh_s)
 
     async def handle_job(self, stream: Stream) -> None:
         try:
@@ -141,8 +145,8 @@ class Provider:
         try:
             signed = open_signed(frame.spec, JobSpec)
         except ProtocolError as exc:
-            await _refuse(stream, "bad_signature" if "signature" in str(exc) else "bad_request",
-                          str(exc))
+            await _refuse(stream, "bad_signature" if isinstance(exc, BadSignature)
+                          else "bad_request", str(exc))
             return
         spec, job_id = signed.message, signed.digest
         refusal = self._check_spec(spec, stream.remote_peer)

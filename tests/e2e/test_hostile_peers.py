@@ -1,0 +1,97 @@
+"""A real provider process faced with malformed, forged, misaddressed and replayed requests."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import trio
+
+from node.client import open_client
+from node.host import Host
+from node.requester import JobRequest, run_job
+from protocol import Identity, InputFile, JobSpec, Resources, sign, wire
+from protocol.framing import HEADER
+from tests.e2e.conftest import Network
+
+
+def spec_for(requester: Identity, provider: str, script: Path, **changes: object) -> JobSpec:
+    data = script.read_bytes()
+    import hashlib
+
+    fields: dict[str, object] = dict(
+        requester=requester.peer_id, provider=provider, runtime="python3",
+        entrypoint=script.name, args=(),
+        inputs=(InputFile(name=script.name, sha256=hashlib.sha256(data).hexdigest(),
+                          size=len(data)),),
+        resources=Resources(max_seconds=30), max_price=None, verification="none",
+        nonce=os.urandom(16), created_at=int(time.time() * 1000))
+    fields.update(changes)
+    return JobSpec(**fields)  # type: ignore[arg-type]
+
+
+async def exchange(host: Host, peer: str, addrs: list[str], payload: bytes) -> wire.Frame:
+    stream = await host.open_stream(peer, wire.JOB_PROTOCOL, addrs=addrs)
+    try:
+        await stream._raw.write(payload)
+        return await stream.receive_within(10, "reply")
+    finally:
+        await stream.close()
+
+
+def framed(frame: wire.Frame) -> bytes:
+    return wire.encode(frame)
+
+
+async def test_provider_names_each_bad_request_and_keeps_serving(network: Network) -> None:
+    p = network.start_provider()
+    script = network.root / "ok.py"
+    script.write_text("print('still serving')\n")
+    me = Identity.generate()
+    other = Identity.generate()
+    async with open_client(me, [p["addr"]]) as (host, _):
+        peer, addrs = p["peer_id"], p["addrs"]
+
+        cases: list[tuple[str, bytes, str]] = [
+            ("garbage body", HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1", "bad_request"),
+            ("oversize frame", HEADER.pack(64 * 1024 * 1024) + b"x" * 100, "bad_request"),
+            ("spec is not a spec", framed(wire.SubmitJob(spec=b"\x80")), "bad_request"),
+            ("signed by someone else than the sender",
+             framed(wire.SubmitJob(spec=sign(spec_for(other, peer, script), other).raw)),
+             "bad_request"),
+            ("addressed to another provider",
+             framed(wire.SubmitJob(spec=sign(spec_for(me, other.peer_id, script), me).raw)),
+             "wrong_provider"),
+            ("created an hour ago",
+             framed(wire.SubmitJob(spec=sign(spec_for(
+                 me, peer, script, created_at=int(time.time() * 1000) - 3_600_000), me).raw)),
+             "expired"),
+        ]
+        forged = bytearray(sign(spec_for(me, peer, script), me).raw)
+        forged[-30] ^= 1  # inside the signature: the envelope ends with type and v
+        cases.append(("flipped signature byte", framed(wire.SubmitJob(spec=bytes(forged))),
+                      "bad_signature"))
+        for label, payload, code in cases:
+            reply = await exchange(host, peer, addrs, payload)
+            assert isinstance(reply, wire.ErrorReply), label
+            assert reply.code == code, f"{label}: {reply}"
+
+        once = framed(wire.SubmitJob(spec=sign(spec_for(me, peer, script), me).raw))
+        first = await exchange(host, peer, addrs, once)
+        assert isinstance(first, wire.Accepted)  # canary: the same bytes are accepted once
+        again = await exchange(host, peer, addrs, once)
+        assert isinstance(again, wire.ErrorReply) and again.code == "replayed"
+
+        from protocol import CapacityAd, Device, Price, Runtime
+
+        ad = CapacityAd(peer_id=peer, addrs=tuple(addrs), devices=(Device(
+            kind="cpu", model="", memory_mb=1, compute_capability="", count=1, gflops=0.0),),
+            cpus=1, memory_mb=1, runtimes=(Runtime(name="python3", version=""),), price=Price(),
+            sandbox_tier="none", region="", coords=(), cached=(), load=0.0, seq=0,
+            expires=int(time.time() * 1000) + 60_000)
+        with trio.fail_after(60):
+            outcome = await run_job(host, ad, JobRequest(script=script),
+                                    network.root / "out")
+        assert outcome.result.stdout == "still serving\n"
+    assert p["proc"].poll() is None, "the provider died"
