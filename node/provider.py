@@ -43,12 +43,13 @@ from protocol import (
     wire,
 )
 from protocol.identity import Identity
+from protocol.messages import MAX_OUTPUTS, clip_text
 from protocol.replay import ReplayGuard
 
 log = logging.getLogger(__name__)
 
 MAX_INPUT_BYTES = 512 * 1024 * 1024
-MAX_OUTPUT_FILES = 1000
+MAX_OUTPUT_FILES = MAX_OUTPUTS
 MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
 HEARTBEAT_S = 2.0
 IDLE_TIMEOUT_S = 30.0
@@ -218,12 +219,14 @@ class Provider:
                                             timeout_s=spec.resources.max_seconds)
             nursery.cancel_scope.cancel()
         outputs = collect_outputs(inputs / "out")
+        stdout, out_clipped = clip_text(proc.stdout)
+        stderr, err_clipped = clip_text(proc.stderr)
         result = JobResult(
             job_id=job_id, provider=self.identity.peer_id, requester=spec.requester,
             status=proc.status, exit_code=proc.exit_code,
-            stdout=proc.stdout.decode("utf-8", "replace"),
-            stderr=proc.stderr.decode("utf-8", "replace"),
-            stdout_truncated=proc.stdout_truncated, stderr_truncated=proc.stderr_truncated,
+            stdout=stdout, stderr=stderr,
+            stdout_truncated=proc.stdout_truncated or out_clipped,
+            stderr_truncated=proc.stderr_truncated or err_clipped,
             outputs=tuple(o for o, _ in outputs),
             usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3), gpu_s=0.0,
                         peak_memory_mb=proc.peak_memory_mb),

@@ -32,8 +32,9 @@ def _key_order(key: object) -> tuple[int, bytes]:
 
 def pack(value: Any) -> bytes:
     """Encode `value` canonically: the same value always gives the same bytes."""
+    canonical = _canonical(value)
     try:
-        out: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
+        out: bytes = msgpack.packb(canonical, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMessage(f"value cannot be encoded: {exc}") from exc
     return out

@@ -42,10 +42,6 @@ class FrameDecoder:
             return None
         body = bytes(self._buffer[HEADER.size:end])
         del self._buffer[:end]
-        if len(self._buffer) >= HEADER.size:
-            (following,) = HEADER.unpack_from(self._buffer)
-            if following > self.max_size:
-                raise FrameTooLarge(f"frame announces {following} bytes, cap is {self.max_size}")
         return body
 
     @property

@@ -73,7 +73,43 @@ class Identity:
 def peer_id_from_public_key(public_key: bytes) -> str:
     if len(public_key) != 32:
         raise InvalidMessage("an Ed25519 public key is exactly 32 bytes")
+    if not is_strong_public_key(public_key):
+        raise InvalidMessage("not a usable Ed25519 public key (non-canonical or small order)")
     return b58encode(_PEER_PREFIX + public_key)
+
+
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def is_strong_public_key(public_key: bytes) -> bool:
+    """A canonical encoding of a curve point whose order is not small (RFC 8032 5.1.3).
+
+    Small-order keys have no secret behind them: signatures "by" them can be forged.
+    """
+    y = int.from_bytes(public_key, "little") & ((1 << 255) - 1)
+    if y >= _P:
+        return False
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = (u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P)) % _P
+    if (v * x * x - u) % _P != 0:
+        x = (x * _SQRT_M1) % _P
+        if (v * x * x - u) % _P != 0:
+            return False
+    if x == 0 and public_key[31] >> 7:
+        return False
+    # [8]P by three doublings in extended coordinates; small order iff it is the identity
+    px, py, pz = x, y, 1
+    for _ in range(3):
+        a, b = px * px % _P, py * py % _P
+        c = 2 * pz * pz % _P
+        h = a + b
+        e = (h - (px + py) ** 2) % _P
+        g = (a - b) % _P
+        f = (c + g) % _P
+        px, py, pz = e * f % _P, g * h % _P, f * g % _P
+    return px != 0 or py != pz
 
 
 def public_key_from_peer_id(peer_id: str) -> bytes:
@@ -83,7 +119,10 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
     raw = b58decode(peer_id)
     if len(raw) != 38 or not raw.startswith(_PEER_PREFIX):
         raise MalformedMessage("peer id is not an inline Ed25519 libp2p id")
-    return raw[len(_PEER_PREFIX):]
+    key = raw[len(_PEER_PREFIX):]
+    if not is_strong_public_key(key):
+        raise MalformedMessage("peer id holds a small-order or non-canonical Ed25519 key")
+    return key
 
 
 def verify(peer_id: str, data: bytes, signature: bytes) -> None:

@@ -10,10 +10,12 @@ from protocol.identity import public_key_from_peer_id
 from protocol.schema import Message, field, message
 
 MAX_OUTPUT_TEXT = 64 * 1024
-MAX_AD_AGE_MS = 10 * 60 * 1000
+"""Cap, in UTF-8 bytes, of each of a result's stdout and stderr."""
+MAX_ARGS_BYTES = 64 * 1024
+MAX_OUTPUTS = 256
 _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
 _NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
-_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}"
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-+=,@ ]{0,127}"
 _REL_PATH = re.compile(rf"\A{_PART}(/{_PART}){{0,7}}\Z")
 
 SandboxTier = Literal["A", "B", "none"]
@@ -176,6 +178,7 @@ class JobSpec(Signable):
     runtime: str = field(max_len=64)
     entrypoint: str = field(max_len=128)
     args: tuple[str, ...] = field(max_len=256)
+    """At most 256 words and MAX_ARGS_BYTES in all, so a signed spec stays under its cap."""
     inputs: tuple[InputFile, ...] = field(max_len=256)
     resources: Resources
     max_price: int | None
@@ -189,6 +192,8 @@ class JobSpec(Signable):
         names = [f.name for f in self.inputs]
         if len(set(names)) != len(names):
             raise InvalidMessage("input names must be unique")
+        if sum(len(a.encode()) for a in self.args) > MAX_ARGS_BYTES:
+            raise InvalidMessage(f"args exceed {MAX_ARGS_BYTES} bytes in all")
         if self.entrypoint not in names:
             raise InvalidMessage("entrypoint must be one of the input files")
         if len(self.nonce) < 16:
@@ -200,7 +205,7 @@ class JobSpec(Signable):
 
 @message
 class OutputFile(Message):
-    name: str = field(max_len=1024)
+    name: str = field(max_len=255)
     sha256: str = field(max_len=64)
     size: int
 
@@ -247,7 +252,7 @@ class JobResult(Signable):
     stderr: str = field(max_len=MAX_OUTPUT_TEXT)
     stdout_truncated: bool
     stderr_truncated: bool
-    outputs: tuple[OutputFile, ...] = field(max_len=1024)
+    outputs: tuple[OutputFile, ...] = field(max_len=MAX_OUTPUTS)
     usage: Usage
     sandbox: SandboxProfile
     price_charged: int
@@ -260,4 +265,15 @@ class JobResult(Signable):
         names = [o.name for o in self.outputs]
         if len(set(names)) != len(names):
             raise InvalidMessage("output names must be unique")
+        for label, text in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if len(text.encode("utf-8", "surrogatepass")) > MAX_OUTPUT_TEXT:
+                raise InvalidMessage(f"{label} exceeds {MAX_OUTPUT_TEXT} UTF-8 bytes")
         _non_negative(price_charged=self.price_charged, finished_at=self.finished_at)
+
+
+def clip_text(data: bytes, cap: int = MAX_OUTPUT_TEXT) -> tuple[str, bool]:
+    """Decode process output for a JobResult: invalid bytes replaced, at most `cap` UTF-8 bytes."""
+    encoded = data.decode("utf-8", "replace").encode("utf-8")
+    if len(encoded) <= cap:
+        return encoded.decode("utf-8"), False
+    return encoded[:cap].decode("utf-8", "ignore"), True

@@ -33,11 +33,11 @@ class Signed(Generic[S]):
     message: S
     signature: bytes
     raw: bytes
+    digest: str
+    """sha256 of what was signed (domain tag and body); for a JobSpec, the job id.
 
-    @property
-    def digest(self) -> str:
-        """sha256 of the signed envelope; for a JobSpec this is the job id."""
-        return sha256_hex(self.raw)
+    It does not cover the signature, so a second valid signature over the same spec
+    cannot mint a second job id."""
 
 
 def signing_bytes(message: Signable) -> bytes:
@@ -49,10 +49,15 @@ def sign(message: S, identity: Identity) -> Signed[S]:
         raise InvalidMessage(
             f"{type(message).__name__}.{message.signer_field} must be the signing identity"
         )
-    signature = identity.sign(signing_bytes(message))
+    signed_bytes = signing_bytes(message)
+    signature = identity.sign(signed_bytes)
     raw = pack({"v": VERSION, "type": message.type_name, "body": message.to_wire(),
                 "sig": signature})
-    return Signed(message=message, signature=signature, raw=raw)
+    if len(raw) > MAX_SIGNED_SIZE:
+        raise InvalidMessage(f"signed {message.type_name} is {len(raw)} bytes, over the "
+                             f"{MAX_SIGNED_SIZE}-byte cap; send less")
+    return Signed(message=message, signature=signature, raw=raw,
+                  digest=sha256_hex(signed_bytes))
 
 
 def envelope_fields(data: bytes, *, max_size: int = MAX_SIGNED_SIZE) -> dict[str, Any]:
@@ -65,11 +70,16 @@ def envelope_fields(data: bytes, *, max_size: int = MAX_SIGNED_SIZE) -> dict[str
     missing = _ENVELOPE_KEYS - set(doc)
     if missing:
         raise MissingField(f"envelope lacks field {sorted(missing)[0]!r}")
-    if doc["v"] != VERSION:
+    if not is_version(doc["v"]):
         raise UnsupportedVersion(f"envelope version {doc['v']!r} is not {VERSION}")
     if not isinstance(doc["sig"], bytes) or len(doc["sig"]) != 64:
         raise FieldTypeError("sig must be 64 bytes")
     return doc
+
+
+def is_version(value: object) -> bool:
+    """Exactly the integer VERSION: `True` and `1.0` compare equal to 1 but are other bytes."""
+    return type(value) is int and value == VERSION
 
 
 def open_signed(data: bytes, cls: type[S], *, max_size: int = MAX_SIGNED_SIZE) -> Signed[S]:
@@ -78,8 +88,10 @@ def open_signed(data: bytes, cls: type[S], *, max_size: int = MAX_SIGNED_SIZE) -
     if doc["type"] != cls.type_name:
         raise WrongMessageType(f"expected {cls.type_name}, got {doc['type']!r}")
     message = cls.from_wire(doc["body"])
-    verify(message.signer(), signing_bytes(message), doc["sig"])
-    return Signed(message=message, signature=doc["sig"], raw=data)
+    signed_bytes = signing_bytes(message)
+    verify(message.signer(), signed_bytes, doc["sig"])
+    return Signed(message=message, signature=doc["sig"], raw=data,
+                  digest=sha256_hex(signed_bytes))
 
 
 def check_ad_fresh(ad: CapacityAd, *, now_ms: int, max_ahead_ms: int = 10 * 60 * 1000) -> None:

@@ -16,7 +16,7 @@ from protocol.errors import (
 from protocol.framing import DEFAULT_MAX_FRAME, encode_frame
 from protocol.messages import check_rel_path, check_sha256
 from protocol.schema import Message, field, message
-from protocol.signing import MAX_SIGNED_SIZE, VERSION
+from protocol.signing import MAX_SIGNED_SIZE, VERSION, is_version
 
 JOB_PROTOCOL = "/offload/job/1.0.0"
 CHUNK_SIZE = 1024 * 1024
@@ -118,7 +118,7 @@ def decode(body: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Frame:
     for key in ("v", "type", "body"):
         if key not in doc:
             raise MissingField(f"frame lacks field {key!r}")
-    if doc["v"] != VERSION:
+    if not is_version(doc["v"]):
         raise UnsupportedVersion(f"frame version {doc['v']!r} is not {VERSION}")
     cls = FRAME_TYPES.get(doc["type"]) if isinstance(doc["type"], str) else None
     if cls is None:

@@ -156,3 +156,26 @@ def _wait_for_log(path: Path, text: str, *, timeout: float) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"{text!r} never appeared in {path}:\n{path.read_text()}")
+
+
+def test_demo_stops_every_provider_on_ctrl_c(network: Network) -> None:
+    demo = network.offload_async("demo", "--providers", "2")
+    deadline = time.monotonic() + 60
+    while len(_demo_providers()) < 2:  # the second starts once the first is ready
+        assert demo.poll() is None, demo.communicate()[1]
+        assert time.monotonic() < deadline, "demo providers never started"
+        time.sleep(0.1)
+    time.sleep(2.5)  # the second is up and the job is on its way
+    assert demo.poll() is None
+    demo.send_signal(signal.SIGINT)
+    _, err = demo.communicate(timeout=30)
+    assert demo.returncode == 130, err
+    assert "Traceback" not in err
+    time.sleep(0.3)
+    assert _demo_providers() == [], "demo left provider processes behind after Ctrl-C"
+
+
+def _demo_providers() -> list[str]:
+    res = subprocess.run(["pgrep", "-f", "offload-demo-.*provide"], capture_output=True,
+                         text=True)
+    return res.stdout.split()

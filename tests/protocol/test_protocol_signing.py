@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgpack
 import pytest
 
 from protocol import (
@@ -19,6 +20,7 @@ from protocol import (
     JobSpec,
     MalformedMessage,
     MissingField,
+    NonCanonical,
     RemoteProtocolError,
     Signed,
     UnknownField,
@@ -59,7 +61,7 @@ def test_sign_then_open_gives_an_equal_message(build: Any, kind: str) -> None:
     assert type(opened.message) is KIND_CLASS[kind]
     assert opened.signature == signed.signature
     assert opened.raw == signed.raw
-    assert opened.digest == signed.digest == sha256_hex(signed.raw)
+    assert opened.digest == signed.digest == sha256_hex(signing_bytes(signed.message))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -101,7 +103,7 @@ def test_job_id_is_stable(build: Any) -> None:
     assert open_signed(first.raw, JobSpec).digest == first.digest
     # pinned: a change to the codec, field order or domain tag changes every job id
     assert first.digest == (
-        "3d43f755068cdad79648123573bb894467b3a409cdd2db09f5b79d7172e02ba1")
+        "764f9ceba57b49ac8a262016cd9d0866661a7e9f6ef42644e0a298d2daec5f5e")
     # and the id does depend on the spec
     assert sign(build.spec(nonce=bytes(range(1, 17))), build.alice).digest != first.digest
 
@@ -318,6 +320,22 @@ def test_envelope_violations(
         open_signed(pack(doc), CapacityAd)
 
 
+def test_a_non_canonical_envelope_is_refused(build: Any) -> None:
+    signed = sign(build.ad(), build.bob)
+    doc = {"v": 1, "type": "capacity_ad", "body": signed.message.to_wire(),
+           "sig": signed.signature}
+    assert pack(doc) == signed.raw  # canary: the codec's spelling is the one that was sent
+    as_written = msgpack.packb(doc, use_bin_type=True)  # v, type, body, sig: unsorted keys
+    with pytest.raises(NonCanonical, match=r"^bytes are not the canonical encoding of"):
+        open_signed(as_written, CapacityAd)
+    # a non-canonical body inside a canonical-looking envelope is refused as well
+    body = dict(reversed(list(signed.message.to_wire().items())))
+    inner = msgpack.packb({"body": body, "sig": signed.signature, "type": "capacity_ad",
+                           "v": 1}, use_bin_type=True)
+    with pytest.raises(NonCanonical):
+        open_signed(inner, CapacityAd)
+
+
 def test_an_envelope_that_is_not_a_map(build: Any) -> None:
     with pytest.raises(DecodeError, match=r"^a signed envelope must be a map$"):
         open_signed(pack([1, "capacity_ad", {}, b"\x00" * 64]), CapacityAd)
@@ -386,12 +404,9 @@ def test_spec_clock_window(build: Any, offset_ms: int, fresh: bool) -> None:
             check_spec_fresh(spec, now_ms=now)
 
 
-# -- known bugs (strict xfail: each turns into a failure once protocol/ is fixed) --------
+# -- regressions found by this suite, fixed in protocol/ --------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="BUG: signing.py envelope_fields compares `v != 1`, so "
-                   "v=True and v=1.0 pass; the same signed spec gets another raw and job id")
 @pytest.mark.parametrize("v", [True, 1.0], ids=["true", "float"])
 def test_version_must_be_the_integer_1(build: Any, pack_envelope: Any, v: Any) -> None:
     signed = sign(build.spec(), build.alice)
@@ -402,31 +417,67 @@ def test_version_must_be_the_integer_1(build: Any, pack_envelope: Any, v: Any) -
         open_signed(respelled, JobSpec)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="BUG: a peer id of a small-order Ed25519 key (all-zero "
-                   "public key) is accepted; anyone can forge its signatures (identity.py)")
-def test_small_order_public_keys_cannot_sign(build: Any, pack_envelope: Any) -> None:
-    from protocol.identity import peer_id_from_public_key
-
-    nobody = peer_id_from_public_key(bytes(32))  # order-4 point: no private key exists
-    for seq in range(32):
-        try:
-            ad = build.ad(peer_id=nobody, seq=seq)
-        except InvalidMessage:
-            return  # refusing the id outright is a fix too
-        raw = pack_envelope(ad.to_wire(), type_name="capacity_ad", sig=bytes(64))
-        with pytest.raises(RemoteProtocolError):
-            open_signed(raw, CapacityAd)
+SMALL_ORDER_KEYS = [
+    bytes(32),  # order 4
+    bytes([1]) + bytes(31),  # the identity, order 1
+    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),  # order 8
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),  # order 8
+    bytes([0xEC]) + b"\xff" * 30 + b"\x7f",  # p - 1, order 2
+    bytes([0xED]) + b"\xff" * 30 + b"\x7f",  # p itself: non-canonical
+]
 
 
-@pytest.mark.xfail(strict=True, raises=FrameTooLarge,
-                   reason="BUG: sign() accepts a JobResult whose envelope exceeds "
-                   "MAX_SIGNED_SIZE (stdout cap counts characters, not bytes), and "
-                   "open_signed() then refuses it with FrameTooLarge")
-def test_whatever_sign_accepts_open_signed_accepts(build: Any) -> None:
-    result = build.result(stdout="\U0001f600" * (64 * 1024))  # within the 64 Ki-char cap
-    try:
-        signed = sign(result, build.bob)
-    except InvalidMessage:
-        return  # refusing to sign is a fix too
+@pytest.mark.parametrize("key", SMALL_ORDER_KEYS, ids=lambda k: k.hex()[:8])
+def test_small_order_public_keys_cannot_sign(build: Any, pack_envelope: Any,
+                                             key: bytes) -> None:
+    from protocol.identity import _PEER_PREFIX, b58encode, peer_id_from_public_key
+
+    nobody = b58encode(_PEER_PREFIX + key)  # no private key exists for these points
+    with pytest.raises(InvalidMessage, match="small order"):
+        peer_id_from_public_key(key)
+    with pytest.raises(InvalidMessage, match="not an Ed25519 peer id"):
+        build.ad(peer_id=nobody)
+    body = build.ad().to_wire() | {"peer_id": nobody}
+    raw = pack_envelope(body, type_name="capacity_ad", sig=bytes(64))
+    with pytest.raises(MalformedMessage, match="small-order or non-canonical"):
+        open_signed(raw, CapacityAd)
+
+
+def test_real_keys_are_never_taken_for_weak_ones() -> None:
+    from protocol.identity import Identity, is_strong_public_key
+
+    assert all(is_strong_public_key(Identity.generate().public_key) for _ in range(200))
+
+
+def test_output_text_is_capped_in_bytes_not_characters(build: Any) -> None:
+    with pytest.raises(InvalidMessage, match="stdout exceeds 65536 UTF-8 bytes"):
+        build.result(stdout="\U0001f600" * (16 * 1024 + 1))
+
+
+def test_the_largest_result_the_rules_allow_still_signs_and_opens(build: Any) -> None:
+    from protocol import OutputFile
+    from protocol.messages import MAX_OUTPUTS
+
+    outputs = tuple(OutputFile(name=f"{i:04d}" + "x" * 123 + "/" + "y" * 127, sha256="ab" * 32,
+                               size=2**40)
+                    for i in range(MAX_OUTPUTS))
+    result = build.result(stdout="\U0001f600" * (16 * 1024), stderr="e" * 65536,
+                          outputs=outputs)
+    signed = sign(result, build.bob)
     assert open_signed(signed.raw, JobResult).message == result
+
+
+def test_sign_refuses_what_open_signed_would_refuse(build: Any) -> None:
+    from protocol.messages import MAX_ARGS_BYTES
+
+    with pytest.raises(InvalidMessage, match="args exceed 65536 bytes in all"):
+        build.spec(args=tuple("a" * 1024 for _ in range(MAX_ARGS_BYTES // 1024 + 1)))
+
+
+def test_job_id_ignores_which_valid_signature_carries_the_spec(build: Any,
+                                                               pack_envelope: Any) -> None:
+    spec = build.spec()
+    first = sign(spec, build.alice)
+    again = sign(spec, build.alice)
+    assert first.digest == again.digest
+    assert first.digest != sign(build.spec(nonce=b"n" * 16), build.alice).digest
