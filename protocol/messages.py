@@ -20,6 +20,7 @@ _REL_PATH = re.compile(rf"\A{_PART}(/{_PART}){{0,7}}\Z")
 
 SandboxTier = Literal["A", "B", "none"]
 JobStatus = Literal["ok", "failed", "timeout", "killed", "error"]
+Limit = Literal["wall", "memory", "pids", "disk", "cpu"]
 
 
 def check_peer_id(value: str, what: str) -> None:
@@ -101,8 +102,12 @@ class Price(Message):
 
 @message
 class Runtime(Message):
+    """A job runtime: interpreter version, key package versions, digest of the manifest."""
+
     name: str = field(max_len=64)
     version: str = field(max_len=64)
+    packages: dict[str, str] = field(max_len=32)
+    digest: str = field(max_len=64)
 
 
 @message
@@ -229,11 +234,18 @@ class Usage(Message):
 
 @message
 class SandboxProfile(Message):
+    """The isolation a job ran under, as enforced by the provider."""
+
     tier: SandboxTier
     wall_limit_s: int
     memory_limit_mb: int
+    cpu_limit: float
+    pids_limit: int
+    disk_limit_mb: int
+    network: Literal["none", "host"]
     runtime: str = field(max_len=64)
     runtime_digest: str = field(max_len=64)
+    warm: bool
 
 
 @message
@@ -253,6 +265,7 @@ class JobResult(Signable):
     stdout_truncated: bool
     stderr_truncated: bool
     outputs: tuple[OutputFile, ...] = field(max_len=MAX_OUTPUTS)
+    limits_hit: tuple[Limit, ...] = field(max_len=8)
     usage: Usage
     sandbox: SandboxProfile
     price_charged: int

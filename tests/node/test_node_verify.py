@@ -18,9 +18,10 @@ def make_result(provider: Identity, requester: Identity, outputs: dict[str, byte
         exit_code=0, stdout="hi\n", stderr="", stdout_truncated=False, stderr_truncated=False,
         outputs=tuple(OutputFile(name=n, sha256=hashlib.sha256(d).hexdigest(), size=len(d))
                       for n, d in outputs.items()),
-        usage=Usage(wall_s=1.0, cpu_s=0.5, gpu_s=0.0, peak_memory_mb=10),
-        sandbox=SandboxProfile(tier="none", wall_limit_s=60, memory_limit_mb=0,
-                               runtime="python3", runtime_digest=""),
+        limits_hit=(), usage=Usage(wall_s=1.0, cpu_s=0.5, gpu_s=0.0, peak_memory_mb=10),
+        sandbox=SandboxProfile(tier="none", wall_limit_s=60, memory_limit_mb=0, cpu_limit=1.0,
+                               pids_limit=0, disk_limit_mb=0, network="host",
+                               runtime="python3", runtime_digest="", warm=False),
         price_charged=0, finished_at=1)
 
 

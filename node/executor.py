@@ -1,0 +1,161 @@
+"""Where a provider's jobs run: the tier-A sandbox (warm or cold), or a plain subprocess when
+the operator passed --unsafe-no-sandbox. Both give the provider the same `Slot` interface."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Protocol
+
+from node import runner
+from node.sandbox.pool import WarmPool
+from node.sandbox.runner import JobLimits, Sandbox, SandboxJob, job_env
+from protocol import JobSpec, SandboxProfile
+from protocol.messages import Limit, SandboxTier
+
+PIDS_LIMIT = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Execution:
+    process: runner.ProcessResult
+    limits_hit: tuple[Limit, ...]
+    profile: SandboxProfile
+
+
+class Slot(Protocol):
+    def input_path(self, name: str) -> Path: ...
+    def expose_input(self, name: str) -> None: ...
+    @property
+    def out_dir(self) -> Path: ...
+    async def run(self) -> Execution: ...
+
+
+class Executor(Protocol):
+    tier: SandboxTier
+
+    def slot(self, spec: JobSpec, job_id: str) -> AbstractAsyncContextManager[Slot]: ...
+
+
+def limits_for(spec: JobSpec) -> JobLimits:
+    r = spec.resources
+    return JobLimits(wall_s=float(r.max_seconds), memory_mb=r.memory_mb, cpus=float(r.cpus),
+                     pids=PIDS_LIMIT, disk_mb=r.disk_mb)
+
+
+class PlainSlot:
+    """No isolation at all: a subprocess in a fresh directory (tier `none`)."""
+
+    def __init__(self, spec: JobSpec, work: Path) -> None:
+        self.spec = spec
+        self.work = work
+
+    def input_path(self, name: str) -> Path:
+        return self.work / name
+
+    def expose_input(self, name: str) -> None:
+        pass
+
+    @property
+    def out_dir(self) -> Path:
+        return self.work / "out"
+
+    async def run(self) -> Execution:
+        self.out_dir.mkdir(exist_ok=True)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.work),
+               "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "OMP_NUM_THREADS": str(self.spec.resources.cpus)}
+        argv = [sys.executable, "-u", "-s", self.spec.entrypoint, *self.spec.args]
+        proc = await runner.run_process(argv, cwd=self.work, env=env,
+                                        timeout_s=self.spec.resources.max_seconds)
+        hit: tuple[Limit, ...] = ("wall",) if proc.status == "timeout" else ()
+        profile = SandboxProfile(
+            tier="none", wall_limit_s=self.spec.resources.max_seconds, memory_limit_mb=0,
+            cpu_limit=0.0, pids_limit=0, disk_limit_mb=0, network="host", runtime="python3",
+            runtime_digest="", warm=False)
+        return Execution(process=proc, limits_hit=hit, profile=profile)
+
+
+class PlainExecutor:
+    tier: SandboxTier = "none"
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+
+    @asynccontextmanager
+    async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
+        work = self.jobs_dir / job_id[:16]
+        work.mkdir(parents=True)
+        try:
+            yield PlainSlot(spec, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+class SandboxSlot:
+    def __init__(self, executor: SandboxExecutor, spec: JobSpec, job: SandboxJob,
+                 worker: object | None) -> None:
+        self.executor = executor
+        self.spec = spec
+        self.job = job
+        self.worker = worker
+
+    def input_path(self, name: str) -> Path:
+        return self.job.input_path(name)
+
+    def expose_input(self, name: str) -> None:
+        self.job.expose_input(name)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.job.work_dir / "out"
+
+    async def run(self) -> Execution:
+        from node.sandbox.pool import Worker
+
+        self.job.make_out_dir()
+        limits = limits_for(self.spec)
+        env = job_env(limits)
+        if isinstance(self.worker, Worker):
+            result = await self.worker.run(self.spec.entrypoint, self.spec.args, limits, env)
+        else:
+            argv = [str(self.executor.sandbox.runtime.interpreter), "-u", "-s",
+                    self.spec.entrypoint, *self.spec.args]
+            result = await self.job.run(argv, env)
+        runtime = self.executor.sandbox.runtime
+        profile = SandboxProfile(
+            tier="A", wall_limit_s=self.spec.resources.max_seconds,
+            memory_limit_mb=limits.memory_mb, cpu_limit=limits.cpus, pids_limit=limits.pids,
+            disk_limit_mb=limits.disk_mb, network="none", runtime=runtime.name,
+            runtime_digest=runtime.digest, warm=result.warm)
+        hit = tuple(h for h in result.limits_hit if h in ("wall", "memory", "pids", "disk",
+                                                          "cpu"))
+        return Execution(process=result.process, limits_hit=hit, profile=profile)  # type: ignore[arg-type]
+
+
+class SandboxExecutor:
+    tier: SandboxTier = "A"
+
+    def __init__(self, sandbox: Sandbox, pool: WarmPool | None) -> None:
+        self.sandbox = sandbox
+        self.pool = pool
+
+    @asynccontextmanager
+    async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
+        worker = None
+        if self.pool is not None and spec.resources.gpus == 0:
+            worker = self.pool.take()
+        if worker is not None:
+            try:
+                yield SandboxSlot(self, spec, worker.job, worker)
+            finally:
+                worker.done()
+            return
+        name = f"job-{job_id[:16]}-{os.urandom(2).hex()}"
+        async with self.sandbox.job(name, limits_for(spec)) as job:
+            yield SandboxSlot(self, spec, job, None)

@@ -1,0 +1,297 @@
+"""Tier-A job sandboxes: job user + bubblewrap + seccomp + cgroups + rlimits + wall timeout.
+
+A `SandboxJob` owns one job's host resources: a leased job user, a size-capped tmpfs work
+dir, a read-only inputs dir and a cgroup. It runs exactly one process tree, then everything
+is killed and removed. Warm workers are SandboxJobs started before their job is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.runner import ProcessResult, _Capped
+from node.sandbox import launch
+from node.sandbox.bwrap import JOB, SECCOMP_FD_PLACEHOLDER, WORK, SandboxSpec, bwrap_argv
+from node.sandbox.cgroups import CgroupManager, JobCgroup, Limits
+from node.sandbox.errors import LaunchFailed, SandboxUnavailable
+from node.sandbox.gpu import Gpu, device_rules, driver_libraries
+from node.sandbox.runtime import RuntimeInfo
+from node.sandbox.seccomp import build_filter
+from node.sandbox.users import JobUser, UserPool
+from protocol.messages import MAX_OUTPUT_TEXT
+
+SANDBOX_ROOT = Path(os.environ.get("OFFLOAD_SANDBOX_ROOT", "/var/lib/offload"))
+LAUNCHER = Path(launch.__file__).resolve()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class JobLimits:
+    wall_s: float
+    memory_mb: int = 2048
+    cpus: float = 1.0
+    pids: int = 256
+    disk_mb: int = 1024
+    tmp_mb: int = 256
+    nofile: int = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SandboxResult:
+    process: ProcessResult
+    limits_hit: tuple[str, ...]
+    warm: bool
+
+
+def job_env(limits: JobLimits, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": WORK, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+           "USER": "job", "LOGNAME": "job", "PYTHONUNBUFFERED": "1",
+           "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(max(1, int(limits.cpus))),
+           "MPLCONFIGDIR": "/tmp"}
+    env.update(extra or {})
+    return env
+
+
+class Sandbox:
+    """Factory of SandboxJobs on this host; one per provider daemon."""
+
+    def __init__(self, *, users: UserPool, cgroups: CgroupManager, runtime: RuntimeInfo,
+                 root: Path = SANDBOX_ROOT, gpus: Sequence[Gpu] = ()) -> None:
+        self.users = users
+        self.cgroups = cgroups
+        self.runtime = runtime
+        self.root = root
+        self.gpus = list(gpus)
+        self.gpu_libraries = driver_libraries() if self.gpus else []
+        self.seccomp_hex = build_filter().hex()
+        for d in (root, root / "jobs"):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o711)
+
+    def runtime_paths(self) -> list[Path]:
+        paths = [self.runtime.path]
+        base = self.runtime.base_prefix()
+        if base is not None:
+            paths.append(base)
+        return paths
+
+    @asynccontextmanager
+    async def job(self, name: str, limits: JobLimits, *,
+                  gpus: Sequence[Gpu] = ()) -> AsyncIterator[SandboxJob]:
+        user = self.users.lease()
+        if user is None:
+            raise SandboxUnavailable("no free job user; every slot is busy")
+        job = SandboxJob(self, name, user, limits, gpus=gpus)
+        try:
+            job.prepare()
+            yield job
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(job.destroy)
+            self.users.release(user)
+
+
+class SandboxJob:
+    def __init__(self, sandbox: Sandbox, name: str, user: JobUser, limits: JobLimits, *,
+                 gpus: Sequence[Gpu]) -> None:
+        self.sandbox = sandbox
+        self.name = name
+        self.user = user
+        self.limits = limits
+        self.gpus = list(gpus)
+        self.dir = sandbox.root / "jobs" / name
+        self.inputs_dir = self.dir / "in"
+        self.work_dir = self.dir / "work"
+        self.cgroup: JobCgroup | None = None
+        self._mounted = False
+        self._process: trio.Process | None = None
+        self._status_r: int | None = None
+
+    # host side ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        self.dir.mkdir(mode=0o711)
+        os.chmod(self.dir, 0o711)
+        self.inputs_dir.mkdir(mode=0o755)
+        os.chmod(self.inputs_dir, 0o755)
+        self.work_dir.mkdir(mode=0o700)
+        opts = (f"size={self.limits.disk_mb}m,mode=0700,uid={self.user.uid},"
+                f"gid={self.user.gid},nosuid,nodev")
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "offload-job",
+                              str(self.work_dir)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SandboxUnavailable(f"cannot mount the job's tmpfs: {res.stderr.strip()}")
+        self._mounted = True
+        self.cgroup = self.sandbox.cgroups.create(self.name)
+        self.cgroup.set_limits(self.cgroup_limits(self.limits))
+
+    def cgroup_limits(self, limits: JobLimits) -> Limits:
+        rules = tuple(device_rules(self.gpus)) if self.gpus else ()
+        return Limits(memory_bytes=limits.memory_mb << 20, pids=limits.pids,
+                      cpus=limits.cpus, devices=rules)
+
+    def expose_input(self, name: str) -> None:
+        """An input written to input_path(name): read-only under /job, linked from the cwd."""
+        dest = self.inputs_dir / name
+        os.chmod(dest, 0o644)
+        link = self.work_dir / name
+        if not link.is_symlink():
+            os.symlink(f"{JOB}/{name}", link)
+            os.lchown(link, self.user.uid, self.user.gid)
+
+    def input_path(self, name: str) -> Path:
+        return self.inputs_dir / name
+
+    def make_out_dir(self) -> Path:
+        out = self.work_dir / "out"
+        if not out.exists():
+            out.mkdir()
+            os.chown(out, self.user.uid, self.user.gid)
+        return out
+
+    def destroy(self) -> None:
+        if self.cgroup is not None:
+            try:
+                self.cgroup.remove()
+            finally:
+                self.cgroup = None
+        if self._mounted:
+            subprocess.run(["umount", "-l", str(self.work_dir)], capture_output=True)
+            self._mounted = False
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.dir)], capture_output=True)
+
+    # launching ---------------------------------------------------------------------------
+    def launcher_argv(self, argv: Sequence[str], env: Mapping[str, str],
+                      status_fd: int) -> list[str]:
+        spec = SandboxSpec(work_dir=self.work_dir, inputs_dir=self.inputs_dir,
+                           runtime_paths=self.sandbox.runtime_paths(), argv=argv, env=env,
+                           tmp_mb=self.limits.tmp_mb, gpus=self.gpus,
+                           gpu_libraries=self.sandbox.gpu_libraries)
+        bw = bwrap_argv(spec)
+        bw = [*bw[:1], "--json-status-fd", str(status_fd), *bw[1:]]
+        assert self.cgroup is not None
+        mem = self.limits.memory_mb << 20
+        rlimits: dict[str, tuple[int, int]] = {
+            "RLIMIT_CORE": (0, 0),
+            "RLIMIT_NOFILE": (self.limits.nofile, self.limits.nofile),
+            "RLIMIT_FSIZE": (self.limits.disk_mb << 20, self.limits.disk_mb << 20),
+            "RLIMIT_NPROC": (self.limits.pids + 16, self.limits.pids + 16),
+        }
+        if not self.gpus:  # CUDA reserves huge address space: GPU jobs rely on the cgroup
+            rlimits["RLIMIT_AS"] = (mem * 4 + (2 << 30), mem * 4 + (2 << 30))
+        config = {"procs_files": list(self.cgroup.procs_files), "rlimits": rlimits,
+                  "argv": bw, "seccomp_hex": self.sandbox.seccomp_hex,
+                  "seccomp_placeholder": SECCOMP_FD_PLACEHOLDER,
+                  "uid": self.user.uid, "gid": self.user.gid}
+        return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)]
+
+    async def start(self, argv: Sequence[str], env: Mapping[str, str], *,
+                    stdin: int = subprocess.DEVNULL) -> trio.Process:
+        r, w = os.pipe()
+        self._status_r = r
+        try:
+            self._process = await trio.lowlevel.open_process(
+                self.launcher_argv(argv, env, w), stdin=stdin, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, pass_fds=(w,), start_new_session=True)
+        finally:
+            os.close(w)
+        return self._process
+
+    async def wait(self, *, timeout_s: float, warm: bool = False,
+                   output_cap: int = MAX_OUTPUT_TEXT,
+                   cpu_baseline_s: float = 0.0) -> SandboxResult:
+        """Drain output, enforce the wall limit, kill everything left, read usage."""
+        proc = self._process
+        assert proc is not None and proc.stdout is not None and proc.stderr is not None
+        out, err = _Capped(output_cap), _Capped(output_cap)
+        started = time.monotonic()
+        with trio.move_on_after(timeout_s) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(out.drain, proc.stdout)
+                nursery.start_soon(err.drain, proc.stderr)
+                await proc.wait()
+                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        timed_out = scope.cancelled_caught
+        wall = time.monotonic() - started
+        assert self.cgroup is not None
+        await trio.to_thread.run_sync(self.cgroup.kill_all)
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+            for s in (proc.stdout, proc.stderr, proc.stdin):
+                if s is not None:
+                    await s.aclose()
+        started_child, exit_code = self._read_status()
+        usage = self.cgroup.usage()
+        hit = []
+        if timed_out:
+            hit.append("wall")
+        if usage.memory_limit_hit or usage.oom_killed:
+            hit.append("memory")
+        if usage.pids_limit_hit:
+            hit.append("pids")
+        if self._disk_full():
+            hit.append("disk")
+        code = exit_code if exit_code is not None else (proc.returncode or 0)
+        if not started_child:
+            raise LaunchFailed("the sandbox did not start: "
+                               + err.data.decode("utf-8", "replace").strip()[-500:])
+        if timed_out:
+            status = "timeout"
+        elif usage.oom_killed or code < 0 or code in (128 + 9, 128 + 15):
+            status = "killed"
+        elif code == 0:
+            status = "ok"
+        else:
+            status = "failed"
+        result = ProcessResult(
+            status=status, exit_code=code, stdout=bytes(out.data), stderr=bytes(err.data),  # type: ignore[arg-type]
+            stdout_truncated=out.truncated, stderr_truncated=err.truncated, wall_s=wall,
+            cpu_s=max(0.0, usage.cpu_s - cpu_baseline_s),
+            peak_memory_mb=usage.peak_memory_bytes >> 20)
+        return SandboxResult(process=result, limits_hit=tuple(hit), warm=warm)
+
+    def _read_status(self) -> tuple[bool, int | None]:
+        """bwrap's --json-status-fd: a child-pid line once started, exit-code at the end."""
+        r, self._status_r = self._status_r, None
+        if r is None:
+            return False, None
+        data = b""
+        os.set_blocking(r, False)
+        try:
+            while chunk := os.read(r, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(r)
+        started, code = False, None
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                doc: dict[str, Any] = json.loads(line)
+            except ValueError:
+                continue
+            started = started or "child-pid" in doc
+            if "exit-code" in doc:
+                code = int(doc["exit-code"])
+        return started, code
+
+    def _disk_full(self) -> bool:
+        try:
+            st = os.statvfs(self.work_dir)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 64 * 1024
+
+    async def run(self, argv: Sequence[str], env: Mapping[str, str]) -> SandboxResult:
+        await self.start(argv, env)
+        return await self.wait(timeout_s=self.limits.wall_s)
