@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := gcc libgmp-dev
+SYSTEM_PACKAGES := gcc libgmp-dev bubblewrap
 
-.PHONY: setup demo test check pytest system-deps clean
+.PHONY: setup sandbox demo test check pytest system-deps clean
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox
 
 $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
@@ -16,7 +16,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[runtime,dev]'
 	@touch $@
 
-# apt packages that libp2p's build needs; installed when root, otherwise named.
+# job isolation (tier A): job users and the job runtime under /opt; root only.
+sandbox: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(BIN)/offload sandbox setup; \
+	else \
+	  echo "not root: skipping job users and runtime; providers will refuse remote jobs"; \
+	  echo "(run 'sudo make sandbox' for tier A, or 'offload provide --unsafe-no-sandbox')"; \
+	fi
+
+# apt packages that libp2p's build and the sandbox need; installed when root, otherwise named.
 system-deps:
 	@missing=""; \
 	if command -v dpkg >/dev/null 2>&1; then \
@@ -42,8 +51,9 @@ check: setup
 	$(BIN)/ruff check node protocol scheduler ledger tests bench examples
 	$(BIN)/mypy
 
+# as root a skipped sandbox test is a failure: tier A must be proved, not assumed
 pytest: setup
-	$(BIN)/python -m pytest
+	OFFLOAD_REQUIRE_SANDBOX=$$([ "$$(id -u)" = 0 ] && echo 1 || echo 0) $(BIN)/python -m pytest
 
 test: check pytest
 

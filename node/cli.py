@@ -27,6 +27,8 @@ EXAMPLES = {
               "--bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --out results",
     "verify": "offload verify results/result.msgpack",
     "demo": "offload demo --providers 3",
+    "sandbox": "offload sandbox check --json",
+    "runtime": "offload runtime install",
 }
 
 SUBMIT_OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out",
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--ready-file", type=Path, metavar="F",
                    help='write {"peer_id", "addrs"} here once listening and advertised')
+    c.add_argument("--slots", type=int, default=2, metavar="N", help="jobs at once (default 2)")
+    c.add_argument("--warm", type=int, default=1, metavar="N",
+                   help="pre-started sandboxed interpreters with torch imported (default 1)")
+    c.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run jobs WITHOUT isolation if tier A cannot be proved (ad says so)")
 
     c = cmd("offers", "list verified provider ads found through the DHT")
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
@@ -84,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, metavar="DIR",
                    help="save result.msgpack and outputs here (default offload-out/<job>)")
     c.add_argument("--json", action="store_true")
+
+    c = cmd("sandbox", "check or set up job isolation on this host")
+    ss = c.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
+    s = ss.add_parser("check", help="run every escape probe inside the sandbox; exit 1 if any "
+                      "escaped", epilog="example: offload sandbox check --json")
+    s.add_argument("--json", action="store_true")
+    s = ss.add_parser("setup", help="as root: create the job users and install the runtime",
+                      epilog="example: sudo offload sandbox setup --users 4")
+    s.add_argument("--users", type=int, default=4, metavar="N")
+    s.add_argument("--json", action="store_true")
+
+    c = cmd("runtime", "install or describe the job runtime (a venv the job users can run)")
+    rs = c.add_subparsers(dest="runtime_command", required=True, metavar="ACTION")
+    r = rs.add_parser("install", help="as root: build /opt/offload/runtimes/python3 with torch",
+                      epilog="example: sudo offload runtime install")
+    r.add_argument("--json", action="store_true")
+    r = rs.add_parser("show", help="print the installed runtime's manifest",
+                      epilog="example: offload runtime show --json")
+    r.add_argument("--json", action="store_true")
 
     c = cmd("verify", "check a saved result offline: signature and output digests")
     c.add_argument("result", type=Path, metavar="RESULT_FILE")
@@ -190,7 +216,9 @@ def cmd_provide(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     identity, _ = init_identity(home)
     config = ProviderConfig(home=home, listen=args.listen or ["/ip4/127.0.0.1/tcp/0"],
-                            bootstrap=_bootstrap(args), ready_file=args.ready_file)
+                            bootstrap=_bootstrap(args), ready_file=args.ready_file,
+                            slots=args.slots, warm=args.warm,
+                            unsafe_no_sandbox=args.unsafe_no_sandbox)
     trio.run(serve, config, identity)
     return 0
 
@@ -296,7 +324,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if doc["exit_code"] == 0 else 1
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from node.sandbox import commands
+
+    if args.sandbox_command == "setup":
+        doc = commands.setup(users_count=args.users)
+        _emit(args, doc, f"job users: {', '.join(doc['users'])}; runtime "
+                         f"{doc['runtime']['name']} at {doc['runtime']['path']}")
+        return 0
+    home = resolve_home(args.home)
+    report = trio.run(commands.full_check, home)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(commands.format_report(report))
+    return 0 if report["tier"] == "A" else 1
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    from node.sandbox import runtime
+
+    info = runtime.install() if args.runtime_command == "install" else runtime.describe()
+    doc = {"name": info.name, "path": str(info.path), "python": info.python,
+           "packages": info.packages, "digest": info.digest}
+    _emit(args, doc, f"{info.name}: python {info.python}, "
+                     + ", ".join(f"{k} {v}" for k, v in info.packages.items())
+                     + f" ({info.path})")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "offers": cmd_offers,
-    "submit": cmd_submit, "verify": cmd_verify, "demo": cmd_demo,
+    "submit": cmd_submit, "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
+    "runtime": cmd_runtime,
 }

@@ -12,10 +12,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
+import trio
+
 from node import runner
-from node.sandbox.pool import WarmPool
+from node.sandbox import runtime as runtime_mod
+from node.sandbox import users as users_mod
+from node.sandbox.check import CheckReport
+from node.sandbox.errors import SandboxUnavailable
+from node.sandbox.pool import WarmPool, warm_pool
 from node.sandbox.runner import JobLimits, Sandbox, SandboxJob, job_env
-from protocol import JobSpec, SandboxProfile
+from protocol import JobSpec, Runtime, SandboxProfile
 from protocol.messages import Limit, SandboxTier
 
 PIDS_LIMIT = 256
@@ -159,3 +165,66 @@ class SandboxExecutor:
         name = f"job-{job_id[:16]}-{os.urandom(2).hex()}"
         async with self.sandbox.job(name, limits_for(spec)) as job:
             yield SandboxSlot(self, spec, job, None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecutorSetup:
+    executor: Executor | None      # None: remote jobs are refused
+    runtime: Runtime
+    report: CheckReport | None
+    reason: str                    # why the tier is what it is
+
+
+def plain_runtime() -> Runtime:
+    info = runtime_mod.from_interpreter(Path(sys.executable))
+    return Runtime(name=info.name, version=info.python, packages=info.packages,
+                   digest=info.digest)
+
+
+@asynccontextmanager
+async def open_executor(*, jobs_dir: Path, key_file: Path, slots: int, warm: int,
+                        unsafe_no_sandbox: bool, cgroup_base: str,
+                        runtime_name: str = "python3") -> AsyncIterator[ExecutorSetup]:
+    """Prove tier A with the quick escape self-test; else fall back as the operator allowed."""
+    from node.sandbox.cgroups import CgroupError, CgroupManager
+    from node.sandbox.check import check
+    from node.sandbox.errors import SandboxError
+    from node.sandbox.gpu import discover
+
+    reason = ""
+    try:
+        if os.geteuid() != 0:
+            raise SandboxUnavailable("tier A needs the daemon to run as root (it drops every "
+                                     "job to a dedicated user)")
+        if shutil.which("bwrap") is None:
+            raise SandboxUnavailable("bubblewrap is missing; run `apt-get install bubblewrap`")
+        user_list = users_mod.lookup(slots + warm)
+        cgroups = await trio.to_thread.run_sync(
+            lambda: CgroupManager.detect(base=cgroup_base))
+        await trio.to_thread.run_sync(cgroups.cleanup_stale)
+        info = runtime_mod.describe(runtime_name)
+        sandbox = Sandbox(users=users_mod.UserPool(user_list), cgroups=cgroups, runtime=info,
+                          gpus=await trio.to_thread.run_sync(discover))
+        report = await check(sandbox, key_file=key_file, quick=True)
+    except (SandboxError, CgroupError, OSError) as exc:
+        reason = str(exc)
+        sandbox, report = None, None
+    runtime = None
+    if sandbox is not None and report is not None and report.tier == "A":
+        runtime = Runtime(name=sandbox.runtime.name, version=sandbox.runtime.python,
+                          packages=sandbox.runtime.packages, digest=sandbox.runtime.digest)
+        if warm > 0:
+            async with warm_pool(sandbox, warm) as pool:
+                yield ExecutorSetup(SandboxExecutor(sandbox, pool), runtime, report,
+                                    "escape self-test passed")
+            return
+        yield ExecutorSetup(SandboxExecutor(sandbox, None), runtime, report,
+                            "escape self-test passed")
+        return
+    if report is not None:
+        reason = f"escape self-test failed: {', '.join(report.escaped)} escaped"
+    if unsafe_no_sandbox:
+        yield ExecutorSetup(PlainExecutor(jobs_dir), plain_runtime(), report,
+                            f"--unsafe-no-sandbox: {reason}")
+    else:
+        yield ExecutorSetup(None, plain_runtime(), report, reason)

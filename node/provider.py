@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 import signal
-import sys
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,9 +18,10 @@ from typing import Any
 
 import trio
 
-from node import runner
 from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, open_discovery
 from node.errors import RemoteError
+from node.executor import Executor, ExecutorSetup, open_executor
+from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
 from node.transfer import TransferFailed, receive_file, send_file
 from protocol import (
@@ -34,8 +35,6 @@ from protocol import (
     Price,
     ProtocolError,
     Replayed,
-    Runtime,
-    SandboxProfile,
     Usage,
     check_spec_fresh,
     open_signed,
@@ -68,6 +67,8 @@ class ProviderConfig:
     region: str = ""
     ad_refresh_s: float = AD_REFRESH_S
     ad_lifetime_s: float = AD_LIFETIME_S
+    warm: int = 1
+    unsafe_no_sandbox: bool = False
 
 
 def cpu_model() -> str:
@@ -84,23 +85,19 @@ def memory_mb() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
 
 
-def job_runtime() -> Runtime:
-    """The interpreter jobs run with: this node's own Python until the sandbox runtime lands."""
-    return Runtime(name="python3", version=platform.python_version())
-
-
 class Provider:
     """Serves `/offload/job/1.0.0` on a host; one instance per daemon."""
 
     def __init__(self, config: ProviderConfig, identity: Identity, *,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], setup: ExecutorSetup) -> None:
         self.config = config
+        self.setup = setup
+        self.executor: Executor | None = setup.executor
         self.identity = identity
         self.clock = clock
         self.replay = ReplayGuard(window_ms=2 * SPEC_WINDOW_MS + 60_000)
         self.slots = trio.Semaphore(config.slots)
         self.running = 0
-        self.jobs_dir = config.home / "jobs"
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -111,8 +108,10 @@ class Provider:
             peer_id=self.identity.peer_id, addrs=tuple(addrs),
             devices=(Device(kind="cpu", model=cpu_model(), memory_mb=memory_mb(),
                             compute_capability="", count=1, gflops=0.0),),
-            cpus=os.cpu_count() or 1, memory_mb=memory_mb(), runtimes=(job_runtime(),),
-            price=self.config.price, sandbox_tier="none", region=self.config.region,
+            cpus=os.cpu_count() or 1, memory_mb=memory_mb(), runtimes=(self.setup.runtime,),
+            price=self.config.price,
+            sandbox_tier=self.executor.tier if self.executor else "none",
+            region=self.config.region,
             coords=(), cached=(), load=min(1.0, self.running / self.config.slots),
             seq=now, expires=now + int(self.config.ad_lifetime_s * 1000))
 
@@ -170,20 +169,20 @@ class Provider:
                                               retry_after_s=5.0))
             return
         self.running += 1
-        work = self.jobs_dir / job_id[:16]
         try:
-            await self._run(stream, spec, job_id, work)
+            await self._run(stream, spec, job_id)
         finally:
             self.running -= 1
             self.slots.release()
-            shutil.rmtree(work, ignore_errors=True)
 
     def _check_spec(self, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, str] | None:
+        if self.executor is None:
+            return ("no_sandbox", f"this provider runs no remote jobs: {self.setup.reason}")
         if spec.provider != self.identity.peer_id:
             return ("wrong_provider", "this job spec is addressed to another provider")
         if spec.requester != peer:
             return ("bad_request", "the job spec was signed by a peer other than the sender")
-        if spec.runtime != "python3":
+        if spec.runtime != self.setup.runtime.name:
             return ("bad_request", f"runtime {spec.runtime!r} is not offered here")
         if spec.resources.gpus > 0:
             return ("bad_request", "this provider has no GPU")
@@ -193,62 +192,67 @@ class Provider:
             return ("too_large", f"inputs exceed {MAX_INPUT_BYTES} bytes")
         return None
 
-    async def _run(self, stream: Stream, spec: JobSpec, job_id: str, work: Path) -> None:
-        inputs = work / "in"
-        inputs.mkdir(parents=True, exist_ok=True)
+    async def _run(self, stream: Stream, spec: JobSpec, job_id: str) -> None:
         need = tuple(dict.fromkeys(f.sha256 for f in spec.inputs))
         await stream.send(wire.Accepted(job_id=job_id, need=need))
         by_digest = {f.sha256: f for f in spec.inputs}
-        for digest in need:
-            f = by_digest[digest]
-            await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
-                               dest=inputs / f.name, idle_timeout=IDLE_TIMEOUT_S)
-        for f in spec.inputs:
-            source = inputs / by_digest[f.sha256].name
-            if not (inputs / f.name).exists():
-                shutil.copyfile(source, inputs / f.name)
-        (inputs / "out").mkdir()
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(inputs), "LANG": "C.UTF-8",
-               "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "OMP_NUM_THREADS": str(spec.resources.cpus)}
-        argv = [sys.executable, "-u", "-s", spec.entrypoint, *spec.args]
-        log.info("job %s from %s: running %s", job_id[:12], spec.requester[:16], spec.entrypoint)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_heartbeat, stream)
-            proc = await runner.run_process(argv, cwd=inputs, env=env,
-                                            timeout_s=spec.resources.max_seconds)
-            nursery.cancel_scope.cancel()
-        outputs = collect_outputs(inputs / "out")
-        stdout, out_clipped = clip_text(proc.stdout)
-        stderr, err_clipped = clip_text(proc.stderr)
-        result = JobResult(
-            job_id=job_id, provider=self.identity.peer_id, requester=spec.requester,
-            status=proc.status, exit_code=proc.exit_code,
-            stdout=stdout, stderr=stderr,
-            stdout_truncated=proc.stdout_truncated or out_clipped,
-            stderr_truncated=proc.stderr_truncated or err_clipped,
-            outputs=tuple(o for o, _ in outputs),
-            usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3), gpu_s=0.0,
-                        peak_memory_mb=proc.peak_memory_mb),
-            sandbox=SandboxProfile(tier="none", wall_limit_s=spec.resources.max_seconds,
-                                   memory_limit_mb=0, runtime=job_runtime().name,
-                                   runtime_digest=""),
-            price_charged=0, finished_at=self.now_ms())
-        signed = sign(result, self.identity)
-        await stream.send(wire.ResultReady(result=signed.raw))
-        for out, path in outputs:
-            await send_file(stream, out.name, path)
-        log.info("job %s: %s (exit %d) in %.2f s", job_id[:12], proc.status, proc.exit_code,
-                 proc.wall_s)
+        assert self.executor is not None
+        async with self.executor.slot(spec, job_id) as slot:
+            for digest in need:
+                f = by_digest[digest]
+                await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
+                                   dest=slot.input_path(f.name), idle_timeout=IDLE_TIMEOUT_S)
+            for f in spec.inputs:
+                first = by_digest[f.sha256].name
+                if f.name != first:
+                    shutil.copyfile(slot.input_path(first), slot.input_path(f.name))
+                slot.expose_input(f.name)
+            log.info("job %s from %s: running %s", job_id[:12], spec.requester[:16],
+                     spec.entrypoint)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_heartbeat, stream)
+                ex = await slot.run()
+                nursery.cancel_scope.cancel()
+            outputs = collect_outputs(slot.out_dir)
+            proc = ex.process
+            stdout, out_clipped = clip_text(proc.stdout)
+            stderr, err_clipped = clip_text(proc.stderr)
+            result = JobResult(
+                job_id=job_id, provider=self.identity.peer_id, requester=spec.requester,
+                status=proc.status, exit_code=proc.exit_code, stdout=stdout, stderr=stderr,
+                stdout_truncated=proc.stdout_truncated or out_clipped,
+                stderr_truncated=proc.stderr_truncated or err_clipped,
+                outputs=tuple(o for o, _ in outputs), limits_hit=ex.limits_hit,
+                usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3),
+                            gpu_s=0.0, peak_memory_mb=proc.peak_memory_mb),
+                sandbox=ex.profile, price_charged=0, finished_at=self.now_ms())
+            signed = sign(result, self.identity)
+            await stream.send(wire.ResultReady(result=signed.raw))
+            for out, path in outputs:
+                await send_file(stream, out.name, path)
+        log.info("job %s: %s (exit %d%s) in %.2f s", job_id[:12], proc.status, proc.exit_code,
+                 f", hit {','.join(ex.limits_hit)}" if ex.limits_hit else "", proc.wall_s)
+
+
+def _regular_files(root: Path) -> list[Path]:
+    """Regular files below `root`; symlinks (to files or dirs) and special files are skipped."""
+    found = []
+    for dirpath, _, files in os.walk(root, followlinks=False):
+        for name in files:
+            path = Path(dirpath) / name
+            try:
+                if stat.S_ISREG(path.lstat().st_mode):
+                    found.append(path)
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def collect_outputs(out_dir: Path) -> list[tuple[OutputFile, Path]]:
     """Regular files under out/ (symlinks and specials ignored), in a stable order."""
     found: list[tuple[OutputFile, Path]] = []
     total = 0
-    for path in sorted(out_dir.rglob("*")):
-        if path.is_symlink() or not path.is_file():
-            continue
+    for path in _regular_files(out_dir):
         rel = path.relative_to(out_dir).as_posix()
         try:
             size = path.stat().st_size
@@ -293,14 +297,25 @@ async def _try_send(stream: Stream, frame: wire.Frame) -> None:
 async def serve(config: ProviderConfig, identity: Identity, *,
                 clock: Callable[[], float] = time.time) -> None:
     """Run until SIGINT/SIGTERM: listen, bootstrap, advertise, serve jobs."""
-    provider = Provider(config, identity, clock=clock)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_host(identity, config.listen) as host, \
+        async with open_executor(jobs_dir=config.home / "jobs", key_file=config.home / KEY_FILE,
+                                 slots=config.slots, warm=config.warm,
+                                 unsafe_no_sandbox=config.unsafe_no_sandbox,
+                                 cgroup_base=f"offload-{identity.peer_id[-12:]}") as setup, \
+                open_host(identity, config.listen) as host, \
                 open_discovery(host, server=True, clock=clock) as disc:
+            provider = Provider(config, identity, clock=clock, setup=setup)
+            tier = setup.executor.tier if setup.executor else None
+            if tier is None:
+                log.error("refusing remote jobs and not advertising: %s. Fix it, or pass "
+                          "--unsafe-no-sandbox to run jobs without isolation", setup.reason)
+            else:
+                log.info("sandbox tier %s (%s)", tier, setup.reason)
             host.handle(wire.JOB_PROTOCOL, provider.handle_job)
             await disc.bootstrap(config.bootstrap)
             async with trio.open_nursery() as nursery:
-                await nursery.start(provider.advertise_forever, host, disc)
+                if setup.executor is not None:
+                    await nursery.start(provider.advertise_forever, host, disc)
                 if config.ready_file is not None:
                     write_ready_file(config.ready_file, identity.peer_id, host.addrs())
                 log.info("provider %s listening on %s", identity.peer_id, host.addrs())

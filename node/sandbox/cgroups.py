@@ -71,6 +71,8 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """What the job's groups used since they were created (0 / False where a file is absent)."""
+
     cpu_s: float
     peak_memory_bytes: int
     memory_limit_hit: bool
@@ -453,7 +455,11 @@ class CgroupManager:
                               f"{_HINT}") from exc
 
     def cleanup_stale(self) -> int:
-        """Kill and remove every `job-*` group left by a previous daemon; returns how many."""
+        """Kill and remove every `job-*` group under our base dirs; returns how many.
+
+        Call at start. On v1 the pids/cpu groups of daemons on one host share `/`, so daemons
+        that share a host must each pass their own `base` to detect().
+        """
         names = {e.name for b in self.base_dirs if b.is_dir() for e in b.iterdir()
                  if _NAME.fullmatch(e.name) and e.is_dir()}
         for name in sorted(names):
@@ -462,4 +468,12 @@ class CgroupManager:
             job.v2 = job.v2 if job.v2 is not None and job.v2.is_dir() else None
             job.remove()
         return len(names)
+
+    def remove_bases(self) -> None:
+        """Remove our base folders once empty (for short-lived managers, e.g. a check)."""
+        for base in self.base_dirs:
+            try:
+                base.rmdir()
+            except OSError:
+                pass
 

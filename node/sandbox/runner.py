@@ -235,7 +235,7 @@ class SandboxJob:
         hit = []
         if timed_out:
             hit.append("wall")
-        if usage.memory_limit_hit or usage.oom_killed:
+        if usage.oom_killed:  # failcnt also counts reclaimed cache: only an OOM kill counts
             hit.append("memory")
         if usage.pids_limit_hit:
             hit.append("pids")

@@ -80,6 +80,12 @@ def install(name: str = DEFAULT_RUNTIME, packages: Sequence[str] = DEFAULT_PACKA
             python: str = "/usr/bin/python3", root: Path = RUNTIME_ROOT) -> RuntimeInfo:
     """Build (or reuse) a venv from the system Python, world-readable, and write its manifest."""
     path = runtime_dir(name, root)
+    try:
+        existing = json.loads((path / MANIFEST).read_text())
+        if existing.get("requested") == list(packages) and (path / "bin" / "python3").exists():
+            return describe(name, root)
+    except (OSError, ValueError):
+        pass
     if not Path(python).exists():
         raise SandboxUnavailable(f"{python} is missing; install Debian's python3 and python3-venv")
     root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +98,8 @@ def install(name: str = DEFAULT_RUNTIME, packages: Sequence[str] = DEFAULT_PACKA
                     *packages], check=True)
     info = from_interpreter(path / "bin" / "python3", name)
     (path / MANIFEST).write_text(json.dumps({"name": name, "python": info.python,
-                                             "packages": info.packages, "digest": info.digest}))
+                                             "packages": info.packages, "digest": info.digest,
+                                             "requested": list(packages)}))
     subprocess.run(["chmod", "-R", "a+rX,go-w", str(path)], check=True)
     return info
 

@@ -31,8 +31,8 @@ def lookup(count: int = DEFAULT_COUNT) -> list[JobUser]:
         try:
             entry = pwd.getpwnam(user_name(i))
         except KeyError:
-            raise SandboxUnavailable(
-                f"job user {user_name(i)} is missing; run `offload sandbox setup` as root") from None
+            raise SandboxUnavailable(f"job user {user_name(i)} is missing; run "
+                                     "`offload sandbox setup` as root") from None
         if entry.pw_uid == 0 or entry.pw_gid == 0:
             raise SandboxUnavailable(f"job user {user_name(i)} must not be root or in group 0")
         users.append(JobUser(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid))

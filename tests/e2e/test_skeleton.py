@@ -35,7 +35,7 @@ def test_discovery_reaches_a_provider_that_is_not_the_bootstrap(network: Network
     for o in offers:
         assert {"peer_id", "devices", "cpus", "memory_mb", "price", "sandbox_tier",
                 "expires"} <= set(o)
-        assert o["sandbox_tier"] == "none"
+        assert o["sandbox_tier"] == "A"
         assert o["expires"] > time.time() * 1000
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import trio
 
 from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, ad_key, open_ad, open_discovery
+from node.executor import ExecutorSetup, PlainExecutor
 from node.host import open_host
 from node.provider import Provider, ProviderConfig
-from protocol import Identity
+from protocol import Identity, Runtime
 
 
 def test_default_schedule_is_60_s_refresh_with_120_s_lifetime() -> None:
@@ -22,7 +23,10 @@ def test_default_schedule_is_60_s_refresh_with_120_s_lifetime() -> None:
 async def test_ads_are_refreshed_with_rising_seq(tmp_path: Path) -> None:
     me = Identity.generate()
     config = ProviderConfig(home=tmp_path, ad_refresh_s=0.3, ad_lifetime_s=120)
-    provider = Provider(config, me, clock=time.time)
+    runtime = Runtime(name="python3", version="3.11", packages={}, digest="")
+    setup = ExecutorSetup(executor=PlainExecutor(tmp_path / "jobs"), runtime=runtime,
+                          report=None, reason="test")
+    provider = Provider(config, me, clock=time.time, setup=setup)
     async with open_host(me, ["/ip4/127.0.0.1/tcp/0"]) as host, \
             open_discovery(host, server=True, clock=time.time) as disc:
         addrs = tuple(host.addrs())

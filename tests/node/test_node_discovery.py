@@ -17,7 +17,8 @@ def make_ad(identity: Identity, *, seq: int = 1, expires: int = NOW_MS + 120_000
         peer_id=identity.peer_id, addrs=("/ip4/127.0.0.1/tcp/4001",),
         devices=(Device(kind="cpu", model="test", memory_mb=1024, compute_capability="",
                         count=1, gflops=0.0),),
-        cpus=2, memory_mb=1024, runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),),
+        cpus=2, memory_mb=1024,
+        runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),),
         price=Price(), sandbox_tier="none", region="", coords=(), cached=(), load=0.0,
         seq=seq, expires=expires)
 

@@ -1,0 +1,42 @@
+"""Fixtures for tests that run the real tier-A sandbox: root, bubblewrap, job users, runtime."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from node.sandbox.errors import SandboxUnavailable
+
+
+def sandbox_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "the tier-A sandbox needs root"
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed"
+    try:
+        from node.sandbox import runtime, users
+
+        users.lookup()
+        runtime.describe()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture
+def sandbox() -> Iterator[object]:
+    reason = sandbox_missing()
+    if reason:
+        pytest.skip(reason)
+    from node.sandbox import runtime, users
+    from node.sandbox.cgroups import CgroupManager
+    from node.sandbox.runner import Sandbox
+
+    cgroups = CgroupManager.detect(base=f"offload-test-{os.getpid()}")
+    yield Sandbox(users=users.UserPool(users.lookup()), cgroups=cgroups,
+                  runtime=runtime.describe())
+    cgroups.cleanup_stale()
+    cgroups.remove_bases()
