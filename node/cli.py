@@ -32,7 +32,7 @@ EXAMPLES = {
 }
 
 SUBMIT_OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out",
-                             "--cpus", "--memory", "--gpus", "--max-price"}
+                             "--cpus", "--memory", "--disk", "--gpus", "--max-price"}
 SUBMIT_FLAGS = {"--json", "-h", "--help"}
 
 
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock limit of the job on the provider (default 600)")
     c.add_argument("--cpus", type=int, default=1, metavar="N")
     c.add_argument("--memory", type=float, default=2.0, metavar="GB")
+    c.add_argument("--disk", type=float, default=1.0, metavar="GB",
+                   help="size of the job's writable work dir (default 1)")
     c.add_argument("--gpus", type=int, default=0, metavar="N")
     c.add_argument("--max-price", type=float, default=None, metavar="X",
                    help="most credits the job may cost")
@@ -256,7 +258,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     request = JobRequest(
         script=args.script, args=tuple(args.script_args), files=tuple(args.file),
         resources=Resources(gpus=args.gpus, cpus=args.cpus, max_seconds=args.timeout,
-                            memory_mb=max(1, int(args.memory * 1024))),
+                            memory_mb=max(1, int(args.memory * 1024)),
+                            disk_mb=max(1, int(args.disk * 1024))),
         max_price=None if args.max_price is None else int(args.max_price * 1_000_000))
     started = time.monotonic()
 

@@ -64,8 +64,7 @@ class Worker:
         """Hand the job to the worker; limits tighten to the job's before it starts."""
         job = self.job
         assert job.cgroup is not None and job._process is not None
-        job.limits = limits
-        job.cgroup.set_limits(job.cgroup_limits(limits))
+        job.apply_limits(limits)
         self.cpu_at_ready = job.cgroup.usage().cpu_s
         line = json.dumps({"entrypoint": entrypoint, "args": list(args), "env": env,
                            "threads": max(1, int(limits.cpus))}) + "\n"

@@ -134,6 +134,16 @@ class SandboxJob:
         self.cgroup = self.sandbox.cgroups.create(self.name)
         self.cgroup.set_limits(self.cgroup_limits(self.limits))
 
+    def apply_limits(self, limits: JobLimits) -> None:
+        """Re-limit a sandbox that is already running (a warm worker taking its job)."""
+        assert self.cgroup is not None
+        self.limits = limits
+        self.cgroup.set_limits(self.cgroup_limits(limits))
+        res = subprocess.run(["mount", "-o", f"remount,size={limits.disk_mb}m",
+                              str(self.work_dir)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SandboxUnavailable(f"cannot resize the job's tmpfs: {res.stderr.strip()}")
+
     def cgroup_limits(self, limits: JobLimits) -> Limits:
         rules = tuple(device_rules(self.gpus)) if self.gpus else ()
         return Limits(memory_bytes=limits.memory_mb << 20, pids=limits.pids,
@@ -241,6 +251,8 @@ class SandboxJob:
             hit.append("pids")
         if self._disk_full():
             hit.append("disk")
+        if wall > 1.0 and usage.cpu_s - cpu_baseline_s >= 0.9 * self.limits.cpus * wall:
+            hit.append("cpu")
         code = exit_code if exit_code is not None else (proc.returncode or 0)
         if not started_child:
             raise LaunchFailed("the sandbox did not start: "

@@ -1,0 +1,87 @@
+"""Hostile jobs against a real tier-A provider: each ends with a clear status, and the
+provider serves the next job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.e2e.conftest import Network
+from tests.node.conftest import sandbox_missing
+
+JOBS = {
+    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n"
+                  "    except OSError:\n        pass\n", ["--timeout", "6"]),
+    "memory_hog": ("blocks = []\nwhile True:\n    blocks.append(b'x' * (16 << 20))\n",
+                   ["--memory", "0.25"]),
+    "cpu_burn": ("import multiprocessing as mp, time\n"
+                 "def burn():\n    end = time.time() + 3\n    while time.time() < end: pass\n"
+                 "ps = [mp.Process(target=burn) for _ in range(3)]\n"
+                 "[p.start() for p in ps]; [p.join() for p in ps]\nprint('done')\n",
+                 ["--cpus", "1"]),
+    "hang": ("import time\ntime.sleep(600)\n", ["--timeout", "3"]),
+    "disk_fill": ("n = 0\ntry:\n    with open('fill', 'wb') as f:\n        while True:\n"
+                  "            f.write(b'x' * (1 << 20)); f.flush(); n += 1\n"
+                  "except OSError as e:\n    print('stopped after', n, 'MiB:', e.strerror)\n",
+                  ["--disk", "0.0625"]),
+    "orphan": ("import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True,"
+               " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint('left a child')\n",
+               []),
+}
+
+
+@pytest.fixture
+def provider(network: Network) -> dict[str, object]:
+    reason = sandbox_missing()
+    if reason:
+        pytest.skip(reason)
+    return network.start_provider()
+
+
+def submit(network: Network, provider: dict[str, object], name: str) -> dict[str, object]:
+    code, flags = JOBS[name]
+    (network.root / f"{name}.py").write_text(code)
+    res = network.offload("submit", f"{name}.py", "--bootstrap", str(provider["addr"]),
+                          "--json", "--out", f"res-{name}", *flags, timeout=120)
+    assert res.returncode in (0, 1), res.stderr
+    doc: dict[str, object] = json.loads(res.stdout)
+    from protocol import JobResult, open_signed
+
+    raw = (network.root / f"res-{name}" / "result.msgpack").read_bytes()
+    doc["result"] = open_signed(raw, JobResult).message
+    return doc
+
+
+def test_each_hostile_job_ends_with_a_clear_status(network: Network,
+                                                   provider: dict[str, object]) -> None:
+    seen = {}
+    for name in JOBS:
+        seen[name] = submit(network, provider, name)["result"]
+
+    bomb = seen["fork_bomb"]
+    assert bomb.status == "timeout" and {"pids", "wall"} <= set(bomb.limits_hit)
+    hog = seen["memory_hog"]
+    assert hog.status == "killed" and "memory" in hog.limits_hit
+    assert hog.usage.peak_memory_mb <= 256 + 8
+    burn = seen["cpu_burn"]
+    assert burn.status == "ok" and "cpu" in burn.limits_hit
+    assert burn.usage.cpu_s <= burn.usage.wall_s * 1.3, "3 busy processes beat a 1-CPU cap"
+    hang = seen["hang"]
+    assert hang.status == "timeout" and hang.limits_hit == ("wall",)
+    assert hang.usage.wall_s < 3 + 2
+    disk = seen["disk_fill"]
+    assert "disk" in disk.limits_hit and "stopped after" in disk.stdout
+    assert int(disk.stdout.split()[2]) <= 64
+    orphan = seen["orphan"]
+    assert orphan.status == "ok" and "left a child" in orphan.stdout
+    left = subprocess.run(["pgrep", "-f", "^sleep 600$"], capture_output=True, text=True)
+    assert left.stdout == "", "the orphan survived its job"
+    for result in seen.values():
+        assert result.sandbox.tier == "A" and result.sandbox.network == "none"
+
+    (network.root / "ok.py").write_text("print('still serving')\n")
+    res = network.offload("submit", "ok.py", "--bootstrap", str(provider["addr"]), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["stdout"] == "still serving\n"
+    assert provider["proc"].poll() is None  # type: ignore[attr-defined]
