@@ -14,7 +14,8 @@ GPU3 = Gpu(index=1, minor=3, uuid="GPU-x", name="H200", memory_mb=143771,
 
 def spec(**kw: object) -> SandboxSpec:
     base: dict[str, object] = dict(
-        work_dir=Path("/var/lib/offload/jobs/j/work"), inputs_dir=Path("/var/lib/offload/jobs/j/in"),
+        work_dir=Path("/var/lib/offload/jobs/j/work"),
+        inputs_dir=Path("/var/lib/offload/jobs/j/in"),
         runtime_paths=[Path("/opt/offload/runtimes/python3"), Path("/usr"),
                        Path("/opt/offload/runtimes/python3/lib")],
         argv=["/opt/offload/runtimes/python3/bin/python3", "job.py", "--x"],
