@@ -96,7 +96,7 @@ def _add_path(libc: ctypes.CDLL, ruleset: int, path: str, access: int, handled: 
     """Allow ``access`` beneath ``path``; a missing path is skipped."""
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     try:
         allowed = access & handled
@@ -104,7 +104,8 @@ def _add_path(libc: ctypes.CDLL, ruleset: int, path: str, access: int, handled: 
             allowed &= _FILE_RIGHTS
         if not allowed:
             return
-        buf = ctypes.create_string_buffer(_PATH_BENEATH_ATTR.pack(allowed, fd))
+        buf = ctypes.create_string_buffer(_PATH_BENEATH_ATTR.pack(allowed, fd),
+                                          _PATH_BENEATH_ATTR.size)
         if _syscall(libc, _NR_ADD_RULE, ruleset, _RULE_PATH_BENEATH,
                     ctypes.addressof(buf), 0) < 0:
             raise _fail(f"landlock_add_rule for {path!r} (access {allowed:#x})")
@@ -141,8 +142,9 @@ def restrict(
         scoped |= SCOPE_SIGNAL if scope_signals else 0
         scoped |= SCOPE_ABSTRACT_UNIX_SOCKET if scope_abstract_unix else 0
     libc = _libc()
-    attr = ctypes.create_string_buffer(_ruleset_attr(abi, fs=fs, net=net, scoped=scoped))
-    ruleset = _syscall(libc, _NR_CREATE_RULESET, ctypes.addressof(attr), len(attr.raw), 0)
+    data = _ruleset_attr(abi, fs=fs, net=net, scoped=scoped)
+    attr = ctypes.create_string_buffer(data, len(data))
+    ruleset = _syscall(libc, _NR_CREATE_RULESET, ctypes.addressof(attr), len(data), 0)
     if ruleset < 0:
         raise _fail(f"landlock_create_ruleset (ABI {abi})")
     try:

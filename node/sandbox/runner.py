@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +23,14 @@ import trio
 
 from node.runner import ProcessResult, _Capped
 from node.sandbox import launch
-from node.sandbox.bwrap import JOB, SECCOMP_FD_PLACEHOLDER, WORK, SandboxSpec, bwrap_argv
+from node.sandbox.bwrap import (
+    BWRAP,
+    JOB,
+    SECCOMP_FD_PLACEHOLDER,
+    WORK,
+    SandboxSpec,
+    bwrap_argv,
+)
 from node.sandbox.cgroups import CgroupManager, JobCgroup, Limits
 from node.sandbox.errors import LaunchFailed, SandboxUnavailable
 from node.sandbox.gpu import Gpu, device_rules, driver_libraries
@@ -66,7 +74,9 @@ class Sandbox:
     """Factory of SandboxJobs on this host; one per provider daemon."""
 
     def __init__(self, *, users: UserPool, cgroups: CgroupManager, runtime: RuntimeInfo,
-                 root: Path = SANDBOX_ROOT, gpus: Sequence[Gpu] = ()) -> None:
+                 root: Path = SANDBOX_ROOT, gpus: Sequence[Gpu] = (),
+                 bwrap: str | None = None) -> None:
+        self.bwrap = bwrap or shutil.which("bwrap") or BWRAP
         self.users = users
         self.cgroups = cgroups
         self.runtime = runtime
@@ -186,7 +196,7 @@ class SandboxJob:
                            runtime_paths=self.sandbox.runtime_paths(), argv=argv, env=env,
                            tmp_mb=self.limits.tmp_mb, gpus=self.gpus,
                            gpu_libraries=self.sandbox.gpu_libraries)
-        bw = bwrap_argv(spec)
+        bw = bwrap_argv(spec, bwrap=self.sandbox.bwrap)
         bw = [*bw[:1], "--json-status-fd", str(status_fd), *bw[1:]]
         assert self.cgroup is not None
         mem = self.limits.memory_mb << 20
