@@ -64,7 +64,8 @@ def bwrap_argv(spec: SandboxSpec, *, bwrap: str = BWRAP,
             if present(dev):
                 args += ["--dev-bind", dev, dev]
         for lib in spec.gpu_libraries:
-            if not lib.startswith("/usr/"):
+            real = os.path.realpath(lib)
+            if not _under_system(lib) and not _under_system(real):
                 args += ["--ro-bind", lib, lib]
         if present("/proc/driver/nvidia"):
             args += ["--ro-bind", "/proc/driver/nvidia", "/proc/driver/nvidia"]
@@ -72,6 +73,12 @@ def bwrap_argv(spec: SandboxSpec, *, bwrap: str = BWRAP,
         args += ["--setenv", key, value]
     args += ["--chdir", WORK, "--seccomp", SECCOMP_FD_PLACEHOLDER, "--", *spec.argv]
     return args
+
+
+def _under_system(path: str) -> bool:
+    """Reachable through the read-only system dirs (merged-/usr symlinks included)."""
+    real = os.path.realpath(path) if os.path.lexists(path) else path
+    return any(p == d or p.startswith(d + "/") for d in SYSTEM_DIRS for p in (path, real))
 
 
 def _dedupe(paths: Sequence[Path]) -> list[Path]:
