@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--slots", type=int, default=2, metavar="N", help="jobs at once (default 2)")
     c.add_argument("--warm", type=int, default=1, metavar="N",
                    help="pre-started sandboxed interpreters with torch imported (default 1)")
+    c.add_argument("--sandbox-tier", choices=("auto", "A", "B"), default="auto",
+                   help="isolation to prove at start: A (bubblewrap), B (Landlock), or auto "
+                        "(A, else B)")
     c.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run jobs WITHOUT isolation if tier A cannot be proved (ad says so)")
 
@@ -220,7 +223,9 @@ def cmd_provide(args: argparse.Namespace) -> int:
     config = ProviderConfig(home=home, listen=args.listen or ["/ip4/127.0.0.1/tcp/0"],
                             bootstrap=_bootstrap(args), ready_file=args.ready_file,
                             slots=args.slots, warm=args.warm,
-                            unsafe_no_sandbox=args.unsafe_no_sandbox)
+                            unsafe_no_sandbox=args.unsafe_no_sandbox,
+                            sandbox_tiers=("A", "B") if args.sandbox_tier == "auto"
+                            else (args.sandbox_tier,))
     trio.run(serve, config, identity)
     return 0
 

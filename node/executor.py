@@ -7,10 +7,10 @@ import dataclasses
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
@@ -135,7 +135,7 @@ class SandboxSlot:
             result = await self.job.run(argv, env)
         runtime = self.executor.sandbox.runtime
         profile = SandboxProfile(
-            tier="A", wall_limit_s=self.spec.resources.max_seconds,
+            tier=self.executor.tier, wall_limit_s=self.spec.resources.max_seconds,
             memory_limit_mb=limits.memory_mb, cpu_limit=limits.cpus, pids_limit=limits.pids,
             disk_limit_mb=limits.disk_mb, network="none", runtime=runtime.name,
             runtime_digest=runtime.digest, warm=result.warm)
@@ -145,9 +145,8 @@ class SandboxSlot:
 
 
 class SandboxExecutor:
-    tier: SandboxTier = "A"
-
     def __init__(self, sandbox: Sandbox, pool: WarmPool | None) -> None:
+        self.tier: SandboxTier = sandbox.tier
         self.sandbox = sandbox
         self.pool = pool
 
@@ -181,48 +180,65 @@ def plain_runtime() -> Runtime:
                    digest=info.digest)
 
 
-@asynccontextmanager
-async def open_executor(*, jobs_dir: Path, key_file: Path, slots: int, warm: int,
-                        unsafe_no_sandbox: bool, cgroup_base: str,
-                        runtime_name: str = "python3") -> AsyncIterator[ExecutorSetup]:
-    """Prove tier A with the quick escape self-test; else fall back as the operator allowed."""
+async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
+                     runtime_name: str, tiers: Sequence[Literal["A", "B"]]
+                     ) -> tuple[Sandbox | None, CheckReport | None, str]:
+    """The first of `tiers` whose quick escape self-test passes on this host."""
     from node.sandbox.cgroups import CgroupError, CgroupManager
     from node.sandbox.check import check
     from node.sandbox.errors import SandboxError
     from node.sandbox.gpu import discover
 
-    reason = ""
+    reasons = []
     try:
         if os.geteuid() != 0:
-            raise SandboxUnavailable("tier A needs the daemon to run as root (it drops every "
-                                     "job to a dedicated user)")
-        if shutil.which("bwrap") is None:
-            raise SandboxUnavailable("bubblewrap is missing; run `apt-get install bubblewrap`")
+            raise SandboxUnavailable("isolation needs the daemon to run as root (it drops "
+                                     "every job to a dedicated user)")
         user_list = users_mod.lookup(slots + warm)
         cgroups = await trio.to_thread.run_sync(
             lambda: CgroupManager.detect(base=cgroup_base))
         await trio.to_thread.run_sync(cgroups.cleanup_stale)
         info = runtime_mod.describe(runtime_name)
-        sandbox = Sandbox(users=users_mod.UserPool(user_list), cgroups=cgroups, runtime=info,
-                          gpus=await trio.to_thread.run_sync(discover))
-        report = await check(sandbox, key_file=key_file, quick=True)
+        gpus = await trio.to_thread.run_sync(discover)
     except (SandboxError, CgroupError, OSError) as exc:
-        reason = str(exc)
-        sandbox, report = None, None
-    runtime = None
-    if sandbox is not None and report is not None and report.tier == "A":
+        return None, None, str(exc)
+    report = None
+    for tier in tiers:
+        if tier == "A" and shutil.which("bwrap") is None:
+            reasons.append("tier A: bubblewrap is missing (apt-get install bubblewrap)")
+            continue
+        sandbox = Sandbox(users=users_mod.UserPool(user_list), cgroups=cgroups, runtime=info,
+                          gpus=gpus, tier=tier)
+        try:
+            report = await check(sandbox, key_file=key_file, quick=True)
+        except (SandboxError, CgroupError, OSError) as exc:
+            reasons.append(f"tier {tier}: {exc}")
+            continue
+        if report.tier == tier:
+            return sandbox, report, f"tier {tier} escape self-test passed"
+        reasons.append(f"tier {tier}: {', '.join(report.escaped)} escaped")
+    return None, report, "; ".join(reasons)
+
+
+@asynccontextmanager
+async def open_executor(*, jobs_dir: Path, key_file: Path, slots: int, warm: int,
+                        unsafe_no_sandbox: bool, cgroup_base: str,
+                        runtime_name: str = "python3",
+                        tiers: Sequence[Literal["A", "B"]] = ("A", "B")
+                        ) -> AsyncIterator[ExecutorSetup]:
+    """Prove the best tier with the quick escape self-test; else fall back as allowed."""
+    sandbox, report, reason = await prove_tier(
+        key_file=key_file, slots=slots, warm=warm, cgroup_base=cgroup_base,
+        runtime_name=runtime_name, tiers=tiers)
+    if sandbox is not None:
         runtime = Runtime(name=sandbox.runtime.name, version=sandbox.runtime.python,
                           packages=sandbox.runtime.packages, digest=sandbox.runtime.digest)
         if warm > 0:
             async with warm_pool(sandbox, warm) as pool:
-                yield ExecutorSetup(SandboxExecutor(sandbox, pool), runtime, report,
-                                    "escape self-test passed")
+                yield ExecutorSetup(SandboxExecutor(sandbox, pool), runtime, report, reason)
             return
-        yield ExecutorSetup(SandboxExecutor(sandbox, None), runtime, report,
-                            "escape self-test passed")
+        yield ExecutorSetup(SandboxExecutor(sandbox, None), runtime, report, reason)
         return
-    if report is not None:
-        reason = f"escape self-test failed: {', '.join(report.escaped)} escaped"
     if unsafe_no_sandbox:
         yield ExecutorSetup(PlainExecutor(jobs_dir), plain_runtime(), report,
                             f"--unsafe-no-sandbox: {reason}")

@@ -14,7 +14,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -69,6 +69,7 @@ class ProviderConfig:
     ad_lifetime_s: float = AD_LIFETIME_S
     warm: int = 1
     unsafe_no_sandbox: bool = False
+    sandbox_tiers: tuple[Literal["A", "B"], ...] = ("A", "B")
 
 
 def cpu_model() -> str:
@@ -301,7 +302,8 @@ async def serve(config: ProviderConfig, identity: Identity, *,
         async with open_executor(jobs_dir=config.home / "jobs", key_file=config.home / KEY_FILE,
                                  slots=config.slots, warm=config.warm,
                                  unsafe_no_sandbox=config.unsafe_no_sandbox,
-                                 cgroup_base=f"offload-{identity.peer_id[-12:]}") as setup, \
+                                 cgroup_base=f"offload-{identity.peer_id[-12:]}",
+                                 tiers=config.sandbox_tiers) as setup, \
                 open_host(identity, config.listen) as host, \
                 open_discovery(host, server=True, clock=clock) as disc:
             provider = Provider(config, identity, clock=clock, setup=setup)

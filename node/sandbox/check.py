@@ -26,6 +26,9 @@ from node.sandbox.probes import (
 )
 from node.sandbox.runner import JobLimits, Sandbox, job_env
 
+TIER_B_EXEMPT = frozenset({"network_interfaces"})
+"""Tier B has no network namespace: the host's interfaces are visible, though unreachable."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CheckReport:
@@ -140,6 +143,8 @@ async def check(sandbox: Sandbox, *, key_file: Path | None, quick: bool = False)
     finally:
         ctx.close()
     ordered = {p.name: verdicts[p.name] for p in probes}
-    tier = "A" if all(v == "blocked" for v in ordered.values()) else "none"
+    required = [v for n, v in ordered.items()
+                if sandbox.tier == "A" or n not in TIER_B_EXEMPT]
+    tier = sandbox.tier if all(v == "blocked" for v in required) else "none"
     return CheckReport(tier=tier, probes=ordered, startup_ms=round(startup_ms, 1),
                        details=details)

@@ -45,7 +45,7 @@ os.environ.update(_job["env"])
 if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(int(_job["threads"]))
 sys.argv = [_job["entrypoint"], *_job["args"]]
-sys.path[0] = "/job"
+sys.path[0] = _job["job_dir"]
 del _line, _m, _err, _null
 import runpy
 runpy.run_path(_job["entrypoint"], run_name="__main__")
@@ -66,7 +66,8 @@ class Worker:
         assert job.cgroup is not None and job._process is not None
         job.apply_limits(limits)
         self.cpu_at_ready = job.cgroup.usage().cpu_s
-        line = json.dumps({"entrypoint": entrypoint, "args": list(args), "env": env,
+        line = json.dumps({"entrypoint": entrypoint, "args": list(args),
+                           "env": job.view_env(env), "job_dir": job.inputs_view,
                            "threads": max(1, int(limits.cpus))}) + "\n"
         stdin = job._process.stdin
         assert stdin is not None

@@ -244,7 +244,7 @@ PROBES: list[Probe] = [
           lambda ctx, run: "UNSHARED" in run.stdout),
     Probe("mount_tmpfs",
           "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-          "d = ('/tmp/offload-probe-mnt-' + P['tag']).encode()\n"
+          "d = ('offload-probe-mnt-' + P['tag']).encode()\n"
           "os.makedirs(d, exist_ok=True)\n"
           "r = libc.mount(b'none', d, b'tmpfs', 0, None)\n"
           "print('MOUNTED' if r == 0 else 'blocked', ctypes.get_errno())\n"

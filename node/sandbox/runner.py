@@ -17,23 +17,25 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
 from node.runner import ProcessResult, _Capped
-from node.sandbox import launch
+from node.sandbox import landlock, launch
 from node.sandbox.bwrap import (
     BWRAP,
+    ETC_FILES,
     JOB,
     SECCOMP_FD_PLACEHOLDER,
+    SYSTEM_DIRS,
     WORK,
     SandboxSpec,
     bwrap_argv,
 )
 from node.sandbox.cgroups import CgroupManager, JobCgroup, Limits
 from node.sandbox.errors import LaunchFailed, SandboxUnavailable
-from node.sandbox.gpu import Gpu, device_rules, driver_libraries
+from node.sandbox.gpu import CONTROL_DEVICES, Gpu, device_rules, driver_libraries
 from node.sandbox.runtime import RuntimeInfo
 from node.sandbox.seccomp import build_filter
 from node.sandbox.users import JobUser, UserPool
@@ -41,6 +43,7 @@ from protocol.messages import MAX_OUTPUT_TEXT
 
 SANDBOX_ROOT = Path(os.environ.get("OFFLOAD_SANDBOX_ROOT", "/var/lib/offload"))
 LAUNCHER = Path(launch.__file__).resolve()
+LANDLOCK = Path(landlock.__file__).resolve()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +78,8 @@ class Sandbox:
 
     def __init__(self, *, users: UserPool, cgroups: CgroupManager, runtime: RuntimeInfo,
                  root: Path = SANDBOX_ROOT, gpus: Sequence[Gpu] = (),
-                 bwrap: str | None = None) -> None:
+                 bwrap: str | None = None, tier: Literal["A", "B"] = "A") -> None:
+        self.tier = tier
         self.bwrap = bwrap or shutil.which("bwrap") or BWRAP
         self.users = users
         self.cgroups = cgroups
@@ -123,6 +127,9 @@ class SandboxJob:
         self.inputs_dir = self.dir / "in"
         self.work_dir = self.dir / "work"
         self.cgroup: JobCgroup | None = None
+        tier_a = sandbox.tier == "A"
+        self.inputs_view = JOB if tier_a else str(self.inputs_dir)
+        self.work_view = WORK if tier_a else str(self.work_dir)
         self._mounted = False
         self._process: trio.Process | None = None
         self._status_r: int | None = None
@@ -141,6 +148,10 @@ class SandboxJob:
         if res.returncode != 0:
             raise SandboxUnavailable(f"cannot mount the job's tmpfs: {res.stderr.strip()}")
         self._mounted = True
+        if self.sandbox.tier == "B":  # no private /tmp without namespaces: TMPDIR lives here
+            tmp = self.work_dir / ".tmp"
+            tmp.mkdir(mode=0o700)
+            os.chown(tmp, self.user.uid, self.user.gid)
         self.cgroup = self.sandbox.cgroups.create(self.name)
         self.cgroup.set_limits(self.cgroup_limits(self.limits))
 
@@ -165,7 +176,7 @@ class SandboxJob:
         os.chmod(dest, 0o644)
         link = self.work_dir / name
         if not link.is_symlink():
-            os.symlink(f"{JOB}/{name}", link)
+            os.symlink(f"{self.inputs_view}/{name}", link)
             os.lchown(link, self.user.uid, self.user.gid)
 
     def input_path(self, name: str) -> Path:
@@ -190,8 +201,32 @@ class SandboxJob:
         subprocess.run(["rm", "-rf", "--one-file-system", str(self.dir)], capture_output=True)
 
     # launching ---------------------------------------------------------------------------
+    def view_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The job's environment with paths as the job sees them (tier B sees host paths)."""
+        out = dict(env)
+        if self.sandbox.tier == "B":
+            out.update(HOME=str(self.work_dir), TMPDIR=str(self.work_dir / ".tmp"),
+                       MPLCONFIGDIR=str(self.work_dir / ".tmp"))
+        return out
+
+    def landlock_rules(self) -> dict[str, list[str]]:
+        read_exec = [d for d in SYSTEM_DIRS if os.path.lexists(d)]
+        read_exec += [str(p) for p in self.sandbox.runtime_paths()]
+        read_only = [f for f in ETC_FILES if os.path.lexists(f)]
+        read_only += [str(self.inputs_dir), "/proc", "/sys/devices/system/cpu",
+                      "/dev/urandom", "/dev/random"]
+        read_write = [str(self.work_dir), "/dev/null", "/dev/zero", "/dev/full"]
+        for gpu in self.gpus:
+            read_write.append(gpu.device_node)
+        if self.gpus:
+            read_write += [d for d in CONTROL_DEVICES if os.path.lexists(d)]
+            read_only += ["/proc/driver/nvidia", *self.sandbox.gpu_libraries]
+        return {"read_exec": read_exec, "read_only": read_only, "read_write": read_write}
+
     def launcher_argv(self, argv: Sequence[str], env: Mapping[str, str],
                       status_fd: int) -> list[str]:
+        if self.sandbox.tier == "B":
+            return self._landlock_launcher(argv, env, status_fd)
         spec = SandboxSpec(work_dir=self.work_dir, inputs_dir=self.inputs_dir,
                            runtime_paths=self.sandbox.runtime_paths(), argv=argv, env=env,
                            tmp_mb=self.limits.tmp_mb, gpus=self.gpus,
@@ -199,6 +234,23 @@ class SandboxJob:
         bw = bwrap_argv(spec, bwrap=self.sandbox.bwrap)
         bw = [*bw[:1], "--json-status-fd", str(status_fd), *bw[1:]]
         assert self.cgroup is not None
+        config = {"procs_files": list(self.cgroup.procs_files), "rlimits": self.rlimits(),
+                  "argv": bw, "seccomp_hex": self.sandbox.seccomp_hex,
+                  "seccomp_placeholder": SECCOMP_FD_PLACEHOLDER,
+                  "uid": self.user.uid, "gid": self.user.gid}
+        return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)]
+
+    def _landlock_launcher(self, argv: Sequence[str], env: Mapping[str, str],
+                           status_fd: int) -> list[str]:
+        assert self.cgroup is not None
+        config = {"mode": "landlock", "procs_files": list(self.cgroup.procs_files),
+                  "rlimits": self.rlimits(), "argv": list(argv), "env": self.view_env(env),
+                  "cwd": str(self.work_dir), "landlock": self.landlock_rules(),
+                  "landlock_py": str(LANDLOCK), "seccomp_hex": self.sandbox.seccomp_hex,
+                  "uid": self.user.uid, "gid": self.user.gid, "status_fd": status_fd}
+        return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)]
+
+    def rlimits(self) -> dict[str, tuple[int, int]]:
         mem = self.limits.memory_mb << 20
         rlimits: dict[str, tuple[int, int]] = {
             "RLIMIT_CORE": (0, 0),
@@ -208,11 +260,7 @@ class SandboxJob:
         }
         if not self.gpus:  # CUDA reserves huge address space: GPU jobs rely on the cgroup
             rlimits["RLIMIT_AS"] = (mem * 4 + (2 << 30), mem * 4 + (2 << 30))
-        config = {"procs_files": list(self.cgroup.procs_files), "rlimits": rlimits,
-                  "argv": bw, "seccomp_hex": self.sandbox.seccomp_hex,
-                  "seccomp_placeholder": SECCOMP_FD_PLACEHOLDER,
-                  "uid": self.user.uid, "gid": self.user.gid}
-        return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)]
+        return rlimits
 
     async def start(self, argv: Sequence[str], env: Mapping[str, str], *,
                     stdin: int = subprocess.DEVNULL) -> trio.Process:

@@ -48,13 +48,15 @@ class Network:
         self.procs.append(proc)  # type: ignore[arg-type]
         return proc
 
-    def start_provider(self, *, bootstrap: str | None = None) -> dict[str, Any]:
+    def start_provider(self, *, bootstrap: str | None = None,
+                       extra: list[str] | None = None) -> dict[str, Any]:
         n = len(self.providers) + 1
         ready = self.root / f"p{n}.ready"
         cmd = [sys.executable, "-m", "node", "--home", str(self.root / f"p{n}"), "provide",
                "--listen", "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready)]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap]
+        cmd += extra or []
         log = (self.root / f"p{n}.log").open("wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=_env())

@@ -85,3 +85,19 @@ def test_each_hostile_job_ends_with_a_clear_status(network: Network,
     res = network.offload("submit", "ok.py", "--bootstrap", str(provider["addr"]), "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["stdout"] == "still serving\n"
     assert provider["proc"].poll() is None  # type: ignore[attr-defined]
+
+
+def test_a_provider_forced_to_tier_b_advertises_b_and_runs_torch(network: Network) -> None:
+    reason = sandbox_missing()
+    if reason:
+        pytest.skip(reason)
+    p = network.start_provider(extra=["--sandbox-tier", "B"])
+    offers = json.loads(network.offload("offers", "--bootstrap", p["addr"], "--json",
+                                        check=True).stdout)
+    assert [o["sandbox_tier"] for o in offers] == ["B"]
+    (network.root / "t.py").write_text(
+        "import os, torch\nos.makedirs('out', exist_ok=True)\n"
+        "torch.save(torch.arange(4), 'out/t.pt')\nprint(int(torch.arange(4).sum()))\n")
+    doc = json.loads(network.offload("submit", "t.py", "--bootstrap", p["addr"], "--json",
+                                     check=True).stdout)
+    assert doc["stdout"] == "6\n" and set(doc["outputs"]) == {"t.pt"}

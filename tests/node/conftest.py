@@ -26,8 +26,9 @@ def sandbox_missing() -> str | None:
     return None
 
 
-@pytest.fixture
-def sandbox() -> Iterator[object]:
+@pytest.fixture(params=["A", "B"])
+def sandbox(request: pytest.FixtureRequest) -> Iterator[object]:
+    """The real sandbox, once per tier: A (bubblewrap) and B (Landlock, no namespaces)."""
     reason = sandbox_missing()
     if reason:
         pytest.skip(reason)
@@ -37,6 +38,6 @@ def sandbox() -> Iterator[object]:
 
     cgroups = CgroupManager.detect(base=f"offload-test-{os.getpid()}")
     yield Sandbox(users=users.UserPool(users.lookup()), cgroups=cgroups,
-                  runtime=runtime.describe())
+                  runtime=runtime.describe(), tier=request.param)
     cgroups.cleanup_stale()
     cgroups.remove_bases()
