@@ -48,8 +48,8 @@ class Network:
         self.procs.append(proc)  # type: ignore[arg-type]
         return proc
 
-    def start_provider(self, *, bootstrap: str | None = None,
-                       extra: list[str] | None = None) -> dict[str, Any]:
+    def start_provider(self, *, bootstrap: str | None = None, extra: list[str] | None = None,
+                       env: dict[str, str] | None = None) -> dict[str, Any]:
         n = len(self.providers) + 1
         ready = self.root / f"p{n}.ready"
         cmd = [sys.executable, "-m", "node", "--home", str(self.root / f"p{n}"), "provide",
@@ -59,7 +59,8 @@ class Network:
         cmd += extra or []
         log = (self.root / f"p{n}.log").open("wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=_env())
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=_env() | (env or {}))
         self.procs.append(proc)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists():

@@ -101,3 +101,38 @@ def test_a_provider_forced_to_tier_b_advertises_b_and_runs_torch(network: Networ
     doc = json.loads(network.offload("submit", "t.py", "--bootstrap", p["addr"], "--json",
                                      check=True).stdout)
     assert doc["stdout"] == "6\n" and set(doc["outputs"]) == {"t.pt"}
+
+
+def test_without_isolation_a_provider_refuses_jobs_unless_told_unsafe(network: Network) -> None:
+    broken = {"OFFLOAD_RUNTIME_ROOT": str(network.root / "no-runtimes")}  # no job runtime
+    refusing = network.start_provider(env=broken)
+    assert "refusing remote jobs and not advertising" in refusing["log"].read_text()
+    offers = json.loads(network.offload("offers", "--bootstrap", refusing["addr"], "--json",
+                                        check=True).stdout)
+    assert offers == []
+    unsafe = network.start_provider(bootstrap=refusing["addr"], env=broken,
+                                    extra=["--unsafe-no-sandbox"])
+    offers = json.loads(network.offload("offers", "--bootstrap", refusing["addr"], "--json",
+                                        check=True).stdout)
+    assert [(o["peer_id"], o["sandbox_tier"]) for o in offers] == [(unsafe["peer_id"], "none")]
+    (network.root / "u.py").write_text("print('ran unsandboxed')\n")
+    doc = json.loads(network.offload("submit", "u.py", "--bootstrap", refusing["addr"],
+                                     "--json", "--out", "u", check=True).stdout)
+    assert doc["provider"] == unsafe["peer_id"] and doc["stdout"] == "ran unsandboxed\n"
+    from protocol import JobResult, open_signed
+
+    result = open_signed((network.root / "u/result.msgpack").read_bytes(), JobResult).message
+    assert result.sandbox.tier == "none" and result.sandbox.network == "host"
+
+
+def test_sandbox_check_cli_reports_every_probe(network: Network) -> None:
+    reason = sandbox_missing()
+    if reason:
+        pytest.skip(reason)
+    res = network.offload("sandbox", "check", "--json", timeout=120)
+    doc = json.loads(res.stdout)
+    assert res.returncode == 0, doc
+    assert doc["tier"] == "A" and doc["startup_ms"] > 0
+    assert len(doc["probes"]) >= 20 and set(doc["probes"].values()) == {"blocked"}
+    table = network.offload("sandbox", "check", timeout=120)
+    assert table.returncode == 0 and "tier A:" in table.stdout
