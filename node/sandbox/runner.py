@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ from node.sandbox.bwrap import (
     SandboxSpec,
     bwrap_argv,
 )
-from node.sandbox.cgroups import CgroupManager, JobCgroup, Limits
+from node.sandbox.cgroups import CgroupError, CgroupManager, JobCgroup, Limits
 from node.sandbox.errors import LaunchFailed, SandboxUnavailable
 from node.sandbox.gpu import CONTROL_DEVICES, Gpu, device_rules, driver_libraries
 from node.sandbox.runtime import RuntimeInfo
@@ -41,6 +42,7 @@ from node.sandbox.seccomp import build_filter
 from node.sandbox.users import JobUser, UserPool
 from protocol.messages import MAX_OUTPUT_TEXT
 
+log = logging.getLogger(__name__)
 SANDBOX_ROOT = Path(os.environ.get("OFFLOAD_SANDBOX_ROOT", "/var/lib/offload"))
 LAUNCHER = Path(launch.__file__).resolve()
 LANDLOCK = Path(landlock.__file__).resolve()
@@ -110,9 +112,12 @@ class Sandbox:
             job.prepare()
             yield job
         finally:
+            started = time.monotonic()
             with trio.CancelScope(shield=True):
+                await job.reap()
                 await trio.to_thread.run_sync(job.destroy)
             self.users.release(user)
+            log.debug("sandbox %s removed in %.3f s", name, time.monotonic() - started)
 
 
 class SandboxJob:
@@ -189,10 +194,32 @@ class SandboxJob:
             os.chown(out, self.user.uid, self.user.gid)
         return out
 
+    async def reap(self) -> None:
+        """Kill and wait for our own child (the launcher, then bwrap), cancelled or not."""
+        proc = self._process
+        if proc is None or proc.returncode is not None:
+            return
+        if self.cgroup is not None:
+            await trio.to_thread.run_sync(self._kill_quietly)
+        proc.kill()
+        with trio.move_on_after(2):
+            await proc.wait()
+
+    def _kill_quietly(self) -> None:
+        try:
+            if self.cgroup is not None:
+                self.cgroup.kill_all(timeout=2.0)
+        except CgroupError as exc:
+            log.warning("sandbox %s: %s", self.name, exc)
+
     def destroy(self) -> None:
+        """Remove everything; a cgroup the kernel will not release yet is left for the next
+        start's cleanup rather than failing the daemon."""
         if self.cgroup is not None:
             try:
                 self.cgroup.remove()
+            except CgroupError as exc:
+                log.warning("sandbox %s left a cgroup behind: %s", self.name, exc)
             finally:
                 self.cgroup = None
         if self._mounted:
