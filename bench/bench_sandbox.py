@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from node.sandbox import runtime, users
-from node.sandbox.cgroups import CgroupManager
+from node.sandbox.cgroups import detect_usable
 from node.sandbox.pool import WarmPool, warm_pool
 from node.sandbox.runner import JobLimits, Sandbox, job_env
 
@@ -63,7 +63,7 @@ async def median_of(n: int, fn: Callable[[], Awaitable[float]]) -> float:
 
 
 async def main(runs: int) -> None:
-    cgroups = CgroupManager.detect(base=f"offload-bench-{os.getpid()}")
+    cgroups = detect_usable(base=f"offload-bench-{os.getpid()}")
     sandbox = Sandbox(users=users.UserPool(users.lookup()), cgroups=cgroups,
                       runtime=runtime.describe())
     py = str(sandbox.runtime.interpreter)

@@ -84,7 +84,7 @@ async def main(out: Path) -> None:
 
     try:
         from node.sandbox import gpu, runtime, users
-        from node.sandbox.cgroups import CgroupManager
+        from node.sandbox.cgroups import detect_usable
         from node.sandbox.check import check
         from node.sandbox.runner import Sandbox
 
@@ -97,14 +97,7 @@ async def main(out: Path) -> None:
         doc["device_rules"] = gpu.device_rules(gpus[:1])
         save()
         made = users.create(3)
-        try:
-            cg = CgroupManager.detect(base="offload-gpucheck")
-            cg.create("job-probe-controllers").remove()
-        except Exception as exc:  # our own group lacks controllers: attach at the root
-            doc["cgroup_fallback"] = str(exc)
-            root_self = Path("/tmp/offload-root-cgroup")
-            root_self.write_text("0::/\n")
-            cg = CgroupManager.detect(base="offload-gpucheck", self_cgroup=root_self)
+        cg = detect_usable(base="offload-gpucheck")
         doc["cgroup_version"] = cg.version
         rt = runtime.from_interpreter(Path(sys.executable))
         doc["runtime"] = {"path": str(rt.path), "python": rt.python, "packages": rt.packages}

@@ -32,7 +32,8 @@ EXAMPLES = {
 }
 
 SUBMIT_OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out",
-                             "--cpus", "--memory", "--disk", "--gpus", "--max-price"}
+                             "--cpus", "--memory", "--disk", "--gpus", "--max-price",
+                             "--runtime"}
 SUBMIT_FLAGS = {"--json", "-h", "--help"}
 
 
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disk", type=float, default=1.0, metavar="GB",
                    help="size of the job's writable work dir (default 1)")
     c.add_argument("--gpus", type=int, default=0, metavar="N")
+    c.add_argument("--runtime", default="python3", metavar="NAME",
+                   help="job runtime the provider must offer (see `offload offers --json`)")
     c.add_argument("--max-price", type=float, default=None, metavar="X",
                    help="most credits the job may cost")
     c.add_argument("--out", type=Path, metavar="DIR",
@@ -265,12 +268,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         resources=Resources(gpus=args.gpus, cpus=args.cpus, max_seconds=args.timeout,
                             memory_mb=max(1, int(args.memory * 1024)),
                             disk_mb=max(1, int(args.disk * 1024))),
-        max_price=None if args.max_price is None else int(args.max_price * 1_000_000))
+        max_price=None if args.max_price is None else int(args.max_price * 1_000_000),
+        runtime=args.runtime)
     started = time.monotonic()
 
     async def go() -> Any:
         async with open_client(identity, _bootstrap(args)) as (host, disc):
-            ad = await choose_provider(disc, Requirements(cpus=1, gpus=args.gpus),
+            ad = await choose_provider(disc, Requirements(cpus=1, gpus=args.gpus,
+                                                          runtime=args.runtime),
                                        provider=args.provider)
             out = args.out or Path("offload-out") / "pending"
             outcome = await run_job(host, ad.message, request, out)

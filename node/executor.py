@@ -19,6 +19,7 @@ from node.sandbox import runtime as runtime_mod
 from node.sandbox import users as users_mod
 from node.sandbox.check import CheckReport
 from node.sandbox.errors import SandboxUnavailable
+from node.sandbox.gpu import Gpu
 from node.sandbox.pool import WarmPool, warm_pool
 from node.sandbox.runner import JobLimits, Sandbox, SandboxJob, job_env
 from protocol import JobSpec, Runtime, SandboxProfile
@@ -144,9 +145,32 @@ class SandboxSlot:
         return Execution(process=result.process, limits_hit=hit, profile=profile)  # type: ignore[arg-type]
 
 
+class GpuAllocator:
+    """Whole GPUs, each assigned to one job at a time."""
+
+    def __init__(self, gpus: Sequence[Gpu]) -> None:
+        self._free = list(gpus)
+        self.total = len(gpus)
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def take(self, n: int) -> list[Gpu]:
+        if n > len(self._free):
+            raise SandboxUnavailable(f"{n} GPU(s) asked, {len(self._free)} free")
+        taken, self._free = self._free[:n], self._free[n:]
+        return taken
+
+    def give_back(self, gpus: Sequence[Gpu]) -> None:
+        self._free.extend(g for g in gpus if g not in self._free)
+        self._free.sort(key=lambda g: g.index)
+
+
 class SandboxExecutor:
     def __init__(self, sandbox: Sandbox, pool: WarmPool | None) -> None:
         self.tier: SandboxTier = sandbox.tier
+        self.gpus = GpuAllocator(sandbox.gpus)
         self.sandbox = sandbox
         self.pool = pool
 
@@ -162,8 +186,12 @@ class SandboxExecutor:
                 worker.done()
             return
         name = f"job-{job_id[:16]}-{os.urandom(2).hex()}"
-        async with self.sandbox.job(name, limits_for(spec)) as job:
-            yield SandboxSlot(self, spec, job, None)
+        gpus = self.gpus.take(spec.resources.gpus)
+        try:
+            async with self.sandbox.job(name, limits_for(spec), gpus=gpus) as job:
+                yield SandboxSlot(self, spec, job, None)
+        finally:
+            self.gpus.give_back(gpus)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -184,7 +212,7 @@ async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
                      runtime_name: str, tiers: Sequence[Literal["A", "B"]]
                      ) -> tuple[Sandbox | None, CheckReport | None, str]:
     """The first of `tiers` whose quick escape self-test passes on this host."""
-    from node.sandbox.cgroups import CgroupError, CgroupManager
+    from node.sandbox.cgroups import CgroupError, detect_usable
     from node.sandbox.check import check
     from node.sandbox.errors import SandboxError
     from node.sandbox.gpu import discover
@@ -195,8 +223,7 @@ async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
             raise SandboxUnavailable("isolation needs the daemon to run as root (it drops "
                                      "every job to a dedicated user)")
         user_list = users_mod.lookup(slots + warm)
-        cgroups = await trio.to_thread.run_sync(
-            lambda: CgroupManager.detect(base=cgroup_base))
+        cgroups = await trio.to_thread.run_sync(lambda: detect_usable(base=cgroup_base))
         await trio.to_thread.run_sync(cgroups.cleanup_stale)
         info = runtime_mod.describe(runtime_name)
         gpus = await trio.to_thread.run_sync(discover)

@@ -20,7 +20,7 @@ import trio
 
 from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, open_discovery
 from node.errors import RemoteError
-from node.executor import Executor, ExecutorSetup, open_executor
+from node.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
 from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
 from node.transfer import TransferFailed, receive_file, send_file
@@ -100,6 +100,17 @@ class Provider:
         self.slots = trio.Semaphore(config.slots)
         self.running = 0
 
+    def gpu_devices(self) -> list[Device]:
+        """One Device per GPU model that jobs here can be given (none without a sandbox)."""
+        if not isinstance(self.executor, SandboxExecutor):
+            return []
+        by_model: dict[tuple[str, int, str], int] = {}
+        for g in self.executor.sandbox.gpus:
+            key = (g.name[:128], g.memory_mb, g.compute_capability)
+            by_model[key] = by_model.get(key, 0) + 1
+        return [Device(kind="cuda", model=m, memory_mb=mem, compute_capability=cc,
+                       count=n, gflops=0.0) for (m, mem, cc), n in by_model.items()]
+
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
@@ -108,7 +119,8 @@ class Provider:
         return CapacityAd(
             peer_id=self.identity.peer_id, addrs=tuple(addrs),
             devices=(Device(kind="cpu", model=cpu_model(), memory_mb=memory_mb(),
-                            compute_capability="", count=1, gflops=0.0),),
+                            compute_capability="", count=1, gflops=0.0),
+                     *self.gpu_devices()),
             cpus=os.cpu_count() or 1, memory_mb=memory_mb(), runtimes=(self.setup.runtime,),
             price=self.config.price,
             sandbox_tier=self.executor.tier if self.executor else "none",
@@ -185,8 +197,10 @@ class Provider:
             return ("bad_request", "the job spec was signed by a peer other than the sender")
         if spec.runtime != self.setup.runtime.name:
             return ("bad_request", f"runtime {spec.runtime!r} is not offered here")
-        if spec.resources.gpus > 0:
-            return ("bad_request", "this provider has no GPU")
+        free_gpus = self.executor.gpus.free if isinstance(self.executor, SandboxExecutor) else 0
+        if spec.resources.gpus > free_gpus:
+            return ("busy" if self.gpu_devices() else "bad_request",
+                    f"{spec.resources.gpus} GPU(s) asked, {free_gpus} free here")
         if spec.resources.max_seconds > self.config.max_seconds:
             return ("bad_request", f"max_seconds above this provider's {self.config.max_seconds}")
         if sum(f.size for f in spec.inputs) > MAX_INPUT_BYTES:

@@ -44,6 +44,7 @@ class JobRequest:
     files: Sequence[Path] = ()
     resources: Resources = dataclasses.field(default_factory=Resources)
     max_price: int | None = None
+    runtime: str = "python3"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     started = time.monotonic()
     files = input_files(request)
     spec = JobSpec(
-        requester=host.peer_id, provider=ad.peer_id, runtime="python3",
+        requester=host.peer_id, provider=ad.peer_id, runtime=request.runtime,
         entrypoint=request.script.name, args=tuple(request.args),
         inputs=tuple(f for f, _ in files), resources=request.resources,
         max_price=request.max_price, verification="none", nonce=os.urandom(16),

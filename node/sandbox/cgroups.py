@@ -20,6 +20,7 @@ import math
 import os
 import re
 import signal
+import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -477,3 +478,23 @@ class CgroupManager:
             except OSError:
                 pass
 
+
+
+def detect_usable(*, base: str = BASE, root: Path = Path("/sys/fs/cgroup"),
+                  self_cgroup: Path = Path("/proc/self/cgroup")) -> CgroupManager:
+    """Our own cgroup if jobs can be limited under it; on a v2 host whose group lacks the
+    controllers (no delegation, as seen on a GPU host), the root group, which root may use."""
+    manager = CgroupManager.detect(root=root, self_cgroup=self_cgroup, base=base)
+    probe = f"job-usable-{os.getpid()}"
+    try:
+        manager.create(probe).remove()
+        return manager
+    except CgroupError:
+        if manager.version != 2 or os.geteuid() != 0:
+            raise
+    with tempfile.TemporaryDirectory() as tmp:
+        at_root = Path(tmp) / "cgroup"
+        at_root.write_text("0::/\n")
+        manager = CgroupManager.detect(root=root, self_cgroup=at_root, base=base)
+    manager.create(probe).remove()
+    return manager

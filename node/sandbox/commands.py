@@ -28,7 +28,7 @@ def setup(*, users_count: int = users.DEFAULT_COUNT) -> dict[str, Any]:
 
 async def full_check(home: Path) -> dict[str, Any]:
     """Every probe, resource ones included; tier "none" with the reason if no sandbox."""
-    from node.sandbox.cgroups import CgroupError, CgroupManager
+    from node.sandbox.cgroups import CgroupError, detect_usable
     from node.sandbox.check import check
     from node.sandbox.runner import Sandbox
 
@@ -38,7 +38,7 @@ async def full_check(home: Path) -> dict[str, Any]:
         if shutil.which("bwrap") is None:
             raise SandboxError("bubblewrap is missing; run `apt-get install bubblewrap`")
         cgroups = await trio.to_thread.run_sync(
-            lambda: CgroupManager.detect(base=f"offload-check-{os.getpid()}"))
+            lambda: detect_usable(base=f"offload-check-{os.getpid()}"))
         sandbox = Sandbox(users=users.UserPool(users.lookup(2)), cgroups=cgroups,
                           runtime=runtime.describe())
         try:

@@ -136,6 +136,10 @@ def test_user_errors_exit_2_with_one_line(network: Network) -> None:
     res = network.offload("offers")
     assert res.returncode == 2
     assert "no bootstrap peer" in res.stderr
+    (network.root / "j.py").write_text("print(1)\n")
+    res = network.offload("submit", "j.py", "--runtime", "julia", "--bootstrap", p1["addr"])
+    assert res.returncode == 2
+    assert "no provider meets the job's requirements" in res.stderr
 
 
 def test_demo_runs_a_torch_job_on_a_local_network(network: Network) -> None:

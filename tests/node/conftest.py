@@ -33,10 +33,10 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[object]:
     if reason:
         pytest.skip(reason)
     from node.sandbox import runtime, users
-    from node.sandbox.cgroups import CgroupManager
+    from node.sandbox.cgroups import detect_usable
     from node.sandbox.runner import Sandbox
 
-    cgroups = CgroupManager.detect(base=f"offload-test-{os.getpid()}")
+    cgroups = detect_usable(base=f"offload-test-{os.getpid()}")
     yield Sandbox(users=users.UserPool(users.lookup()), cgroups=cgroups,
                   runtime=runtime.describe(), tier=request.param)
     cgroups.cleanup_stale()

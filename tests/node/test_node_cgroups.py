@@ -410,3 +410,27 @@ def test_cleanup_stale_removes_a_left_group(v1: CgroupManager) -> None:
     while not _dead(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _dead(pid)
+
+
+def test_v2_without_delegation_falls_back_to_the_root_group(
+        fake_v2: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.sandbox.cgroups import detect_usable
+
+    root, self_cgroup = fake_v2
+    (root / "user.slice" / "offload.service" / "cgroup.controllers").write_text("memory\n")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    mgr = detect_usable(root=root, self_cgroup=self_cgroup, base="offload-t")
+    job = mgr.create("job-a")
+    assert job.v2 is not None and job.v2.parent == root / "offload-t"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: no fallback, a clear error
+    with pytest.raises(CgroupError, match="does not offer pids, cpu"):
+        detect_usable(root=root, self_cgroup=self_cgroup, base="offload-u")
+
+
+def test_a_delegated_group_is_used_as_it_is(fake_v2: tuple[Path, Path]) -> None:
+    from node.sandbox.cgroups import detect_usable
+
+    root, self_cgroup = fake_v2
+    job = detect_usable(root=root, self_cgroup=self_cgroup, base="offload-d").create("job-b")
+    assert job.v2 is not None
+    assert job.v2.parent == root / "user.slice" / "offload.service" / "offload-d"
