@@ -47,8 +47,27 @@ if "torch" in sys.modules:
 sys.argv = [_job["entrypoint"], *_job["args"]]
 sys.path[0] = _job["job_dir"]
 del _line, _m, _err, _null
-import runpy
-runpy.run_path(_job["entrypoint"], run_name="__main__")
+import runpy, traceback
+_code = 0
+try:
+    runpy.run_path(_job["entrypoint"], run_name="__main__")
+except SystemExit as _exit:
+    if _exit.code is None:
+        _code = 0
+    elif isinstance(_exit.code, int):
+        _code = _exit.code
+    else:
+        print(_exit.code, file=sys.stderr)
+        _code = 1
+except BaseException:
+    traceback.print_exc()
+    _code = 1
+# the sandbox is destroyed next: skip the interpreter's teardown of torch (~0.4 s of CPU)
+try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+finally:
+    os._exit(_code & 0xFF)
 """
 WORKER_LIMITS = JobLimits(wall_s=24 * 3600, memory_mb=2048, cpus=1.0)
 

@@ -71,3 +71,25 @@ async def test_canary_the_leak_check_sees_leaks_within_one_sandbox(sandbox: obje
         tier_a = sandbox.tier == "A"  # type: ignore[attr-defined]
         expected = ["tmp", "work", "shm"] if tier_a else [".tmp", "work"]
         assert f"leaks: {[*expected, 'module', 'env']}" in out, out
+
+
+async def test_exit_codes_tracebacks_and_unflushed_output_survive_the_fast_exit(
+        sandbox: object) -> None:
+    cases = [("import sys\nprint('partial', end='')\nsys.exit(3)\n", 3, "partial", ""),
+             ("raise ValueError('boom')\n", 1, "", "ValueError: boom"),
+             ("import sys\nsys.exit('bad input')\n", 1, "", "bad input"),
+             ("import sys\nsys.stdout.write('x' * 100000)\n", 0, "x" * 100, "")]
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        for code, exit_code, out, err in cases:
+            await ready(pool)
+            worker = pool.take()
+            assert worker is not None
+            try:
+                worker.job.input_path("job.py").write_text(code)
+                worker.job.expose_input("job.py")
+                limits = JobLimits(wall_s=60)
+                r = await worker.run("job.py", [], limits, job_env(limits))
+            finally:
+                worker.done()
+            assert r.process.exit_code == exit_code, r.process.stderr
+            assert out in r.process.stdout.decode() and err in r.process.stderr.decode()
