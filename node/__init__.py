@@ -6,6 +6,13 @@ discovery.py   Kademlia: signed CapacityAds under short keys, provider records, 
 home.py        OFFLOAD_HOME and the node's Ed25519 identity key
 provider.py    the provider daemon: advertise, admit, run, sign results
 executor.py    where jobs run: a proven sandbox tier (warm or cold) or, if allowed, plain
+admission.py   slots, a bounded FIFO queue, a cap on open job streams
+config.py      provider.toml / requester.toml: loading and one-line validation errors
+telemetry.py   live host and GPU telemetry (pynvml) for ads
+benchmark.py   matmul and memory-bandwidth benchmarks with the job runtime, on a schedule
+cache.py       content-addressed input cache: LRU by bytes, pins, resumable partials
+metrics.py     Prometheus metrics on loopback
+status.py      the status file `offload status` reads
 runner.py      a plain subprocess with capped output, wall timeout and group kill
 transfer.py    content-addressed files in <= 1 MiB chunks
 requester.py   choose a provider, send spec and inputs, verify the result

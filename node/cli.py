@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -29,9 +30,11 @@ EXAMPLES = {
     "demo": "offload demo --providers 3",
     "sandbox": "offload sandbox check --json",
     "runtime": "offload runtime install",
+    "status": "offload --home ~/.local/share/offload status --json",
 }
 
 SUBMIT_OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out",
+                             "--config",
                              "--cpus", "--memory", "--disk", "--gpus", "--max-price",
                              "--runtime"}
 SUBMIT_FLAGS = {"--json", "-h", "--help"}
@@ -65,10 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--ready-file", type=Path, metavar="F",
                    help='write {"peer_id", "addrs"} here once listening and advertised')
-    c.add_argument("--slots", type=int, default=2, metavar="N", help="jobs at once (default 2)")
-    c.add_argument("--warm", type=int, default=1, metavar="N",
+    c.add_argument("--config", type=Path, metavar="FILE",
+                   default=os.environ.get("OFFLOAD_PROVIDER_CONFIG"),
+                   help="provider.toml (see configs/); flags given here override it")
+    c.add_argument("--slots", type=int, metavar="N", help="jobs at once (default 2)")
+    c.add_argument("--queue", type=int, metavar="N",
+                   help="admitted jobs that may wait for a slot (default 8)")
+    c.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="Prometheus metrics on loopback (default: a free port; '' disables)")
+    c.add_argument("--drain-timeout", type=float, metavar="S",
+                   help="on SIGTERM, how long running jobs may finish (default 60)")
+    c.add_argument("--warm", type=int, metavar="N",
                    help="pre-started sandboxed interpreters with torch imported (default 1)")
-    c.add_argument("--sandbox-tier", choices=("auto", "A", "B"), default="auto",
+    c.add_argument("--no-benchmark", action="store_true",
+                   help="do not measure throughput (ads then carry none)")
+    c.add_argument("--sandbox-tier", choices=("auto", "A", "B"),
                    help="isolation to prove at start: A (bubblewrap), B (Landlock), or auto "
                         "(A, else B)")
     c.add_argument("--unsafe-no-sandbox", action="store_true",
@@ -81,18 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("submit", "offload SCRIPT [ARGS]... to a provider and verify its signed result")
     c.add_argument("script", type=Path, metavar="SCRIPT")
+    c.add_argument("--config", type=Path, metavar="FILE",
+                   default=os.environ.get("OFFLOAD_REQUESTER_CONFIG"),
+                   help="requester.toml: bootstrap, price caps, defaults; flags override it")
     c.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
                    help="an extra input file, placed beside the script")
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--provider", metavar="PEER", help="use this provider's peer id")
-    c.add_argument("--timeout", type=int, default=600, metavar="S",
+    c.add_argument("--timeout", type=int, metavar="S",
                    help="wall-clock limit of the job on the provider (default 600)")
     c.add_argument("--cpus", type=int, default=1, metavar="N")
     c.add_argument("--memory", type=float, default=2.0, metavar="GB")
     c.add_argument("--disk", type=float, default=1.0, metavar="GB",
                    help="size of the job's writable work dir (default 1)")
     c.add_argument("--gpus", type=int, default=0, metavar="N")
-    c.add_argument("--runtime", default="python3", metavar="NAME",
+    c.add_argument("--runtime", metavar="NAME",
                    help="job runtime the provider must offer (see `offload offers --json`)")
     c.add_argument("--max-price", type=float, default=None, metavar="X",
                    help="most credits the job may cost")
@@ -118,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = rs.add_parser("show", help="print the installed runtime's manifest",
                       epilog="example: offload runtime show --json")
     r.add_argument("--json", action="store_true")
+
+    c = cmd("status", "show the provider running with this home: slots, queue, jobs, earnings")
+    c.add_argument("--json", action="store_true")
 
     c = cmd("verify", "check a saved result offline: signature and output digests")
     c.add_argument("result", type=Path, metavar="RESULT_FILE")
@@ -219,16 +239,28 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 
 def cmd_provide(args: argparse.Namespace) -> int:
+    from node.config import load_provider
     from node.provider import ProviderConfig, serve
 
+    s = load_provider(args.config)
     home = resolve_home(args.home)
     identity, _ = init_identity(home)
-    config = ProviderConfig(home=home, listen=args.listen or ["/ip4/127.0.0.1/tcp/0"],
-                            bootstrap=_bootstrap(args), ready_file=args.ready_file,
-                            slots=args.slots, warm=args.warm,
-                            unsafe_no_sandbox=args.unsafe_no_sandbox,
-                            sandbox_tiers=("A", "B") if args.sandbox_tier == "auto"
-                            else (args.sandbox_tier,))
+
+    def pick(flag: Any, setting: Any) -> Any:
+        return setting if flag is None else flag
+
+    tier = pick(args.sandbox_tier, s.sandbox_tier)
+    config = ProviderConfig(
+        home=home, listen=args.listen or list(s.listen),
+        bootstrap=_bootstrap(args) or list(s.bootstrap), ready_file=args.ready_file,
+        slots=pick(args.slots, s.slots), warm=pick(args.warm, s.warm),
+        queue=pick(args.queue, s.queue), metrics_listen=pick(args.metrics_listen,
+                                                             s.metrics_listen),
+        drain_timeout_s=pick(args.drain_timeout, s.drain_timeout_s), price=s.price,
+        region=s.region, max_seconds=s.max_job_seconds, quote_hold_s=s.quote_hold_s,
+        unsafe_no_sandbox=args.unsafe_no_sandbox or s.unsafe_no_sandbox,
+        benchmark_interval_s=None if args.no_benchmark else float(s.benchmark_interval_s),
+        sandbox_tiers=("A", "B") if tier == "auto" else (tier,))
     trio.run(serve, config, identity)
     return 0
 
@@ -257,25 +289,31 @@ def cmd_offers(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from node.client import open_client
+    from node.config import load_requester
     from node.requester import JobRequest, choose_provider, run_job
     from scheduler import Requirements
 
-    if args.timeout < 1:
+    s = load_requester(args.config)
+    timeout = args.timeout if args.timeout is not None else s.timeout_s
+    if timeout < 1:
         raise UserError("--timeout must be at least 1 second")
+    runtime = args.runtime or s.runtime
+    args.bootstrap = args.bootstrap or _env_list("OFFLOAD_BOOTSTRAP") or list(s.bootstrap)
     identity, _ = init_identity(resolve_home(args.home))
     request = JobRequest(
         script=args.script, args=tuple(args.script_args), files=tuple(args.file),
-        resources=Resources(gpus=args.gpus, cpus=args.cpus, max_seconds=args.timeout,
+        resources=Resources(gpus=args.gpus, cpus=args.cpus, max_seconds=timeout,
                             memory_mb=max(1, int(args.memory * 1024)),
                             disk_mb=max(1, int(args.disk * 1024))),
-        max_price=None if args.max_price is None else int(args.max_price * 1_000_000),
-        runtime=args.runtime)
+        max_price=(round(args.max_price * 1_000_000) if args.max_price is not None
+                   else s.max_price),
+        runtime=runtime, caps=s.caps)
     started = time.monotonic()
 
     async def go() -> Any:
         async with open_client(identity, _bootstrap(args)) as (host, disc):
             ad = await choose_provider(disc, Requirements(cpus=1, gpus=args.gpus,
-                                                          runtime=args.runtime),
+                                                          runtime=runtime),
                                        provider=args.provider)
             out = args.out or Path("offload-out") / "pending"
             outcome = await run_job(host, ad.message, request, out)
@@ -285,8 +323,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     import shutil
                     shutil.rmtree(final)
                 out.rename(final)
-                outcome = type(outcome)(signed=outcome.signed, out_dir=final,
-                                        wall_s=outcome.wall_s)
+                outcome = dataclasses.replace(outcome, out_dir=final)
             return outcome
 
     outcome = trio.run(go)
@@ -294,7 +331,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     doc = {"job_id": r.job_id, "provider": r.provider, "status": r.status,
            "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
            "outputs": {o.name: o.sha256 for o in r.outputs}, "verified": True,
-           "wall_s": round(time.monotonic() - started, 3), "out_dir": str(outcome.out_dir)}
+           "wall_s": round(time.monotonic() - started, 3), "out_dir": str(outcome.out_dir),
+           "charged": r.price_charged, "quoted": outcome.quote.max_charge,
+           "limits_hit": list(r.limits_hit)}
     if args.json:
         print(json.dumps(doc))
     else:
@@ -354,6 +393,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0 if report["tier"] == "A" else 1
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.status import format_status, read_status
+
+    doc = read_status(resolve_home(args.home), now=time.time())
+    _emit(args, doc, format_status(doc))
+    return 0 if doc["running"] else 1
+
+
 def cmd_runtime(args: argparse.Namespace) -> int:
     from node.sandbox import runtime
 
@@ -369,5 +416,5 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "offers": cmd_offers,
     "submit": cmd_submit, "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
-    "runtime": cmd_runtime,
+    "runtime": cmd_runtime, "status": cmd_status,
 }

@@ -32,6 +32,10 @@ class PeerRefused(RemoteError):
         self.retry_after_s = retry_after_s
 
 
+class PriceRefused(RemoteError):
+    """A quote is above the requester's caps; nothing ran and nothing was charged."""
+
+
 class NoProviders(RemoteError):
     """Discovery found no provider whose ad verifies and matches."""
 

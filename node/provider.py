@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -11,18 +12,26 @@ import platform
 import shutil
 import signal
 import stat
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import trio
 
-from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, open_discovery
+from node.admission import Admission, Busy
+from node.benchmark import BenchmarkFailed, BenchmarkReport, benchmark_forever
+from node.benchmark import summary as benchmark_summary
+from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, ad_key, open_discovery
 from node.errors import RemoteError
 from node.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
 from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
+from node.metrics import ProviderMetrics, serve_metrics
+from node.status import publish_forever
+from node.telemetry import HostSample, Telemetry
 from node.transfer import TransferFailed, receive_file, send_file
 from protocol import (
     BadSignature,
@@ -31,9 +40,11 @@ from protocol import (
     Expired,
     JobResult,
     JobSpec,
+    MalformedMessage,
     OutputFile,
     Price,
     ProtocolError,
+    Quote,
     Replayed,
     Usage,
     check_spec_fresh,
@@ -44,6 +55,7 @@ from protocol import (
 from protocol.identity import Identity
 from protocol.messages import MAX_OUTPUTS, clip_text
 from protocol.replay import ReplayGuard
+from scheduler.pricing import charge, credits, max_charge
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,7 @@ MAX_INPUT_BYTES = 512 * 1024 * 1024
 MAX_OUTPUT_FILES = MAX_OUTPUTS
 MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
 HEARTBEAT_S = 2.0
+VERSION = importlib.metadata.version("offload")
 IDLE_TIMEOUT_S = 30.0
 SPEC_WINDOW_MS = 5 * 60 * 1000
 
@@ -68,6 +81,11 @@ class ProviderConfig:
     ad_refresh_s: float = AD_REFRESH_S
     ad_lifetime_s: float = AD_LIFETIME_S
     warm: int = 1
+    queue: int = 8
+    quote_hold_s: float = 30.0
+    drain_timeout_s: float = 60.0
+    metrics_listen: str = "127.0.0.1:0"
+    benchmark_interval_s: float | None = 86400.0   # None: never benchmark; 0: once
     unsafe_no_sandbox: bool = False
     sandbox_tiers: tuple[Literal["A", "B"], ...] = ("A", "B")
 
@@ -97,35 +115,66 @@ class Provider:
         self.identity = identity
         self.clock = clock
         self.replay = ReplayGuard(window_ms=2 * SPEC_WINDOW_MS + 60_000)
-        self.slots = trio.Semaphore(config.slots)
+        self.admission = Admission(slots=config.slots, queue=config.queue,
+                                   max_streams=config.slots + config.queue + 16)
         self.running = 0
+        self.draining = False
+        self.metrics = ProviderMetrics()
+        self.metrics.slots_total.set(config.slots)
+        self.metrics_url = ""
+        self.telemetry: Telemetry | None = None
+        self.benchmark: BenchmarkReport | None = None
+        self.readvertise = trio.Event()
+        self.addrs: list[str] = []
 
-    def gpu_devices(self) -> list[Device]:
-        """One Device per GPU model that jobs here can be given (none without a sandbox)."""
+    def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:
+        """One Device per GPU jobs here can be given (none without a sandbox), with its
+        live telemetry and measured throughput."""
         if not isinstance(self.executor, SandboxExecutor):
             return []
-        by_model: dict[tuple[str, int, str], int] = {}
+        live = {g.index: g for g in (sample.gpus if sample else ())}
+        devices = []
         for g in self.executor.sandbox.gpus:
-            key = (g.name[:128], g.memory_mb, g.compute_capability)
-            by_model[key] = by_model.get(key, 0) + 1
-        return [Device(kind="cuda", model=m, memory_mb=mem, compute_capability=cc,
-                       count=n, gflops=0.0) for (m, mem, cc), n in by_model.items()]
+            t = live.get(g.index)
+            devices.append(Device(
+                kind="cuda", model=g.name[:128], memory_mb=g.memory_mb,
+                compute_capability=g.compute_capability, count=1, driver=g.driver[:32],
+                utilization=t.utilization if t else 0.0,
+                temperature_c=t.temperature_c if t else 0.0, power_w=t.power_w if t else 0.0,
+                **_throughput(self.measured(f"cuda:{g.index}"))))
+        return devices
+
+    def measured(self, device: str) -> tuple[float, float, float, float]:
+        """fp32, fp16, bf16 GFLOP/s and memory GB/s of `device`; zeros until measured."""
+        b = self.benchmark.device(device) if self.benchmark else None
+        if b is None:
+            return (0.0, 0.0, 0.0, 0.0)
+        return (round(b.fp32_tflops * 1000, 1), round((b.fp16_tflops or 0.0) * 1000, 1),
+                round((b.bf16_tflops or 0.0) * 1000, 1), round(b.mem_gbps, 1))
+
+    def on_benchmark(self, report: BenchmarkReport) -> None:
+        self.benchmark = report
+        log.info("benchmark: %s", benchmark_summary(report))
+        self.readvertise.set()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
     def build_ad(self, addrs: Sequence[str]) -> CapacityAd:
         now = self.now_ms()
+        sample = self.telemetry.sample() if self.telemetry else None
+        cpu = Device(kind="cpu", model=cpu_model(), memory_mb=memory_mb(),
+                     compute_capability="", count=1,
+                     utilization=sample.cpu_load if sample else 0.0,
+                     **_throughput(self.measured("cpu")))
         return CapacityAd(
             peer_id=self.identity.peer_id, addrs=tuple(addrs),
-            devices=(Device(kind="cpu", model=cpu_model(), memory_mb=memory_mb(),
-                            compute_capability="", count=1, gflops=0.0),
-                     *self.gpu_devices()),
+            devices=(cpu, *self.gpu_devices(sample)),
             cpus=os.cpu_count() or 1, memory_mb=memory_mb(), runtimes=(self.setup.runtime,),
             price=self.config.price,
             sandbox_tier=self.executor.tier if self.executor else "none",
             region=self.config.region,
-            coords=(), cached=(), load=min(1.0, self.running / self.config.slots),
+            coords=(), cached=(), load=min(1.0, self.admission.in_use / self.config.slots),
             seq=now, expires=now + int(self.config.ad_lifetime_s * 1000))
 
     async def advertise_forever(self, host: Host, disc: Discovery, *,
@@ -142,9 +191,16 @@ class Provider:
             if first:
                 task_status.started()
                 first = False
-            await trio.sleep(self.config.ad_refresh_s)
+            with trio.move_on_after(self.config.ad_refresh_s):
+                await self.readvertise.wait()
+            self.readvertise = trio.Event()
 
     async def handle_job(self, stream: Stream) -> None:
+        if not self.admission.open_stream():
+            await _try_send(stream, wire.ErrorReply(
+                code="busy", message="too many open job streams",
+                retry_after_s=self.admission.retry_after_s))
+            return
         try:
             await self._serve(stream)
         except (ProtocolError, RemoteError) as exc:
@@ -152,6 +208,19 @@ class Provider:
             code: wire.ErrorCode = ("transfer_failed" if isinstance(exc, TransferFailed)
                                     else "bad_request")
             await _try_send(stream, wire.ErrorReply(code=code, message=str(exc)[:1000]))
+        finally:
+            self.admission.close_stream()
+
+    def status(self) -> dict[str, Any]:
+        """What `offload status` shows; published to the home every few seconds."""
+        self.metrics.queue_depth.set(self.admission.queued)
+        self.metrics.slots_in_use.set(self.admission.in_use)
+        pool = getattr(self.executor, "pool", None)
+        self.metrics.warm_ready.set(pool.ready if pool is not None else 0)
+        return self.metrics.snapshot() | {
+            "peer_id": self.identity.peer_id, "addrs": self.addrs,
+            "tier": self.executor.tier if self.executor else "refusing",
+            "draining": self.draining, "metrics_url": self.metrics_url}
 
     async def _serve(self, stream: Stream) -> None:
         frame = wire.expect(await stream.receive_within(IDLE_TIMEOUT_S, "job"), wire.SubmitJob)
@@ -164,6 +233,8 @@ class Provider:
         spec, job_id = signed.message, signed.digest
         refusal = self._check_spec(spec, stream.remote_peer)
         if refusal:
+            self.metrics.jobs_total.labels(outcome=REFUSAL_OUTCOME.get(refusal[0],
+                                                                      "refused")).inc()
             await _refuse(stream, *refusal)
             return
         try:
@@ -175,18 +246,118 @@ class Provider:
         except Replayed as exc:
             await _refuse(stream, "replayed", str(exc))
             return
-        try:
-            self.slots.acquire_nowait()
-        except trio.WouldBlock:
-            await stream.send(wire.ErrorReply(code="busy", message="all job slots are in use",
-                                              retry_after_s=5.0))
+        if self.draining:
+            await _refuse(stream, "draining", "this provider is shutting down; use another")
             return
-        self.running += 1
+        quote = self.quote(spec, job_id)
+        if spec.max_price is not None and quote.max_charge > spec.max_price:
+            self.metrics.jobs_total.labels(outcome="price").inc()
+            await _refuse(stream, "price", f"price: this job can cost up to "
+                          f"{credits(quote.max_charge)} credits here, above your cap of "
+                          f"{credits(spec.max_price)}")
+            return
+        reserved = self.admission.try_reserve()
         try:
-            await self._run(stream, spec, job_id)
+            if not reserved:
+                try:
+                    self.admission.check_queue()
+                except Busy as exc:
+                    self.metrics.jobs_total.labels(outcome="busy").inc()
+                    await stream.send(wire.ErrorReply(code="busy", message=str(exc),
+                                                      retry_after_s=exc.retry_after_s))
+                    return
+            await stream.send(wire.QuoteOffer(quote=sign(quote, self.identity).raw))
+            answer = await stream.receive_within(self.config.quote_hold_s, "quote acceptance")
+            if isinstance(answer, wire.ErrorReply):
+                log.info("job %s: quote declined (%s)", job_id[:12], answer.message)
+                return
+            if wire.expect(answer, wire.QuoteAccept).job_id != job_id:
+                raise MalformedMessage("the quote acceptance names another job")
+            if not reserved:
+                await self._queue(stream)
+                reserved = True
+            self.running += 1
+            try:
+                await self._run(stream, spec, job_id, quote)
+            finally:
+                self.running -= 1
         finally:
-            self.running -= 1
-            self.slots.release()
+            if reserved:
+                self.admission.release()
+
+    async def _queue(self, stream: Stream) -> None:
+        """Wait for a slot, telling the requester its place every few seconds."""
+        position = 0
+
+        async def tell(pos: int) -> None:
+            nonlocal position
+            position = pos
+            await stream.send(wire.Queued(position=pos))
+
+        async with trio.open_nursery() as nursery:
+            async def keep_telling() -> None:
+                while True:
+                    await trio.sleep(HEARTBEAT_S)
+                    await stream.send(wire.Queued(position=max(1, position)))
+
+            nursery.start_soon(keep_telling)
+            await self.admission.wait_for_slot(tell)
+            nursery.cancel_scope.cancel()
+
+    async def benchmark_forever(self) -> None:
+        """Measure what jobs here get (the job runtime's torch), now and on a schedule."""
+        runtime = getattr(self.executor, "sandbox", None)
+        python = runtime.runtime.interpreter if runtime is not None else Path(sys.executable)
+        interval = self.config.benchmark_interval_s or 0.0
+        try:
+            await benchmark_forever(python, self.config.home / "benchmark.json",
+                                    runtime_digest=self.setup.runtime.digest,
+                                    interval_s=interval, clock=self.clock,
+                                    on_report=self.on_benchmark,
+                                    gpus=isinstance(self.executor, SandboxExecutor)
+                                    and bool(self.executor.sandbox.gpus))
+        except BenchmarkFailed as exc:
+            log.warning("benchmark failed; advertising no throughput: %s", exc)
+
+    async def drain(self, host: Host, disc: Discovery, signals: Any) -> None:
+        """Refuse new jobs, withdraw the ad, let running and queued jobs finish up to the
+        drain timeout; a second signal stops at once."""
+        self.draining = True
+        log.info("draining: %d running, %d queued; up to %.0f s (signal again to stop now)",
+                 self.running, self.admission.queued, self.config.drain_timeout_s)
+        withdrawn = dataclasses.replace(self.build_ad(host.addrs()), load=1.0,
+                                        expires=self.now_ms() + 1000)
+        with trio.move_on_after(5):
+            try:
+                await disc.dht.put_value(ad_key(self.identity.peer_id),
+                                         sign(withdrawn, self.identity).raw)
+            except Exception:
+                log.warning("withdrawing the ad failed; it expires on its own", exc_info=True)
+
+        async def idle() -> None:
+            while self.running or self.admission.queued:
+                await trio.sleep(0.1)
+
+        async def second_signal() -> None:
+            async for _ in signals:
+                log.info("second signal: stopping now")
+                return
+
+        async with trio.open_nursery() as nursery:
+            async def first_wins(fn: Callable[[], Awaitable[None]]) -> None:
+                await fn()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first_wins, idle)
+            nursery.start_soon(first_wins, second_signal)
+            nursery.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout_s
+
+    def quote(self, spec: JobSpec, job_id: str) -> Quote:
+        inputs = sum(f.size for f in spec.inputs)
+        return Quote(job_id=job_id, provider=self.identity.peer_id, requester=spec.requester,
+                     price=self.config.price,
+                     max_charge=max_charge(self.config.price, spec.resources, input_bytes=inputs),
+                     expires=self.now_ms() + int(self.config.quote_hold_s * 1000))
 
     def _check_spec(self, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, str] | None:
         if self.executor is None:
@@ -207,7 +378,7 @@ class Provider:
             return ("too_large", f"inputs exceed {MAX_INPUT_BYTES} bytes")
         return None
 
-    async def _run(self, stream: Stream, spec: JobSpec, job_id: str) -> None:
+    async def _run(self, stream: Stream, spec: JobSpec, job_id: str, quote: Quote) -> None:
         need = tuple(dict.fromkeys(f.sha256 for f in spec.inputs))
         await stream.send(wire.Accepted(job_id=job_id, need=need))
         by_digest = {f.sha256: f for f in spec.inputs}
@@ -230,6 +401,10 @@ class Provider:
                 nursery.cancel_scope.cancel()
             outputs = collect_outputs(slot.out_dir)
             proc = ex.process
+            price_charged = charge(
+                self.config.price, spec.resources, cpu_s=proc.cpu_s, wall_s=proc.wall_s,
+                bytes_in=sum(f.size for f in spec.inputs),
+                bytes_out=sum(o.size for o, _ in outputs), quoted=quote.max_charge)
             stdout, out_clipped = clip_text(proc.stdout)
             stderr, err_clipped = clip_text(proc.stderr)
             result = JobResult(
@@ -240,11 +415,17 @@ class Provider:
                 outputs=tuple(o for o, _ in outputs), limits_hit=ex.limits_hit,
                 usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3),
                             gpu_s=0.0, peak_memory_mb=proc.peak_memory_mb),
-                sandbox=ex.profile, price_charged=0, finished_at=self.now_ms())
+                sandbox=ex.profile, price_charged=price_charged, finished_at=self.now_ms())
             signed = sign(result, self.identity)
+            m = self.metrics
+            m.jobs_total.labels(outcome=proc.status).inc()
+            m.job_seconds.observe(proc.wall_s)
+            m.earnings_total.inc(price_charged)
+            m.bytes_in_total.inc(sum(f.size for f in spec.inputs))
             await stream.send(wire.ResultReady(result=signed.raw))
             for out, path in outputs:
                 await send_file(stream, out.name, path)
+                m.bytes_out_total.inc(out.size)
         log.info("job %s: %s (exit %d%s) in %.2f s", job_id[:12], proc.status, proc.exit_code,
                  f", hit {','.join(ex.limits_hit)}" if ex.limits_hit else "", proc.wall_s)
 
@@ -297,6 +478,13 @@ async def _heartbeat(stream: Stream) -> None:
         await stream.send(wire.Running(elapsed_s=round(time.monotonic() - started, 3)))
 
 
+def _throughput(m: tuple[float, float, float, float]) -> dict[str, Any]:
+    return {"gflops": m[0], "fp16_gflops": m[1], "bf16_gflops": m[2], "mem_gbps": m[3]}
+
+
+REFUSAL_OUTCOME = {"busy": "busy", "price": "price"}
+
+
 async def _refuse(stream: Stream, code: wire.ErrorCode, message: str) -> None:
     log.info("refusing job from %s: %s: %s", stream.remote_peer[:16], code, message)
     await _try_send(stream, wire.ErrorReply(code=code, message=message[:1000]))
@@ -330,15 +518,38 @@ async def serve(config: ProviderConfig, identity: Identity, *,
             host.handle(wire.JOB_PROTOCOL, provider.handle_job)
             await disc.bootstrap(config.bootstrap)
             async with trio.open_nursery() as nursery:
+                ads = trio.CancelScope()
                 if setup.executor is not None:
-                    await nursery.start(provider.advertise_forever, host, disc)
+                    await nursery.start(_in_scope, ads, provider.advertise_forever, host, disc)
+                provider.addrs = host.addrs()
+                provider.telemetry = Telemetry()
+                if config.benchmark_interval_s is not None and setup.executor is not None:
+                    nursery.start_soon(provider.benchmark_forever)
+                provider.metrics.info.info({"peer_id": identity.peer_id,
+                                            "tier": tier or "refusing", "version": VERSION})
+                if config.metrics_listen:
+                    mhost, _, mport = config.metrics_listen.rpartition(":")
+                    port = await nursery.start(serve_metrics, provider.metrics, mhost,
+                                               int(mport))
+                    provider.metrics_url = f"http://{mhost}:{port}/metrics"
+                nursery.start_soon(partial(publish_forever, config.home, provider.status,
+                                           clock=clock))
                 if config.ready_file is not None:
                     write_ready_file(config.ready_file, identity.peer_id, host.addrs())
                 log.info("provider %s listening on %s", identity.peer_id, host.addrs())
                 async for signum in signals:
                     log.info("signal %d: stopping", signum)
                     break
+                if provider.running or provider.admission.queued:
+                    ads.cancel()
+                    await provider.drain(host, disc, signals)
                 nursery.cancel_scope.cancel()
+
+
+async def _in_scope(scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], *args: Any,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    with scope:
+        await fn(*args, task_status=task_status)
 
 
 def write_ready_file(path: Path, peer_id: str, addrs: Sequence[str]) -> None:

@@ -13,7 +13,14 @@ from pathlib import Path
 import trio
 
 from node.discovery import Discovery
-from node.errors import PeerGone, PeerRefused, PeerTimeout, ResultRejected, UserError
+from node.errors import (
+    PeerGone,
+    PeerRefused,
+    PeerTimeout,
+    PriceRefused,
+    ResultRejected,
+    UserError,
+)
 from node.host import Host, Stream
 from node.transfer import receive_file, send_file
 from node.verify import RESULT_FILE, safe_join, verify_result_bytes
@@ -22,14 +29,18 @@ from protocol import (
     InputFile,
     JobResult,
     JobSpec,
+    Price,
     ProtocolError,
+    Quote,
     Resources,
     Signed,
+    open_signed,
     sign,
     wire,
 )
 from protocol.messages import check_file_name
 from scheduler import Requirements, rank_offers
+from scheduler.pricing import credits, over_caps
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,7 @@ class JobRequest:
     resources: Resources = dataclasses.field(default_factory=Resources)
     max_price: int | None = None
     runtime: str = "python3"
+    caps: Price | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,6 +64,7 @@ class JobOutcome:
     signed: Signed[JobResult]
     out_dir: Path
     wall_s: float
+    quote: Quote
 
     @property
     def result(self) -> JobResult:
@@ -113,22 +126,57 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     with trio.move_on_after(deadline) as scope:
         stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
         try:
-            signed = await _exchange(stream, signed_spec.raw, job_id, ad, files, out_dir,
-                                     host.peer_id)
+            signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
+                                            out_dir, host.peer_id, request)
         finally:
             await stream.close()
     if scope.cancelled_caught:
         raise PeerTimeout(f"job {job_id[:12]} got no result from {ad.peer_id[:16]} "
                           f"within {deadline:.0f} s")
-    return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started)
+    return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
+                      quote=quote)
+
+
+def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
+                request: JobRequest) -> Quote:
+    """The provider's signed quote, against the job's cap and the per-coefficient caps."""
+    try:
+        quote = open_signed(raw, Quote).message
+    except ProtocolError as exc:
+        raise ResultRejected(f"the provider's quote is not intact: {exc}") from exc
+    if (quote.job_id, quote.provider, quote.requester) != (job_id, ad.peer_id, requester):
+        raise ResultRejected("the provider quoted another job, or signed as someone else")
+    ask = credits(quote.max_charge)
+    if request.max_price is not None and quote.max_charge > request.max_price:
+        raise PriceRefused(f"price: provider {ad.peer_id[:16]} asks up to {ask} credits for "
+                           f"this job, above your cap of {credits(request.max_price)}; raise "
+                           "--max-price or ask for less time or fewer resources")
+    if request.caps is not None and (over := over_caps(quote.price, request.caps)):
+        raise PriceRefused(f"price: provider {ad.peer_id[:16]} asks "
+                           + ", ".join(f"{n}={getattr(quote.price, n)}" for n in over)
+                           + " micro-credits, above your caps in requester.toml")
+    return quote
 
 
 async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
                     files: list[tuple[InputFile, Path]], out_dir: Path,
-                    requester: str) -> Signed[JobResult]:
+                    requester: str, request: JobRequest) -> tuple[Signed[JobResult], Quote]:
     await stream.send(wire.SubmitJob(spec=spec_raw))
-    reply = await stream.receive_within(TRANSFER_IDLE_S, "answer to the job")
+    reply = await stream.receive_within(TRANSFER_IDLE_S, "a quote")
     _raise_if_error(reply)
+    offer = wire.expect(reply, wire.QuoteOffer)
+    try:
+        quote = check_quote(offer.quote, job_id=job_id, ad=ad, requester=requester,
+                            request=request)
+    except PriceRefused as exc:
+        await stream.send(wire.ErrorReply(code="price", message=str(exc)[:1000]))
+        raise
+    await stream.send(wire.QuoteAccept(job_id=job_id))
+    while True:
+        reply = await stream.receive_within(HEARTBEAT_GRACE_S, "a slot")
+        _raise_if_error(reply)
+        if not isinstance(reply, wire.Queued):
+            break
     accepted = wire.expect(reply, wire.Accepted)
     if accepted.job_id != job_id:
         raise ResultRejected("the provider acknowledged a different job id")
@@ -151,12 +199,15 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         break
     signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
                                  requester=requester)
+    if signed.message.price_charged > quote.max_charge:
+        raise ResultRejected(f"the provider charged {credits(signed.message.price_charged)} "
+                             f"credits, above its quote of {credits(quote.max_charge)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for out in signed.message.outputs:
         await receive_file(stream, name=out.name, size=out.size, sha256=out.sha256,
                            dest=safe_join(out_dir, out.name), idle_timeout=TRANSFER_IDLE_S)
     (out_dir / RESULT_FILE).write_bytes(signed.raw)
-    return signed
+    return signed, quote
 
 
 

@@ -76,9 +76,21 @@ class Device(Message):
     compute_capability: str = field(max_len=16)
     count: int
     gflops: float
+    """Measured fp32 matmul throughput per device, GFLOP/s (0 until benchmarked)."""
+    fp16_gflops: float = 0.0
+    bf16_gflops: float = 0.0
+    mem_gbps: float = 0.0
+    utilization: float = 0.0
+    temperature_c: float = 0.0
+    power_w: float = 0.0
+    driver: str = field(max_len=32, default="")
 
     def validate(self) -> None:
-        _non_negative(memory_mb=self.memory_mb, gflops=self.gflops)
+        _non_negative(memory_mb=self.memory_mb, gflops=self.gflops,
+                      fp16_gflops=self.fp16_gflops, bf16_gflops=self.bf16_gflops,
+                      mem_gbps=self.mem_gbps, power_w=self.power_w)
+        if not 0.0 <= self.utilization <= 1.0:
+            raise InvalidMessage("utilization must be between 0 and 1")
         if not 1 <= self.count <= 64:
             raise InvalidMessage("device count must be between 1 and 64")
 
@@ -141,6 +153,27 @@ class CapacityAd(Signable):
                       expires=self.expires)
         if not 0.0 <= self.load <= 1.0:
             raise InvalidMessage("load must be between 0 and 1")
+
+
+@message
+class Quote(Signable):
+    """The most a job can cost here, signed by the provider before anything runs."""
+
+    type_name: ClassVar[str] = "quote"
+    signer_field: ClassVar[str] = "provider"
+
+    job_id: str = field(max_len=64)
+    provider: str = field(max_len=64)
+    requester: str = field(max_len=64)
+    price: Price
+    max_charge: int
+    expires: int
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+        check_peer_id(self.provider, "provider")
+        check_peer_id(self.requester, "requester")
+        _non_negative(max_charge=self.max_charge, expires=self.expires)
 
 
 @message

@@ -23,7 +23,8 @@ CHUNK_SIZE = 1024 * 1024
 
 ErrorCode = Literal[
     "bad_request", "bad_signature", "expired", "replayed", "wrong_provider",
-    "busy", "no_sandbox", "too_large", "transfer_failed", "internal", "cancelled",
+    "busy", "no_sandbox", "too_large", "transfer_failed", "internal", "cancelled", "price",
+    "draining",
 ]
 
 
@@ -38,6 +39,33 @@ class SubmitJob(Frame):
 
     type_name: ClassVar[str] = "submit"
     spec: bytes = field(max_len=MAX_SIGNED_SIZE)
+
+
+@message
+class QuoteOffer(Frame):
+    """Provider -> requester: the signed Quote; a slot is held until it expires."""
+
+    type_name: ClassVar[str] = "quote"
+    quote: bytes = field(max_len=MAX_SIGNED_SIZE)
+
+
+@message
+class QuoteAccept(Frame):
+    """Requester -> provider: the quote is accepted; send what you need."""
+
+    type_name: ClassVar[str] = "quote_accept"
+    job_id: str = field(max_len=64)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
+@message
+class Queued(Frame):
+    """Provider -> requester: admitted, waiting for a slot (position in the queue)."""
+
+    type_name: ClassVar[str] = "queued"
+    position: int
 
 
 @message
@@ -99,7 +127,8 @@ class ErrorReply(Frame):
 F = TypeVar("F", bound=Frame)
 
 FRAME_TYPES: dict[str, type[Frame]] = {
-    t.type_name: t for t in (SubmitJob, Accepted, Chunk, Running, ResultReady, ErrorReply)
+    t.type_name: t for t in (SubmitJob, QuoteOffer, QuoteAccept, Queued, Accepted, Chunk,
+                             Running, ResultReady, ErrorReply)
 }
 
 

@@ -1,6 +1,7 @@
 """Pure decision logic: which offers meet a job's needs and which to try first.
 
 select.py   requirement filters and offer ranking (first valid offer, least loaded)
+pricing.py  linear prices: quotes (the most a job can cost), charges, caps
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ ALLOWED = {
     "protocol": {"protocol", "msgpack", "cryptography"},
     "scheduler": {"scheduler", "protocol"},
     "ledger": {"ledger", "protocol"},
-    "node": OURS | {"trio", "libp2p", "multiaddr", "platformdirs", "pynvml"},
+    "node": OURS | {"trio", "libp2p", "multiaddr", "platformdirs", "pynvml",
+                    "prometheus_client"},
 }
 
 

@@ -49,7 +49,8 @@ class Network:
         return proc
 
     def start_provider(self, *, bootstrap: str | None = None, extra: list[str] | None = None,
-                       env: dict[str, str] | None = None) -> dict[str, Any]:
+                       env: dict[str, str] | None = None,
+                       benchmark: bool = False) -> dict[str, Any]:
         n = len(self.providers) + 1
         ready = self.root / f"p{n}.ready"
         cmd = [sys.executable, "-m", "node", "--home", str(self.root / f"p{n}"), "provide",
@@ -57,6 +58,8 @@ class Network:
         if bootstrap:
             cmd += ["--bootstrap", bootstrap]
         cmd += extra or []
+        if not benchmark:  # a few CPU-seconds per provider: only where a test looks at it
+            cmd.append("--no-benchmark")
         log = (self.root / f"p{n}.log").open("wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,

@@ -60,6 +60,9 @@ async def test_provider_names_each_bad_request_and_keeps_serving(network: Networ
             ("signed by someone else than the sender",
              framed(wire.SubmitJob(spec=sign(spec_for(other, peer, script), other).raw)),
              "bad_request"),
+            ("a runtime nobody offers",
+             framed(wire.SubmitJob(spec=sign(spec_for(me, peer, script, runtime="julia"),
+                                             me).raw)), "bad_request"),
             ("addressed to another provider",
              framed(wire.SubmitJob(spec=sign(spec_for(me, other.peer_id, script), me).raw)),
              "wrong_provider"),
@@ -79,7 +82,7 @@ async def test_provider_names_each_bad_request_and_keeps_serving(network: Networ
 
         once = framed(wire.SubmitJob(spec=sign(spec_for(me, peer, script), me).raw))
         first = await exchange(host, peer, addrs, once)
-        assert isinstance(first, wire.Accepted)  # canary: the same bytes are accepted once
+        assert isinstance(first, wire.QuoteOffer)  # canary: the same bytes are quoted once
         again = await exchange(host, peer, addrs, once)
         assert isinstance(again, wire.ErrorReply) and again.code == "replayed"
 

@@ -1,0 +1,146 @@
+"""The provider's status file: the daemon writes it, `offload status` reads it, no network needed.
+
+The document is whatever the daemon's `build()` returns (its peer id, tier, addresses and
+`ProviderMetrics.snapshot()`), plus `pid` and `updated_at`; readers add `running`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from node.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE: Final = "status.json"
+
+
+class StatusMissing(UserError):
+    """No readable status file: no provider has run with this home (or its file is damaged)."""
+
+
+def write_status(home: Path, doc: dict[str, Any]) -> None:
+    """Replace `home/status.json` atomically (a reader sees the old or the new doc), mode 0644."""
+    data = json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{STATUS_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+        os.replace(tmp, home / STATUS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    except OSError:
+        return False
+    return True
+
+
+def read_status(home: Path, *, now: float, stale_after_s: float = 30.0) -> dict[str, Any]:
+    """The last status the provider wrote, plus `running`: its pid is alive and it is fresh."""
+    path = home / STATUS_FILE
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise StatusMissing(f"no provider has run with home {home}; start one with "
+                            f"`offload provide --home {home}`") from None
+    except (OSError, ValueError) as exc:
+        raise StatusMissing(_unreadable(path, home, str(exc))) from None
+    if not isinstance(doc, dict):
+        raise StatusMissing(_unreadable(path, home, "not a JSON object"))
+    updated = doc.get("updated_at")
+    fresh = (isinstance(updated, int | float) and not isinstance(updated, bool)
+             and abs(now - updated) <= stale_after_s)
+    return {**doc, "running": fresh and pid_alive(doc.get("pid"))}
+
+
+def _unreadable(path: Path, home: Path, why: str) -> str:
+    return (f"unreadable status file {path} ({why}); start the provider again with "
+            f"`offload provide --home {home}` to rewrite it")
+
+
+async def publish_forever(home: Path, build: Callable[[], dict[str, Any]], *,
+                          interval_s: float = 5.0, clock: Callable[[], float]) -> None:
+    """Write build() plus pid and updated_at every `interval_s` until cancelled.
+
+    A failed write is logged and retried at the next tick: status is never worth a crash.
+    """
+    pid = os.getpid()
+    while True:
+        doc = build() | {"pid": pid, "updated_at": clock()}
+        try:
+            await trio.to_thread.run_sync(write_status, home, doc)
+        except OSError as exc:
+            log.warning("could not write %s: %s", home / STATUS_FILE, exc)
+        await trio.sleep(interval_s)
+
+
+def _credits(microcredits: int) -> str:
+    sign = "-" if microcredits < 0 else ""
+    whole, frac = divmod(abs(microcredits), 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n} B ({value:.1f} {unit})"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _int(doc: dict[str, Any], key: str) -> int:
+    value = doc.get(key, 0)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """A human-readable summary of a `read_status` document."""
+    state = (f"running (pid {doc.get('pid')})" if doc.get("running")
+             else "stopped" + (f" (last pid {doc['pid']})" if "pid" in doc else ""))
+    jobs = doc.get("jobs")
+    if not isinstance(jobs, dict):
+        jobs = {}
+    counts = {str(k): int(v) for k, v in jobs.items() if isinstance(v, int | float)}
+    total = sum(counts.values())
+    by_outcome = ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "none"
+    updated = doc.get("updated_at")
+    when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(updated))
+            if isinstance(updated, int | float) and not isinstance(updated, bool) else "never")
+    addrs = doc.get("addrs")
+    lines = [
+        f"provider {doc.get('peer_id', '?')}: {state}",
+        f"  sandbox tier: {doc.get('tier', '?')}",
+        *([f"  listening:    {' '.join(map(str, addrs))}"] if isinstance(addrs, list) and addrs
+          else []),
+        f"  slots:        {_int(doc, 'slots_in_use')}/{_int(doc, 'slots_total')} in use, "
+        f"{_int(doc, 'warm_ready')} warm worker(s) ready",
+        f"  queue:        {_int(doc, 'queue_depth')} waiting",
+        f"  jobs:         {total} ({by_outcome})",
+        f"  bytes in:     {_size(_int(doc, 'bytes_in'))}",
+        f"  bytes out:    {_size(_int(doc, 'bytes_out'))}",
+        f"  earnings:     {_credits(_int(doc, 'earnings_microcredits'))} credits",
+        f"  updated:      {when}",
+    ]
+    return "\n".join(lines)
