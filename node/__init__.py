@@ -7,6 +7,7 @@ home.py        OFFLOAD_HOME and the node's Ed25519 identity key
 provider.py    the provider daemon: advertise, admit, run, sign results
 executor.py    where jobs run: a proven sandbox tier (warm or cold) or, if allowed, plain
 admission.py   slots, a bounded FIFO queue, a cap on open job streams
+jobio.py       a job's files on the provider: inputs via the cache (resumable), outputs
 config.py      provider.toml / requester.toml: loading and one-line validation errors
 telemetry.py   live host and GPU telemetry (pynvml) for ads
 benchmark.py   matmul and memory-bandwidth benchmarks with the job runtime, on a schedule

@@ -260,6 +260,8 @@ def cmd_provide(args: argparse.Namespace) -> int:
         region=s.region, max_seconds=s.max_job_seconds, quote_hold_s=s.quote_hold_s,
         unsafe_no_sandbox=args.unsafe_no_sandbox or s.unsafe_no_sandbox,
         benchmark_interval_s=None if args.no_benchmark else float(s.benchmark_interval_s),
+        cache_dir=Path(s.cache_dir) if s.cache_dir else None,
+        cache_max_bytes=int(s.cache_max_gb * 10**9),
         sandbox_tiers=("A", "B") if tier == "auto" else (tier,))
     trio.run(serve, config, identity)
     return 0

@@ -91,3 +91,21 @@ def dedupe_peers(infos: Sequence[Any]) -> list[Any]:
             seen.add(key)
             out.append(info)
     return out
+
+
+async def fresh_get_value(dht: Any, key: str) -> bytes | None:
+    """get_value answers from the local store first, and stores what it found there, so a
+    long-lived node would never see an updated record: ask the network, and fall back to
+    the local copy only if no peer has one (a server holding the only copy)."""
+    key_bytes = key.encode("utf-8")
+    local = dht.value_store.get(key_bytes)
+    if local is not None:
+        dht.value_store.remove(key_bytes)
+    try:
+        value: bytes | None = await dht.get_value(key)
+    finally:
+        if dht.value_store.get(key_bytes) is None and local is not None:
+            dht.value_store.put_record(key_bytes, local)
+    if value is None and local is not None:
+        return bytes(local.value)
+    return value

@@ -124,7 +124,7 @@ class Discovery:
     async def _read_ad(self, peer_id: str) -> Signed[CapacityAd] | None:
         key = ad_key(peer_id)
         try:
-            value = await self.dht.get_value(key)
+            value = await compat.fresh_get_value(self.dht, key)
         except Exception as exc:
             log.debug("get_value(%s) failed: %s", key, exc)
             value = None

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import platform
-import shutil
 import signal
-import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,15 +21,17 @@ import trio
 from node.admission import Admission, Busy
 from node.benchmark import BenchmarkFailed, BenchmarkReport, benchmark_forever
 from node.benchmark import summary as benchmark_summary
+from node.cache import InputCache
 from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, ad_key, open_discovery
 from node.errors import RemoteError
 from node.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
 from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
+from node.jobio import collect_outputs, receive_inputs
 from node.metrics import ProviderMetrics, serve_metrics
 from node.status import publish_forever
 from node.telemetry import HostSample, Telemetry
-from node.transfer import TransferFailed, receive_file, send_file
+from node.transfer import TransferFailed, send_file
 from protocol import (
     BadSignature,
     CapacityAd,
@@ -41,7 +40,6 @@ from protocol import (
     JobResult,
     JobSpec,
     MalformedMessage,
-    OutputFile,
     Price,
     ProtocolError,
     Quote,
@@ -53,15 +51,13 @@ from protocol import (
     wire,
 )
 from protocol.identity import Identity
-from protocol.messages import MAX_OUTPUTS, clip_text
+from protocol.messages import clip_text
 from protocol.replay import ReplayGuard
 from scheduler.pricing import charge, credits, max_charge
 
 log = logging.getLogger(__name__)
 
 MAX_INPUT_BYTES = 512 * 1024 * 1024
-MAX_OUTPUT_FILES = MAX_OUTPUTS
-MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
 HEARTBEAT_S = 2.0
 VERSION = importlib.metadata.version("offload")
 IDLE_TIMEOUT_S = 30.0
@@ -86,6 +82,8 @@ class ProviderConfig:
     drain_timeout_s: float = 60.0
     metrics_listen: str = "127.0.0.1:0"
     benchmark_interval_s: float | None = 86400.0   # None: never benchmark; 0: once
+    cache_dir: Path | None = None
+    cache_max_bytes: int = 10 * 10**9
     unsafe_no_sandbox: bool = False
     sandbox_tiers: tuple[Literal["A", "B"], ...] = ("A", "B")
 
@@ -123,6 +121,7 @@ class Provider:
         self.metrics.slots_total.set(config.slots)
         self.metrics_url = ""
         self.telemetry: Telemetry | None = None
+        self.cache: InputCache | None = None
         self.benchmark: BenchmarkReport | None = None
         self.readvertise = trio.Event()
         self.addrs: list[str] = []
@@ -152,10 +151,14 @@ class Provider:
         return (round(b.fp32_tflops * 1000, 1), round((b.fp16_tflops or 0.0) * 1000, 1),
                 round((b.bf16_tflops or 0.0) * 1000, 1), round(b.mem_gbps, 1))
 
+    def wake_advertiser(self) -> None:
+        """Re-advertise now (the ad changed), not at the next scheduled refresh."""
+        self.readvertise.set()
+
     def on_benchmark(self, report: BenchmarkReport) -> None:
         self.benchmark = report
         log.info("benchmark: %s", benchmark_summary(report))
-        self.readvertise.set()
+        self.wake_advertiser()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -174,7 +177,8 @@ class Provider:
             price=self.config.price,
             sandbox_tier=self.executor.tier if self.executor else "none",
             region=self.config.region,
-            coords=(), cached=(), load=min(1.0, self.admission.in_use / self.config.slots),
+            coords=(), cached=self.cache.summary(64) if self.cache else (),
+            load=min(1.0, self.admission.in_use / self.config.slots),
             seq=now, expires=now + int(self.config.ad_lifetime_s * 1000))
 
     async def advertise_forever(self, host: Host, disc: Discovery, *,
@@ -379,20 +383,10 @@ class Provider:
         return None
 
     async def _run(self, stream: Stream, spec: JobSpec, job_id: str, quote: Quote) -> None:
-        need = tuple(dict.fromkeys(f.sha256 for f in spec.inputs))
-        await stream.send(wire.Accepted(job_id=job_id, need=need))
-        by_digest = {f.sha256: f for f in spec.inputs}
         assert self.executor is not None
         async with self.executor.slot(spec, job_id) as slot:
-            for digest in need:
-                f = by_digest[digest]
-                await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
-                                   dest=slot.input_path(f.name), idle_timeout=IDLE_TIMEOUT_S)
-            for f in spec.inputs:
-                first = by_digest[f.sha256].name
-                if f.name != first:
-                    shutil.copyfile(slot.input_path(first), slot.input_path(f.name))
-                slot.expose_input(f.name)
+            await receive_inputs(stream, spec, job_id, slot, cache=self.cache,
+                                 metrics=self.metrics, on_cached=self.wake_advertiser)
             log.info("job %s from %s: running %s", job_id[:12], spec.requester[:16],
                      spec.entrypoint)
             async with trio.open_nursery() as nursery:
@@ -421,54 +415,12 @@ class Provider:
             m.jobs_total.labels(outcome=proc.status).inc()
             m.job_seconds.observe(proc.wall_s)
             m.earnings_total.inc(price_charged)
-            m.bytes_in_total.inc(sum(f.size for f in spec.inputs))
             await stream.send(wire.ResultReady(result=signed.raw))
             for out, path in outputs:
                 await send_file(stream, out.name, path)
                 m.bytes_out_total.inc(out.size)
         log.info("job %s: %s (exit %d%s) in %.2f s", job_id[:12], proc.status, proc.exit_code,
                  f", hit {','.join(ex.limits_hit)}" if ex.limits_hit else "", proc.wall_s)
-
-
-def _regular_files(root: Path) -> list[Path]:
-    """Regular files below `root`; symlinks (to files or dirs) and special files are skipped."""
-    found = []
-    for dirpath, _, files in os.walk(root, followlinks=False):
-        for name in files:
-            path = Path(dirpath) / name
-            try:
-                if stat.S_ISREG(path.lstat().st_mode):
-                    found.append(path)
-            except OSError:
-                continue
-    return sorted(found)
-
-
-def collect_outputs(out_dir: Path) -> list[tuple[OutputFile, Path]]:
-    """Regular files under out/ (symlinks and specials ignored), in a stable order."""
-    found: list[tuple[OutputFile, Path]] = []
-    total = 0
-    for path in _regular_files(out_dir):
-        rel = path.relative_to(out_dir).as_posix()
-        try:
-            size = path.stat().st_size
-            total += size
-            if len(found) >= MAX_OUTPUT_FILES or total > MAX_OUTPUT_BYTES:
-                log.warning("output limit reached; %s and later files dropped", rel)
-                break
-            digest = _file_sha256(path)
-            found.append((OutputFile(name=rel, sha256=digest, size=size), path))
-        except (OSError, ValueError) as exc:
-            log.warning("output %s skipped: %s", rel, exc)
-    return found
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 async def _heartbeat(stream: Stream) -> None:
@@ -523,6 +475,9 @@ async def serve(config: ProviderConfig, identity: Identity, *,
                     await nursery.start(_in_scope, ads, provider.advertise_forever, host, disc)
                 provider.addrs = host.addrs()
                 provider.telemetry = Telemetry()
+                provider.cache = await trio.to_thread.run_sync(partial(
+                    InputCache, config.cache_dir or config.home / "cache",
+                    max_bytes=config.cache_max_bytes))
                 if config.benchmark_interval_s is not None and setup.executor is not None:
                     nursery.start_soon(provider.benchmark_forever)
                 provider.metrics.info.info({"peer_id": identity.peer_id,

@@ -185,7 +185,7 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         if digest not in by_digest:
             raise ResultRejected("the provider asked for a file that is not part of the job")
         f, path = by_digest[digest]
-        await send_file(stream, f.name, path)
+        await send_file(stream, f.name, path, offset=accepted.resume.get(digest, 0))
     while True:
         try:
             frame = await stream.receive_within(HEARTBEAT_GRACE_S, "heartbeat or result")

@@ -6,6 +6,9 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import trio
+
+from node.cache import PartialFile
 from node.errors import RemoteError
 from node.host import Stream
 from protocol import wire
@@ -17,10 +20,12 @@ class TransferFailed(RemoteError):
     """A file arrived out of order, too long, or with the wrong digest."""
 
 
-def iter_chunks(name: str, path: Path) -> Iterator[wire.Chunk]:
+def iter_chunks(name: str, path: Path, offset: int = 0) -> Iterator[wire.Chunk]:
     size = path.stat().st_size
+    if not 0 <= offset <= size:
+        raise TransferFailed(f"the peer asked for {name} from byte {offset} of {size}")
     with path.open("rb") as f:
-        offset = 0
+        f.seek(offset)
         while True:
             data = f.read(CHUNK)
             final = offset + len(data) >= size
@@ -30,9 +35,30 @@ def iter_chunks(name: str, path: Path) -> Iterator[wire.Chunk]:
                 return
 
 
-async def send_file(stream: Stream, name: str, path: Path) -> None:
-    for chunk in iter_chunks(name, path):
+async def send_file(stream: Stream, name: str, path: Path, offset: int = 0) -> None:
+    for chunk in iter_chunks(name, path, offset):
         await stream.send(chunk)
+
+
+async def receive_into(stream: Stream, partial: PartialFile, *, name: str,
+                       idle_timeout: float) -> int:
+    """Receive one file's chunks from `partial.offset` on; returns the bytes received.
+    The digest is checked by `partial.commit()`."""
+    received = 0
+    while True:
+        frame = await stream.receive_within(idle_timeout, f"data for {name}")
+        if isinstance(frame, wire.ErrorReply):
+            raise TransferFailed(f"peer aborted the transfer of {name}: {frame.message}")
+        chunk = wire.expect(frame, wire.Chunk)
+        if chunk.name != name or chunk.offset != partial.offset:
+            raise TransferFailed(f"unexpected chunk {chunk.name}@{chunk.offset} "
+                                 f"while receiving {name}@{partial.offset}")
+        if partial.offset + len(chunk.data) > partial.size:
+            raise TransferFailed(f"{name} is longer than its declared {partial.size} bytes")
+        await trio.to_thread.run_sync(partial.write, chunk.offset, chunk.data)
+        received += len(chunk.data)
+        if chunk.final:
+            return received
 
 
 async def receive_file(stream: Stream, *, name: str, size: int, sha256: str, dest: Path,

@@ -75,11 +75,16 @@ class Accepted(Frame):
     type_name: ClassVar[str] = "accepted"
     job_id: str = field(max_len=64)
     need: tuple[str, ...] = field(max_len=256)
+    resume: dict[str, int] = field(max_len=256)
+    """Byte offsets already held of some needed files: send only from there."""
 
     def validate(self) -> None:
         check_sha256(self.job_id, "job_id")
         for d in self.need:
             check_sha256(d, "needed digest")
+        for d, offset in self.resume.items():
+            if d not in self.need or offset < 0:
+                raise InvalidMessage("resume offsets must be for needed digests, >= 0")
 
 
 @message

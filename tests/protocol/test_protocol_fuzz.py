@@ -118,7 +118,7 @@ def test_mutated_envelopes_are_refused(build: Any, kind: str, edits: list[Any]) 
 def test_mutated_wire_frames_never_crash(build: Any, index: int, edits: list[Any]) -> None:
     frames = [
         wire.SubmitJob(spec=signed_of(build, "spec").raw),
-        wire.Accepted(job_id="0" * 64, need=("1" * 64,)),
+        wire.Accepted(job_id="0" * 64, need=("1" * 64,), resume={}),
         wire.Chunk(name="out/a.bin", offset=3, data=b"abc", final=True),
         wire.Running(elapsed_s=1.25),
         wire.ResultReady(result=signed_of(build, "result").raw),

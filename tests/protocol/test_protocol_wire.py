@@ -50,8 +50,9 @@ DIGEST = sha256_hex(b"x")
 def all_frames(build: Any) -> list[Frame]:
     return [
         SubmitJob(spec=sign(build.spec(), build.alice).raw),
-        Accepted(job_id=DIGEST, need=(sha256_hex(b"a"), sha256_hex(b"b"))),
-        Accepted(job_id=DIGEST, need=()),
+        Accepted(job_id=DIGEST, need=(sha256_hex(b"a"), sha256_hex(b"b")),
+                 resume={sha256_hex(b"b"): 4096}),
+        Accepted(job_id=DIGEST, need=(), resume={}),
         Chunk(name="main.py", offset=0, data=b"print(1)\n", final=True),
         Chunk(name="out/model.pt", offset=CHUNK_SIZE, data=b"\x00" * 100, final=False),
         Running(elapsed_s=12.5),
@@ -137,7 +138,8 @@ CHUNK_BODY = {"name": "a.bin", "offset": 0, "data": b"x", "final": False}
                      "Chunk has unknown field 'sha'", id="chunk-unknown-field"),
         pytest.param(frame_doc("error", {"code": "oops", "message": "x", "retry_after_s": None}),
                      MalformedMessage, "code must be one of", id="error-code"),
-        pytest.param(frame_doc("accepted", {"job_id": "x", "need": []}), MalformedMessage,
+        pytest.param(frame_doc("accepted", {"job_id": "x", "need": [], "resume": {}}),
+                     MalformedMessage,
                      "job_id must be 64 lowercase hex digits", id="accepted-job-id"),
         pytest.param(frame_doc("running", {}), MissingField, "Running lacks field 'elapsed_s'",
                      id="running-missing"),
@@ -195,7 +197,8 @@ def test_expect_returns_the_frame_of_the_right_type() -> None:
         (Running(elapsed_s=1.0), Chunk, "expected a chunk frame, got running"),
         (ErrorReply(code="internal", message="x"), ResultReady,
          "expected a result frame, got error"),
-        (Accepted(job_id=DIGEST, need=()), SubmitJob, "expected a submit frame, got accepted"),
+        (Accepted(job_id=DIGEST, need=(), resume={}),
+         SubmitJob, "expected a submit frame, got accepted"),
     ],
 )
 def test_expect_refuses_another_frame_type(frame: Frame, cls: type[Frame], message: str) -> None:
@@ -207,3 +210,10 @@ def test_expect_refuses_another_frame_type(frame: Frame, cls: type[Frame], messa
 def test_frame_version_must_be_the_integer_1(v: Any) -> None:
     with pytest.raises(UnsupportedVersion):
         decode(pack({"v": v, "type": "running", "body": {"elapsed_s": 1.0}}))
+
+
+def test_resume_offsets_must_name_needed_files() -> None:
+    with pytest.raises(InvalidMessage, match="resume offsets must be for needed digests"):
+        Accepted(job_id=DIGEST, need=(), resume={DIGEST: 10})
+    with pytest.raises(InvalidMessage, match="resume offsets must be for needed digests"):
+        Accepted(job_id=DIGEST, need=(DIGEST,), resume={DIGEST: -1})

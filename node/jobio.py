@@ -1,0 +1,131 @@
+"""A job's files on the provider: inputs in (through the cache, resumable), outputs out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from node.cache import CacheError, InputCache, PartialFile
+from node.executor import Slot
+from node.host import Stream
+from node.metrics import ProviderMetrics
+from node.transfer import TransferFailed, receive_file, receive_into
+from protocol import JobSpec, OutputFile, wire
+from protocol.messages import MAX_OUTPUTS
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = 30.0
+MAX_OUTPUT_FILES = MAX_OUTPUTS
+MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
+
+
+async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot, *,
+                         cache: InputCache | None, metrics: ProviderMetrics,
+                         on_cached: Callable[[], None]) -> None:
+    """Inputs the cache holds are not sent again; interrupted ones resume where they
+    stopped; each lands read-only in the job's inputs."""
+    by_digest = {f.sha256: f for f in spec.inputs}
+    digests = list(by_digest)
+    partials: dict[str, PartialFile] = {}
+    held: set[str] = set()
+    if cache is not None:
+        for d in digests:
+            if cache.has(d):
+                held.add(d)
+                continue
+            try:
+                partials[d] = await trio.to_thread.run_sync(cache.begin, d,
+                                                            by_digest[d].size)
+            except CacheError as exc:  # too large, or another job is fetching it
+                log.debug("input %s bypasses the cache: %s", d[:12], exc)
+    need = tuple(d for d in digests if d not in held)
+    resume = {d: p.offset for d, p in partials.items() if p.offset}
+    if resume:
+        log.info("job %s: resuming %d input(s) already partly held", job_id[:12],
+                 len(resume))
+    try:
+        await stream.send(wire.Accepted(job_id=job_id, need=need, resume=resume))
+        for d in need:
+            f = by_digest[d]
+            if d in partials:
+                got = await receive_into(stream, partials[d], name=f.name,
+                                         idle_timeout=IDLE_TIMEOUT_S)
+                try:
+                    await trio.to_thread.run_sync(partials.pop(d).commit)
+                except CacheError as exc:
+                    raise TransferFailed(str(exc)) from exc
+                held.add(d)
+                on_cached()
+            else:
+                await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
+                                   dest=slot.input_path(f.name),
+                                   idle_timeout=IDLE_TIMEOUT_S)
+                got = f.size
+            metrics.bytes_in_total.inc(got)
+    finally:
+        for p in partials.values():
+            p.abort(keep=True)
+    for f in spec.inputs:
+        dest = slot.input_path(f.name)
+        if f.sha256 in held and cache is not None:
+            with cache.pin(f.sha256) as source:
+                await trio.to_thread.run_sync(_link_or_copy, source, dest)
+        elif not dest.exists():
+            shutil.copyfile(slot.input_path(by_digest[f.sha256].name), dest)
+        slot.expose_input(f.name)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def _regular_files(root: Path) -> list[Path]:
+    """Regular files below `root`; symlinks (to files or dirs) and special files are skipped."""
+    found = []
+    for dirpath, _, files in os.walk(root, followlinks=False):
+        for name in files:
+            path = Path(dirpath) / name
+            try:
+                if stat.S_ISREG(path.lstat().st_mode):
+                    found.append(path)
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def collect_outputs(out_dir: Path) -> list[tuple[OutputFile, Path]]:
+    """Regular files under out/ (symlinks and specials ignored), in a stable order."""
+    found: list[tuple[OutputFile, Path]] = []
+    total = 0
+    for path in _regular_files(out_dir):
+        rel = path.relative_to(out_dir).as_posix()
+        try:
+            size = path.stat().st_size
+            total += size
+            if len(found) >= MAX_OUTPUT_FILES or total > MAX_OUTPUT_BYTES:
+                log.warning("output limit reached; %s and later files dropped", rel)
+                break
+            digest = _file_sha256(path)
+            found.append((OutputFile(name=rel, sha256=digest, size=size), path))
+        except (OSError, ValueError) as exc:
+            log.warning("output %s skipped: %s", rel, exc)
+    return found
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
