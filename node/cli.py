@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                "(OFFLOAD_HOME, OFFLOAD_BOOTSTRAP). OFFLOAD_DEBUG=1 shows tracebacks.")
     p.add_argument("--home", default=os.environ.get("OFFLOAD_HOME"),
                    help="node home (identity, jobs); default: the platform's data dir")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   default=os.environ.get("OFFLOAD_LOG_FORMAT", "text"),
+                   help="logs on stderr as text lines or one JSON object per line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -182,8 +185,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(ours)
     args.script_args = script_args
     level = os.environ.get("OFFLOAD_LOG", "INFO" if args.command == "provide" else "WARNING")
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if args.log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     try:
         code = _run_unwrapped(COMMANDS[args.command], args)
     except KeyboardInterrupt:
@@ -205,6 +210,17 @@ def _run_unwrapped(command: Callable[[argparse.Namespace], int],
         if sole is None:
             raise
         raise sole from None
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
 
 
 def _fail(exc: BaseException, code: int) -> int:

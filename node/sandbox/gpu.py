@@ -35,12 +35,12 @@ def discover() -> list[Gpu]:
     try:
         import pynvml
     except ImportError:
-        log.info("pynvml is not installed: advertising CPU capacity only")
+        log.debug("pynvml is not installed")
         return []
     try:
         pynvml.nvmlInit()
     except Exception as exc:
-        log.info("no NVIDIA driver (%s): advertising CPU capacity only", exc)
+        log.debug("no NVIDIA driver (%s)", exc)
         return []
     try:
         driver = _text(pynvml.nvmlSystemGetDriverVersion())

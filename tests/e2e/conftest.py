@@ -84,7 +84,8 @@ class Network:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OFFLOAD_") or k == "OFFLOAD_LOG"}
     env["OMP_NUM_THREADS"] = "1"
     return env
 

@@ -165,3 +165,13 @@ def test_full_slots_queue_then_answer_busy_at_once(network: Network) -> None:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert json.loads(out)["stdout"] == "held\n"
+
+
+def test_json_logs_and_one_line_about_missing_gpus(network: Network) -> None:
+    p = network.start_provider(extra=[], env={"OFFLOAD_LOG_FORMAT": "json"})
+    lines = [json.loads(x) for x in p["log"].read_text().splitlines() if x.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "msg"} <= set(d) for d in lines)
+    assert any("listening on" in d["msg"] for d in lines)
+    no_gpu = [d for d in lines if "no NVIDIA driver" in d["msg"]]
+    assert len(no_gpu) <= 1  # a host without a GPU says so once, without a traceback
+    assert all("exc" not in d for d in no_gpu)
