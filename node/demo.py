@@ -36,7 +36,8 @@ def provider_processes(n: int, root: Path) -> Iterator[list[dict[str, Any]]]:
             home = root / f"provider{i + 1}"
             ready_file = root / f"provider{i + 1}.ready"
             cmd = [sys.executable, "-m", "node", "--home", str(home), "provide",
-                   "--listen", "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready_file)]
+                   "--listen", "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready_file),
+                   "--no-benchmark"]
             if ready:
                 cmd += ["--bootstrap", ready[-1]["addrs"][0]]
             log = (root / f"provider{i + 1}.log").open("wb")
