@@ -99,3 +99,27 @@ async def test_provider_names_each_bad_request_and_keeps_serving(network: Networ
                                     network.root / "out")
         assert outcome.result.stdout == "still serving\n"
     assert p["proc"].poll() is None, "the provider died"
+
+
+async def test_a_flood_of_idle_streams_gets_busy_at_once_and_leaves_the_provider_serving(
+        network: Network) -> None:
+    p = network.start_provider(extra=["--slots", "1", "--queue", "1"])
+    script = network.root / "ok.py"
+    script.write_text("print('still serving')\n")
+    me = Identity.generate()
+    async with open_client(me, [p["addr"]]) as (host, disc):
+        idle = [await host.open_stream(p["peer_id"], wire.JOB_PROTOCOL, addrs=p["addrs"])
+                for _ in range(18)]  # slots + queue + 16 may be open; they send nothing
+        extra = await host.open_stream(p["peer_id"], wire.JOB_PROTOCOL, addrs=p["addrs"])
+        with trio.fail_after(5):
+            reply = await extra.receive()
+        assert isinstance(reply, wire.ErrorReply) and reply.code == "busy"
+        assert reply.message == "too many open job streams" and reply.retry_after_s
+        for s in [*idle, extra]:
+            await s.reset()
+        await trio.sleep(0.5)
+        ads = await disc.require_ads()
+        with trio.fail_after(60):
+            outcome = await run_job(host, ads[0].message, JobRequest(script=script),
+                                    network.root / "out")
+        assert outcome.result.stdout == "still serving\n"
