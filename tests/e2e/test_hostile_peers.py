@@ -123,3 +123,27 @@ async def test_a_flood_of_idle_streams_gets_busy_at_once_and_leaves_the_provider
             outcome = await run_job(host, ads[0].message, JobRequest(script=script),
                                     network.root / "out")
         assert outcome.result.stdout == "still serving\n"
+
+
+async def test_an_unaccepted_quote_holds_its_slot_only_briefly(network: Network) -> None:
+    (network.root / "p.toml").write_text("[capacity]\nslots = 1\nqueue = 0\nquote_hold_s = 2\n")
+    p = network.start_provider(extra=["--config", str(network.root / "p.toml")])
+    script = network.root / "ok.py"
+    script.write_text("print('after the hold')\n")
+    me = Identity.generate()
+    async with open_client(me, [p["addr"]]) as (host, disc):
+        ad = (await disc.require_ads())[0].message
+        hog = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+        await hog.send(wire.SubmitJob(spec=sign(spec_for(me, ad.peer_id, script), me).raw))
+        assert isinstance(await hog.receive_within(10, "quote"), wire.QuoteOffer)
+        # the slot is reserved for the quote: another job is busy meanwhile
+        other = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+        await other.send(wire.SubmitJob(spec=sign(spec_for(me, ad.peer_id, script), me).raw))
+        busy = await other.receive_within(10, "answer")
+        assert isinstance(busy, wire.ErrorReply) and busy.code == "busy"
+        await other.reset()
+        await trio.sleep(2.5)  # the hold lapses without an acceptance
+        with trio.fail_after(60):
+            outcome = await run_job(host, ad, JobRequest(script=script), network.root / "o")
+        assert outcome.result.stdout == "after the hold\n"
+        await hog.reset()
