@@ -116,6 +116,7 @@ class Provider:
         self.admission = Admission(slots=config.slots, queue=config.queue,
                                    max_streams=config.slots + config.queue + 16)
         self.running = 0
+        self.last_job_end = 0.0
         self.draining = False
         self.metrics = ProviderMetrics()
         self.metrics.slots_total.set(config.slots)
@@ -150,6 +151,11 @@ class Provider:
             return (0.0, 0.0, 0.0, 0.0)
         return (round(b.fp32_tflops * 1000, 1), round((b.fp16_tflops or 0.0) * 1000, 1),
                 round((b.bf16_tflops or 0.0) * 1000, 1), round(b.mem_gbps, 1))
+
+    def quiet(self, for_s: float = 1.0) -> bool:
+        """No job running, and none finished within `for_s`: a good time to refill warm
+        workers without slowing a burst of jobs."""
+        return self.running == 0 and time.monotonic() - self.last_job_end >= for_s
 
     def wake_advertiser(self) -> None:
         """Re-advertise now (the ad changed), not at the next scheduled refresh."""
@@ -285,6 +291,7 @@ class Provider:
                 await self._run(stream, spec, job_id, quote)
             finally:
                 self.running -= 1
+                self.last_job_end = time.monotonic()
         finally:
             if reserved:
                 self.admission.release()
@@ -461,6 +468,9 @@ async def serve(config: ProviderConfig, identity: Identity, *,
                 open_host(identity, config.listen) as host, \
                 open_discovery(host, server=True, clock=clock) as disc:
             provider = Provider(config, identity, clock=clock, setup=setup)
+            pool = getattr(setup.executor, "pool", None)
+            if pool is not None:
+                pool.may_refill = provider.quiet
             tier = setup.executor.tier if setup.executor else None
             if tier is None:
                 log.error("refusing remote jobs and not advertising: %s. Fix it, or pass "

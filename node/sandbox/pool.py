@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -110,6 +110,8 @@ class WarmPool:
         self._ready: list[Worker] = []
         self._wanted = trio.Event()
         self.started = 0
+        self.may_refill: Callable[[], bool] = lambda: True
+        """Refilling imports torch (seconds of CPU): the daemon holds it while jobs run."""
 
     def take(self) -> Worker | None:
         worker = self._ready.pop(0) if self._ready else None
@@ -127,6 +129,8 @@ class WarmPool:
             while True:
                 while len(self._ready) + self._booting < self.size and \
                         self.sandbox.users.free > 1:
+                    while not self.may_refill():
+                        await trio.sleep(0.1)
                     self._booting += 1
                     nursery.start_soon(self._worker_lifetime)
                 self._wanted = trio.Event()
