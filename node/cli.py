@@ -36,7 +36,7 @@ EXAMPLES = {
 SUBMIT_OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out",
                              "--config",
                              "--cpus", "--memory", "--disk", "--gpus", "--max-price",
-                             "--runtime"}
+                             "--runtime", "--where"}
 SUBMIT_FLAGS = {"--json", "-h", "--help"}
 
 
@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("offers", "list verified provider ads found through the DHT")
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
+    c.add_argument("--where", metavar="EXPR",
+                   help='keep offers matching EXPR, e.g. \'cpus >= 4 and tier == "A"\'')
     c.add_argument("--limit", type=int, default=20)
     c.add_argument("--json", action="store_true")
 
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disk", type=float, default=1.0, metavar="GB",
                    help="size of the job's writable work dir (default 1)")
     c.add_argument("--gpus", type=int, default=0, metavar="N")
+    c.add_argument("--where", metavar="EXPR",
+                   help='only providers matching EXPR, e.g. \'gpu.memory >= 24 and '
+                        'price.gpu_hour <= 2.5\'')
     c.add_argument("--runtime", metavar="NAME",
                    help="job runtime the provider must offer (see `offload offers --json`)")
     c.add_argument("--max-price", type=float, default=None, metavar="X",
@@ -283,6 +288,17 @@ def cmd_provide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(expression: str | None) -> Any:
+    from scheduler import FilterError, parse
+
+    if expression is None:
+        return None
+    try:
+        return parse(expression)
+    except FilterError as exc:
+        raise UserError(f"--where: {exc}") from None
+
+
 def _ad_json(ad: CapacityAd) -> dict[str, Any]:
     doc = ad.to_wire()
     doc["price"] = ad.price.to_wire()
@@ -292,13 +308,15 @@ def _ad_json(ad: CapacityAd) -> dict[str, Any]:
 def cmd_offers(args: argparse.Namespace) -> int:
     from node.client import open_client
 
+    where = _where(args.where)
     identity, _ = init_identity(resolve_home(args.home))
 
     async def find() -> list[CapacityAd]:
         async with open_client(identity, _bootstrap(args)) as (_, disc):
             return [a.message for a in await disc.find_ads("cpu", limit=args.limit)]
 
-    ads = trio.run(find)
+    now_ms = int(time.time() * 1000)
+    ads = [a for a in trio.run(find) if where is None or where(a, now_ms=now_ms)]
     lines = [f"{a.peer_id}  tier={a.sandbox_tier}  cpus={a.cpus}  mem={a.memory_mb}MB  "
              f"load={a.load:.2f}" for a in ads]
     _emit(args, [_ad_json(a) for a in ads], "\n".join(lines) or "no offers found")
@@ -311,6 +329,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from node.requester import JobRequest, choose_provider, run_job
     from scheduler import Requirements
 
+    where = _where(args.where)
     s = load_requester(args.config)
     timeout = args.timeout if args.timeout is not None else s.timeout_s
     if timeout < 1:
@@ -331,7 +350,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     async def go() -> Any:
         async with open_client(identity, _bootstrap(args)) as (host, disc):
             ad = await choose_provider(disc, Requirements(cpus=1, gpus=args.gpus,
-                                                          runtime=runtime),
+                                                          runtime=runtime, where=where),
                                        provider=args.provider)
             out = args.out or Path("offload-out") / "pending"
             outcome = await run_job(host, ad.message, request, out)

@@ -1,11 +1,13 @@
 """Pure decision logic: which offers meet a job's needs and which to try first.
 
-select.py   requirement filters and offer ranking (first valid offer, least loaded)
+select.py   requirement checks and offer ranking (first valid offer, least loaded)
+filters.py  the --where expression language over ad fields, parsed without eval
 pricing.py  linear prices: quotes (the most a job can cost), charges, caps
 """
 
 from __future__ import annotations
 
+from scheduler.filters import FIELDS, Filter, FilterError, parse
 from scheduler.select import Requirements, meets, rank_offers
 
-__all__ = ["Requirements", "meets", "rank_offers"]
+__all__ = ["FIELDS", "Filter", "FilterError", "Requirements", "meets", "parse", "rank_offers"]

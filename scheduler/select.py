@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from protocol import CapacityAd
+from scheduler.filters import Filter
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -15,6 +16,7 @@ class Requirements:
     memory_mb: int = 0
     gpus: int = 0
     tiers: tuple[str, ...] = ("A", "B", "none")
+    where: Filter | None = None
 
 
 def meets(ad: CapacityAd, req: Requirements, *, now_ms: int) -> bool:
@@ -25,7 +27,9 @@ def meets(ad: CapacityAd, req: Requirements, *, now_ms: int) -> bool:
     if ad.cpus < req.cpus or ad.memory_mb < req.memory_mb:
         return False
     gpus = sum(d.count for d in ad.devices if d.kind == "cuda")
-    return gpus >= req.gpus and ad.sandbox_tier in req.tiers
+    if gpus < req.gpus or ad.sandbox_tier not in req.tiers:
+        return False
+    return req.where is None or req.where(ad, now_ms=now_ms)
 
 
 def rank_offers(ads: Sequence[CapacityAd], req: Requirements, *,

@@ -183,3 +183,34 @@ def _demo_providers() -> list[str]:
     res = subprocess.run(["pgrep", "-f", "offload-demo-.*provide"], capture_output=True,
                          text=True)
     return res.stdout.split()
+
+
+def test_where_filters_offers_and_a_bad_expression_points_at_its_token(
+        network: Network) -> None:
+    p1 = network.start_provider()
+    network.start_provider(bootstrap=p1["addr"])
+    both = json.loads(network.offload("offers", "--bootstrap", p1["addr"], "--json",
+                                      check=True).stdout)
+    assert len(both) == 2
+    one = json.loads(network.offload("offers", "--bootstrap", p1["addr"], "--json", "--where",
+                                     f'peer_id == "{p1["peer_id"]}" and cpus >= 1',
+                                     check=True).stdout)
+    assert [o["peer_id"] for o in one] == [p1["peer_id"]]
+    none = json.loads(network.offload("offers", "--bootstrap", p1["addr"], "--json", "--where",
+                                      "gpu.count >= 1", check=True).stdout)
+    assert none == []
+    bad = network.offload("offers", "--bootstrap", p1["addr"], "--where",
+                          "cpus >= 4 and gpu.memry > 2")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        'offload: error: --where: bad filter at column 15 ("gpu.memry"): unknown field; '
+        "did you mean gpu.memory? (fields: " + ", ".join(_fields()) + ")"]
+    (network.root / "j.py").write_text("print(1)\n")
+    res = network.offload("submit", "j.py", "--bootstrap", p1["addr"], "--where", "tier == 'Z'")
+    assert res.returncode == 2 and "no provider meets the job's requirements" in res.stderr
+
+
+def _fields() -> list[str]:
+    from scheduler import FIELDS
+
+    return list(FIELDS)
