@@ -3,6 +3,7 @@
 select.py   requirement checks and offer ranking (first valid offer, least loaded)
 filters.py  the --where expression language over ad fields, parsed without eval
 pricing.py  linear prices: quotes (the most a job can cost), charges, caps
+verification.py  comparators, k-of-n quorum, canaries, adaptive replication, blacklists
 """
 
 from __future__ import annotations
