@@ -4,6 +4,8 @@ select.py   requirement checks and offer ranking (first valid offer, least loade
 filters.py  the --where expression language over ad fields, parsed without eval
 pricing.py  linear prices: quotes (the most a job can cost), charges, caps
 verification.py  comparators, k-of-n quorum, canaries, adaptive replication, blacklists
+scoring.py  offer scoring: cost, completion time, reputation, locality, RTT (pluggable)
+vivaldi.py  Vivaldi network coordinates carried in ads
 """
 
 from __future__ import annotations
