@@ -173,5 +173,8 @@ def test_json_logs_and_one_line_about_missing_gpus(network: Network) -> None:
     assert lines and all({"ts", "level", "logger", "msg"} <= set(d) for d in lines)
     assert any("listening on" in d["msg"] for d in lines)
     no_gpu = [d for d in lines if "no NVIDIA driver" in d["msg"]]
-    assert len(no_gpu) <= 1  # a host without a GPU says so once, without a traceback
-    assert all("exc" not in d for d in no_gpu)
+    import os
+
+    expected = 0 if os.path.exists("/dev/nvidiactl") else 1  # said once, on GPU-less hosts
+    assert len(no_gpu) == expected, no_gpu
+    assert all("exc" not in d and "Traceback" not in d["msg"] for d in no_gpu)
