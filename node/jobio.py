@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,7 +15,7 @@ from node.cache import CacheError, InputCache, PartialFile
 from node.executor import Slot
 from node.host import Stream
 from node.metrics import ProviderMetrics
-from node.transfer import TransferFailed, receive_file, receive_into
+from node.transfer import TransferFailed, file_sha256, receive_file, receive_into
 from protocol import JobSpec, OutputFile, wire
 from protocol.messages import MAX_OUTPUTS
 
@@ -116,16 +115,10 @@ def collect_outputs(out_dir: Path) -> list[tuple[OutputFile, Path]]:
             if len(found) >= MAX_OUTPUT_FILES or total > MAX_OUTPUT_BYTES:
                 log.warning("output limit reached; %s and later files dropped", rel)
                 break
-            digest = _file_sha256(path)
+            digest = file_sha256(path)
             found.append((OutputFile(name=rel, sha256=digest, size=size), path))
         except (OSError, ValueError) as exc:
             log.warning("output %s skipped: %s", rel, exc)
     return found
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

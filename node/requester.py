@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -22,7 +21,7 @@ from node.errors import (
     UserError,
 )
 from node.host import Host, Stream
-from node.transfer import receive_file, send_file
+from node.transfer import file_sha256, receive_file, send_file
 from node.verify import RESULT_FILE, safe_join, verify_result_bytes
 from protocol import (
     CapacityAd,
@@ -83,11 +82,7 @@ def input_files(request: JobRequest) -> list[tuple[InputFile, Path]]:
             raise UserError(f"{exc}; rename the file") from None
         if any(p.name == path.name for _, p in pairs):
             raise UserError(f"two inputs are named {path.name!r}; rename one of them")
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        pairs.append((InputFile(name=path.name, sha256=h.hexdigest(),
+        pairs.append((InputFile(name=path.name, sha256=file_sha256(path),
                                 size=path.stat().st_size), path))
     return pairs
 

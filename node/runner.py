@@ -12,7 +12,7 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -61,26 +61,43 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+async def collect_output(proc: trio.Process, *, timeout_s: float, output_cap: int,
+                         on_exit: Callable[[], None] = lambda: None
+                         ) -> tuple[_Capped, _Capped, bool]:
+    """Drain a process's capped stdout/stderr until it exits or `timeout_s` passes; after
+    it exits, `on_exit` runs and the pipes get 1 s more. Returns (out, err, timed_out)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = _Capped(output_cap), _Capped(output_cap)
+    with trio.move_on_after(timeout_s) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(out.drain, proc.stdout)
+            nursery.start_soon(err.drain, proc.stderr)
+            await proc.wait()
+            on_exit()
+            nursery.cancel_scope.deadline = trio.current_time() + 1.0
+    return out, err, scope.cancelled_caught
+
+
+def outcome(*, timed_out: bool, code: int, killed: bool = False) -> Outcome:
+    if timed_out:
+        return "timeout"
+    if killed or code < 0:
+        return "killed"
+    return "ok" if code == 0 else "failed"
+
+
 async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
                       timeout_s: float, output_cap: int = MAX_OUTPUT_TEXT) -> ProcessResult:
     """Run `argv` in its own session; on timeout or cancellation the whole group is killed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    out, err = _Capped(output_cap), _Capped(output_cap)
     proc = await trio.lowlevel.open_process(
         list(argv), cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    timed_out = False
     try:
-        with trio.move_on_after(timeout_s) as scope:
-            async with trio.open_nursery() as nursery:
-                assert proc.stdout is not None and proc.stderr is not None
-                nursery.start_soon(out.drain, proc.stdout)
-                nursery.start_soon(err.drain, proc.stderr)
-                await proc.wait()
-                _kill_group(proc.pid)
-                nursery.cancel_scope.deadline = trio.current_time() + 1.0
-        timed_out = scope.cancelled_caught
+        out, err, timed_out = await collect_output(
+            proc, timeout_s=timeout_s, output_cap=output_cap,
+            on_exit=lambda: _kill_group(proc.pid))
     finally:
         _kill_group(proc.pid)
         with trio.CancelScope(shield=True):
@@ -91,17 +108,9 @@ async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     code = proc.returncode if proc.returncode is not None else -9
-    status: Outcome
-    if timed_out:
-        status = "timeout"
-    elif code < 0:
-        status = "killed"
-    elif code == 0:
-        status = "ok"
-    else:
-        status = "failed"
     return ProcessResult(
-        status=status, exit_code=code, stdout=bytes(out.data), stderr=bytes(err.data),
+        status=outcome(timed_out=timed_out, code=code), exit_code=code,
+        stdout=bytes(out.data), stderr=bytes(err.data),
         stdout_truncated=out.truncated, stderr_truncated=err.truncated, wall_s=wall,
         cpu_s=max(0.0, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)),
         peak_memory_mb=after.ru_maxrss // 1024)

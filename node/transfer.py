@@ -20,6 +20,14 @@ class TransferFailed(RemoteError):
     """A file arrived out of order, too long, or with the wrong digest."""
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def iter_chunks(name: str, path: Path, offset: int = 0) -> Iterator[wire.Chunk]:
     size = path.stat().st_size
     if not 0 <= offset <= size:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import trio
 
-from node.runner import ProcessResult, _Capped
+from node.runner import ProcessResult, collect_output, outcome
 from node.sandbox import landlock, launch
 from node.sandbox.bwrap import (
     BWRAP,
@@ -306,16 +306,10 @@ class SandboxJob:
                    cpu_baseline_s: float = 0.0) -> SandboxResult:
         """Drain output, enforce the wall limit, kill everything left, read usage."""
         proc = self._process
-        assert proc is not None and proc.stdout is not None and proc.stderr is not None
-        out, err = _Capped(output_cap), _Capped(output_cap)
+        assert proc is not None
         started = time.monotonic()
-        with trio.move_on_after(timeout_s) as scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(out.drain, proc.stdout)
-                nursery.start_soon(err.drain, proc.stderr)
-                await proc.wait()
-                nursery.cancel_scope.deadline = trio.current_time() + 1.0
-        timed_out = scope.cancelled_caught
+        out, err, timed_out = await collect_output(proc, timeout_s=timeout_s,
+                                                   output_cap=output_cap)
         wall = time.monotonic() - started
         assert self.cgroup is not None
         await trio.to_thread.run_sync(self.cgroup.kill_all)
@@ -342,16 +336,10 @@ class SandboxJob:
         if not started_child:
             raise LaunchFailed("the sandbox did not start: "
                                + err.data.decode("utf-8", "replace").strip()[-500:])
-        if timed_out:
-            status = "timeout"
-        elif usage.oom_killed or code < 0 or code in (128 + 9, 128 + 15):
-            status = "killed"
-        elif code == 0:
-            status = "ok"
-        else:
-            status = "failed"
+        killed = usage.oom_killed or code in (128 + 9, 128 + 15)  # bwrap reports 128 + signal
         result = ProcessResult(
-            status=status, exit_code=code, stdout=bytes(out.data), stderr=bytes(err.data),  # type: ignore[arg-type]
+            status=outcome(timed_out=timed_out, code=code, killed=killed), exit_code=code,
+            stdout=bytes(out.data), stderr=bytes(err.data),
             stdout_truncated=out.truncated, stderr_truncated=err.truncated, wall_s=wall,
             cpu_s=max(0.0, usage.cpu_s - cpu_baseline_s),
             peak_memory_mb=usage.peak_memory_bytes >> 20)

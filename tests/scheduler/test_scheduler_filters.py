@@ -12,25 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import CapacityAd, Device, Identity, Price, Runtime
+from protocol import Device, Price, Runtime
 from scheduler import filters
 from scheduler.filters import FIELDS, Filter, FilterError, parse
+from tests.scheduler.ads import NOW, ad
 
-NOW = 1_000_000
 SHA = "ab" * 32
 FIELD_LIST = ", ".join(FIELDS)
 OPERATORS = "(operators: == != < <= > >= in)"
-
-
-def ad(**changes: object) -> CapacityAd:
-    base = CapacityAd(
-        peer_id=Identity.generate().peer_id, addrs=(), cpus=4, memory_mb=8192,
-        devices=(Device(kind="cpu", model="c", memory_mb=8192, compute_capability="",
-                        count=1, gflops=0.0),),
-        runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),), price=Price(),
-        sandbox_tier="none", region="", coords=(), cached=(), load=0.0, seq=1,
-        expires=NOW + 1000)
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 PLAIN = ad()

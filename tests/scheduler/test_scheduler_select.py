@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from protocol import CapacityAd, Device, Identity, Price, Runtime
+from protocol import Device
 from scheduler import Requirements, meets, rank_offers
-
-NOW = 1_000_000
-
-
-def ad(**changes: object) -> CapacityAd:
-    base = CapacityAd(
-        peer_id=Identity.generate().peer_id, addrs=(), cpus=4, memory_mb=8192,
-        devices=(Device(kind="cpu", model="c", memory_mb=8192, compute_capability="",
-                        count=1, gflops=0.0),),
-        runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),), price=Price(),
-        sandbox_tier="none", region="", coords=(), cached=(), load=0.0, seq=1,
-        expires=NOW + 1000)
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+from tests.scheduler.ads import NOW, ad
 
 
 @pytest.mark.parametrize(("changes", "req", "ok"), [
