@@ -6,6 +6,7 @@ identity.py   Ed25519 keys, libp2p-compatible peer ids, signature checks
 schema.py     frozen message dataclasses that check their fields; strict wire mapping
 messages.py   CapacityAd, JobSpec, JobResult and their parts
 signing.py    signed envelopes with a domain tag per message type; freshness checks
+receipts.py   Receipt and Cheque (payment evidence) and check_receipt for gossip
 replay.py     bounded replay guard
 framing.py    length-prefixed frames with a size cap
 wire.py       frames of the job exchange stream
@@ -46,14 +47,15 @@ from protocol.messages import (
     SandboxProfile,
     Usage,
 )
+from protocol.receipts import Cheque, Receipt, check_receipt
 from protocol.signing import Signed, check_ad_fresh, check_spec_fresh, open_signed, sign
 
 __all__ = [
-    "BadSignature", "CapacityAd", "DecodeError", "Device", "Expired", "FieldTypeError",
-    "FrameTooLarge", "Identity", "InputFile", "InvalidMessage", "JobResult", "JobSpec",
-    "LocalProtocolError", "MalformedMessage", "MissingField", "NonCanonical", "OutputFile",
-    "Price", "ProtocolError", "Quote", "RemoteProtocolError", "Replayed", "Resources", "Runtime",
-    "SandboxProfile", "Signed", "UnknownField", "UnsupportedVersion", "Usage",
-    "WrongMessageType", "check_ad_fresh", "check_spec_fresh", "open_signed", "sha256_hex",
-    "sign",
+    "BadSignature", "CapacityAd", "Cheque", "DecodeError", "Device", "Expired",
+    "FieldTypeError", "FrameTooLarge", "Identity", "InputFile", "InvalidMessage", "JobResult",
+    "JobSpec", "LocalProtocolError", "MalformedMessage", "MissingField", "NonCanonical",
+    "OutputFile", "Price", "ProtocolError", "Quote", "Receipt", "RemoteProtocolError",
+    "Replayed", "Resources", "Runtime", "SandboxProfile", "Signed", "UnknownField",
+    "UnsupportedVersion", "Usage", "WrongMessageType", "check_ad_fresh", "check_receipt",
+    "check_spec_fresh", "open_signed", "sha256_hex", "sign",
 ]
