@@ -15,30 +15,23 @@ from typing import Any, NoReturn
 
 import trio
 
+from node import cli_jobs as jobs_cli
 from node.errors import NodeError, UserError, sole_error
 from node.home import init_identity, load_identity, resolve_home
 from protocol import CapacityAd, ProtocolError, Resources
 
 EXAMPLES = {
+    **jobs_cli.EXAMPLES,
     "init": "offload init",
     "id": "offload id --json",
     "provide": "offload provide --listen /ip4/127.0.0.1/tcp/4001 --ready-file ready.json",
     "offers": "offload offers --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --json",
-    "submit": "offload submit examples/torch_demo.py --steps 50 "
-              "--bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --out results",
     "verify": "offload verify results/result.msgpack",
     "demo": "offload demo --providers 3",
     "sandbox": "offload sandbox check --json",
     "runtime": "offload runtime install",
     "status": "offload --home ~/.local/share/offload status --json",
 }
-
-SUBMIT_OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out",
-                             "--config",
-                             "--cpus", "--memory", "--disk", "--gpus", "--max-price",
-                             "--runtime", "--where"}
-SUBMIT_FLAGS = {"--json", "-h", "--help"}
-
 
 def _env_list(name: str) -> list[str]:
     return [v for v in os.environ.get(name, "").replace(",", " ").split() if v]
@@ -96,34 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--where", metavar="EXPR",
                    help='keep offers matching EXPR, e.g. \'cpus >= 4 and tier == "A"\'')
     c.add_argument("--limit", type=int, default=20)
+    c.add_argument("--cpus", type=int, default=1, metavar="N",
+                   help="score offers for a job of N cpus (default 1)")
+    c.add_argument("--gpus", type=int, default=0, metavar="N",
+                   help="score offers for a job of N GPUs (default 0)")
+    c.add_argument("--timeout", type=int, default=600, metavar="S",
+                   help="score offers for a job of at most S seconds (default 600)")
     c.add_argument("--json", action="store_true")
 
-    c = cmd("submit", "offload SCRIPT [ARGS]... to a provider and verify its signed result")
-    c.add_argument("script", type=Path, metavar="SCRIPT")
-    c.add_argument("--config", type=Path, metavar="FILE",
-                   default=os.environ.get("OFFLOAD_REQUESTER_CONFIG"),
-                   help="requester.toml: bootstrap, price caps, defaults; flags override it")
-    c.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
-                   help="an extra input file, placed beside the script")
-    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
-    c.add_argument("--provider", metavar="PEER", help="use this provider's peer id")
-    c.add_argument("--timeout", type=int, metavar="S",
-                   help="wall-clock limit of the job on the provider (default 600)")
-    c.add_argument("--cpus", type=int, default=1, metavar="N")
-    c.add_argument("--memory", type=float, default=2.0, metavar="GB")
-    c.add_argument("--disk", type=float, default=1.0, metavar="GB",
-                   help="size of the job's writable work dir (default 1)")
-    c.add_argument("--gpus", type=int, default=0, metavar="N")
-    c.add_argument("--where", metavar="EXPR",
-                   help='only providers matching EXPR, e.g. \'gpu.memory >= 24 and '
-                        'price.gpu_hour <= 2.5\'')
-    c.add_argument("--runtime", metavar="NAME",
-                   help="job runtime the provider must offer (see `offload offers --json`)")
-    c.add_argument("--max-price", type=float, default=None, metavar="X",
-                   help="most credits the job may cost")
-    c.add_argument("--out", type=Path, metavar="DIR",
-                   help="save result.msgpack and outputs here (default offload-out/<job>)")
-    c.add_argument("--json", action="store_true")
+    jobs_cli.register(sub, cmd)
 
     c = cmd("sandbox", "check or set up job isolation on this host")
     ss = c.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
@@ -157,36 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_submit_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """For `submit`: our options anywhere; every other word after SCRIPT goes to the script."""
-    try:
-        i = list(argv).index("submit")
-    except ValueError:
-        return list(argv), []
-    ours, theirs = list(argv[: i + 1]), []
-    rest = list(argv[i + 1:])
-    seen_script = False
-    while rest:
-        word = rest.pop(0)
-        name = word.split("=", 1)[0]
-        if seen_script and word == "--":
-            theirs += rest
-            break
-        if name in SUBMIT_OPTIONS_WITH_VALUE:
-            ours.append(word)
-            if "=" not in word and rest:
-                ours.append(rest.pop(0))
-        elif name in SUBMIT_FLAGS or not seen_script:
-            ours.append(word)
-            seen_script = seen_script or not word.startswith("-")
-        else:
-            theirs.append(word)
-    return ours, theirs
-
-
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, script_args = split_submit_argv(argv)
+    ours, script_args = jobs_cli.split_script_argv(argv)
     args = build_parser().parse_args(ours)
     args.script_args = script_args
     level = os.environ.get("OFFLOAD_LOG", "INFO" if args.command == "provide" else "WARNING")
@@ -307,79 +254,36 @@ def _ad_json(ad: CapacityAd) -> dict[str, Any]:
 
 def cmd_offers(args: argparse.Namespace) -> int:
     from node.client import open_client
+    from node.peers import PeerBook
+    from scheduler.scoring import JobEstimate, rank
 
     where = _where(args.where)
-    identity, _ = init_identity(resolve_home(args.home))
+    home = resolve_home(args.home)
+    identity, _ = init_identity(home)
+    peers = PeerBook.load(home)
 
-    async def find() -> list[CapacityAd]:
+    async def find() -> tuple[list[CapacityAd], int]:
         async with open_client(identity, _bootstrap(args)) as (_, disc):
-            return [a.message for a in await disc.find_ads("cpu", limit=args.limit)]
+            ads = [a.message for a in await disc.find_ads("cpu", limit=args.limit)]
+            return ads, int(disc.clock() * 1000)
 
-    now_ms = int(time.time() * 1000)
-    ads = [a for a in trio.run(find) if where is None or where(a, now_ms=now_ms)]
+    ads, now_ms = trio.run(find)
+    ads = [a for a in ads if where is None or where(a, now_ms=now_ms)]
+    job = JobEstimate(resources=Resources(cpus=args.cpus, gpus=args.gpus,
+                                          max_seconds=args.timeout))
+    ranked = rank(ads, job, peers.observations(), now_ms=now_ms)
+    docs = []
+    for ad, parts in ranked:
+        doc = _ad_json(ad)
+        doc["score"] = {k: (round(v, 6) if v == v and abs(v) != float("inf") else None)
+                        for k, v in dataclasses.asdict(parts).items()}
+        doc["banned"] = peers.trust.is_blacklisted(ad.peer_id, now_ms / 1000)
+        docs.append(doc)
     lines = [f"{a.peer_id}  tier={a.sandbox_tier}  cpus={a.cpus}  mem={a.memory_mb}MB  "
-             f"load={a.load:.2f}" for a in ads]
-    _emit(args, [_ad_json(a) for a in ads], "\n".join(lines) or "no offers found")
+             f"load={a.load:.2f}  cost={p.cost_credits:.6f}  time={p.seconds:.1f}s  "
+             f"rtt={p.rtt_ms:.1f}ms  score={p.total:.6f}" for a, p in ranked]
+    _emit(args, docs, "\n".join(lines) or "no offers found")
     return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from node.client import open_client
-    from node.config import load_requester
-    from node.requester import JobRequest, choose_provider, run_job
-    from scheduler import Requirements
-
-    where = _where(args.where)
-    s = load_requester(args.config)
-    timeout = args.timeout if args.timeout is not None else s.timeout_s
-    if timeout < 1:
-        raise UserError("--timeout must be at least 1 second")
-    runtime = args.runtime or s.runtime
-    args.bootstrap = args.bootstrap or _env_list("OFFLOAD_BOOTSTRAP") or list(s.bootstrap)
-    identity, _ = init_identity(resolve_home(args.home))
-    request = JobRequest(
-        script=args.script, args=tuple(args.script_args), files=tuple(args.file),
-        resources=Resources(gpus=args.gpus, cpus=args.cpus, max_seconds=timeout,
-                            memory_mb=max(1, int(args.memory * 1024)),
-                            disk_mb=max(1, int(args.disk * 1024))),
-        max_price=(round(args.max_price * 1_000_000) if args.max_price is not None
-                   else s.max_price),
-        runtime=runtime, caps=s.caps)
-    started = time.monotonic()
-
-    async def go() -> Any:
-        async with open_client(identity, _bootstrap(args)) as (host, disc):
-            ad = await choose_provider(disc, Requirements(cpus=1, gpus=args.gpus,
-                                                          runtime=runtime, where=where),
-                                       provider=args.provider)
-            out = args.out or Path("offload-out") / "pending"
-            outcome = await run_job(host, ad.message, request, out)
-            if args.out is None:
-                final = Path("offload-out") / outcome.result.job_id[:12]
-                if final.exists():
-                    import shutil
-                    shutil.rmtree(final)
-                out.rename(final)
-                outcome = dataclasses.replace(outcome, out_dir=final)
-            return outcome
-
-    outcome = trio.run(go)
-    r = outcome.result
-    doc = {"job_id": r.job_id, "provider": r.provider, "status": r.status,
-           "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
-           "outputs": {o.name: o.sha256 for o in r.outputs}, "verified": True,
-           "wall_s": round(time.monotonic() - started, 3), "out_dir": str(outcome.out_dir),
-           "charged": r.price_charged, "quoted": outcome.quote.max_charge,
-           "limits_hit": list(r.limits_hit)}
-    if args.json:
-        print(json.dumps(doc))
-    else:
-        sys.stdout.write(r.stdout)
-        sys.stderr.write(r.stderr)
-        print(f"verified result of job {r.job_id[:12]} from {r.provider[:16]}: {r.status} "
-              f"(exit {r.exit_code}); {len(r.outputs)} output(s) in {outcome.out_dir}",
-              file=sys.stderr)
-    return 0 if r.status == "ok" else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -451,7 +355,8 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    **jobs_cli.COMMANDS,
     "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "offers": cmd_offers,
-    "submit": cmd_submit, "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
+    "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
     "runtime": cmd_runtime, "status": cmd_status,
 }

@@ -158,6 +158,28 @@ class Host:
             raise PeerTimeout(f"could not open {protocol} to {peer_id[:16]} in {timeout:.0f} s")
         return Stream(raw_stream, max_frame=max_frame)
 
+    async def ping(self, peer_id: str, *, addrs: Sequence[str] = (), count: int = 3,
+                   timeout: float = 5.0) -> float:
+        """The lowest of `count` libp2p ping round trips to the peer, in milliseconds."""
+        from libp2p.host.ping import PingService
+        from libp2p.peer.id import ID
+
+        self.remember(peer_id, addrs)
+        best = float("inf")
+        with trio.move_on_after(timeout) as scope:
+            try:
+                last = trio.current_time()
+                async for _ in PingService(self.raw).ping_iter(ID.from_base58(peer_id),
+                                                               ping_amt=count):
+                    now = trio.current_time()
+                    best = min(best, (now - last) * 1000.0)
+                    last = now
+            except Exception as exc:
+                raise PeerGone(f"could not ping {peer_id[:16]}: {exc!r}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"no ping answer from {peer_id[:16]} within {timeout:.0f} s")
+        return best
+
 
 @asynccontextmanager
 async def open_host(identity: Identity, listen: Sequence[str]) -> AsyncIterator[Host]:

@@ -1,0 +1,138 @@
+"""A distributed map: N jobs over several providers, results in input order.
+
+scheduler.mapping decides who runs what; this module runs it. One worker task per
+provider runs its items one at a time. A provider that fails, refuses or vanishes is
+dropped and its items move to the others; a straggler gets a second copy on an idle
+provider and the slower copy is cancelled (it is never accepted, so never paid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from node.errors import RemoteError, ResultRejected
+from node.host import Host
+from node.peers import PeerBook
+from node.requester import JobOutcome, JobRequest, run_job
+from protocol import CapacityAd
+from scheduler.mapping import ItemState, MapScheduler
+from scheduler.scoring import ScoreParts
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ItemResult:
+    index: int
+    outcome: JobOutcome | None
+    """None when the item failed on every provider it was tried on."""
+    error: str | None
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MapReport:
+    items: tuple[ItemResult, ...]
+    workers: tuple[str, ...]
+    duplicates: int
+    retries: int
+
+
+def rates(ranked: Sequence[tuple[CapacityAd, ScoreParts]]) -> dict[str, float]:
+    """Expected jobs per second of each provider, from its score's run-time estimate."""
+    out: dict[str, float] = {}
+    for ad, parts in ranked:
+        if not math.isfinite(parts.total):
+            continue
+        run_s = max(parts.seconds, 1e-3)
+        out[ad.peer_id] = 1.0 / run_s
+    return out
+
+
+async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
+                  requests: Sequence[JobRequest], out_root: Path, *, peers: PeerBook,
+                  max_workers: int = 4, max_attempts: int = 3,
+                  straggler_factor: float = 3.0, min_straggler_s: float = 5.0) -> MapReport:
+    """Run every request; item i's files land in out_root/i."""
+    usable = [(ad, p) for ad, p in ranked if math.isfinite(p.total)][:max_workers]
+    ads = {ad.peer_id: ad for ad, _ in usable}
+    sched = MapScheduler(len(requests), rates(usable), max_attempts=max_attempts,
+                         straggler_factor=straggler_factor, min_straggler_s=min_straggler_s)
+    outcomes: dict[int, JobOutcome] = {}
+    errors: dict[int, str] = {}
+    scopes: dict[tuple[str, int], trio.CancelScope] = {}
+    changed = trio.Event()
+
+    def notify() -> None:
+        nonlocal changed
+        changed.set()
+        changed = trio.Event()
+
+    async def worker(peer: str) -> None:
+        while not sched.finished and peer in sched.workers:
+            now = trio.current_time()
+            item = sched.next_for(peer, now)
+            if item is None:
+                wait = sched.wake_after(now)
+                with trio.move_on_after(1.0 if wait is None else min(wait + 0.01, 5.0)):
+                    await changed.wait()
+                continue
+            scope = trio.CancelScope()
+            scopes[(peer, item)] = scope
+            dest = out_root / f".{item}-{peer[:12]}"
+            outcome: JobOutcome | None = None
+            failure: RemoteError | None = None
+            with scope:
+                try:
+                    outcome = await run_job(host, ads[peer], requests[item], dest)
+                except RemoteError as exc:
+                    failure = exc
+            scopes.pop((peer, item), None)
+            now = trio.current_time()
+            if scope.cancelled_caught:
+                sched.cancelled(peer, item)
+                shutil.rmtree(dest, ignore_errors=True)
+            elif outcome is not None:
+                kept, losers = sched.done(peer, item, now)
+                if kept:
+                    final = out_root / str(item)
+                    shutil.rmtree(final, ignore_errors=True)
+                    dest.rename(final)
+                    outcomes[item] = dataclasses.replace(outcome, out_dir=final)
+                    errors.pop(item, None)
+                else:
+                    shutil.rmtree(dest, ignore_errors=True)
+                for loser in losers:
+                    if (s := scopes.get((loser, item))) is not None:
+                        s.cancel()
+            else:
+                assert failure is not None
+                log.info("item %d failed on %s: %s", item, peer[:16], failure)
+                errors[item] = f"{peer[:16]}: {failure}"
+                if isinstance(failure, ResultRejected):
+                    peers.trust.record_mismatch(peer, time.time())
+                shutil.rmtree(dest, ignore_errors=True)
+                sched.failed(peer, item, now, worker_gone=True)
+            notify()
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    async with trio.open_nursery() as nursery:
+        for peer in ads:
+            nursery.start_soon(worker, peer)
+    peers.save()
+    items = tuple(
+        ItemResult(index=i, outcome=outcomes.get(i),
+                   error=None if sched.state(i) is ItemState.DONE else errors.get(
+                       i, "no provider was left to run it"),
+                   attempts=sched.attempts(i))
+        for i in range(len(requests)))
+    return MapReport(items=items, workers=tuple(ads), duplicates=sched.duplicates,
+                     retries=sched.retries)

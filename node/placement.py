@@ -1,0 +1,272 @@
+"""Placing one job: rank offers, try providers until one delivers, verify by policy.
+
+A provider that fails, times out, refuses or vanishes is replaced by the next candidate
+while the job's deadline allows; only a verified result is ever accepted (and later paid),
+so a job that moved never pays twice. With redundancy (fixed k, or adaptive by the first
+provider's trust) replicas run at once on distinct providers and a quorum of agreeing
+fingerprints decides; an outvoted provider is banned with exponential backoff. A canary
+(a job whose answer we know) can ride along with the real job on the same provider.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from node.agree import Comparator, Fingerprint, canary_name, exact, fingerprint, make_canary
+from node.discovery import Discovery
+from node.errors import (
+    NoProviders,
+    PeerGone,
+    PeerRefused,
+    PeerTimeout,
+    PriceRefused,
+    RemoteError,
+    ResultRejected,
+    UserError,
+    sole_error,
+)
+from node.host import Host
+from node.peers import PeerBook
+from node.requester import JobOutcome, JobRequest, run_job
+from node.transfer import file_sha256
+from protocol import CapacityAd, Resources
+from scheduler import Requirements, meets
+from scheduler.scoring import JobEstimate, ScoreParts, rank
+from scheduler.verification import Mode, Policy
+
+log = logging.getLogger(__name__)
+RETRYABLE = (PeerGone, PeerTimeout, PeerRefused, PriceRefused, ResultRejected)
+CANARY_RESOURCES = Resources(cpus=1, memory_mb=256, disk_mb=64, max_seconds=60)
+PING_TIMEOUT_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    """A provider that did not deliver, and why."""
+
+    provider: str
+    error: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replica:
+    provider: str
+    job_id: str
+    agreed: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placement:
+    outcome: JobOutcome
+    """The accepted result; its files are in outcome.out_dir."""
+    replicas: tuple[Replica, ...]
+    attempts: tuple[Attempt, ...]
+    verification: str
+    canaries_passed: int = 0
+
+
+def job_estimate(request: JobRequest, *, gflop: float = 0.0) -> JobEstimate:
+    paths = [request.script, *request.files]
+    digests = {file_sha256(p): p.stat().st_size for p in paths if p.is_file()}
+    return JobEstimate(resources=request.resources, gflop=gflop,
+                       input_digests=tuple(digests), input_bytes_by_digest=digests)
+
+
+async def find_candidates(disc: Discovery, requirements: Requirements, job: JobEstimate,
+                          peers: PeerBook, *, provider: str | None = None,
+                          reputation: dict[str, float] | None = None
+                          ) -> list[tuple[CapacityAd, ScoreParts]]:
+    """Ads that meet the job's needs, not banned, best first (see scheduler.scoring)."""
+    ads = [a.message for a in await disc.require_ads("cpu")]
+    now = disc.clock()
+    if provider is not None:
+        ads = [a for a in ads if a.peer_id == provider]
+        if not ads:
+            raise UserError(f"provider {provider} was not found through the DHT; "
+                            "run `offload offers` to list the ones that are")
+    fit = [a for a in ads if meets(a, requirements, now_ms=int(now * 1000))]
+    allowed = [a for a in fit if not peers.trust.is_blacklisted(a.peer_id, now)]
+    if not allowed:
+        banned = len(fit) - len(allowed)
+        raise UserError("no provider meets the job's requirements"
+                        + (f" ({banned} banned for wrong results)" if banned else "")
+                        + "; relax them or run `offload offers` to see what is offered")
+    return rank(allowed, job, peers.observations(reputation), now_ms=int(now * 1000))
+
+
+class Pool:
+    """Ranked candidates handed out once each: replicas never share a provider."""
+
+    def __init__(self, ranked: Sequence[tuple[CapacityAd, ScoreParts]]) -> None:
+        self._ads = [ad for ad, _ in ranked]
+
+    def peek(self) -> CapacityAd | None:
+        return self._ads[0] if self._ads else None
+
+    def take(self) -> CapacityAd | None:
+        return self._ads.pop(0) if self._ads else None
+
+    def __len__(self) -> int:
+        return len(self._ads)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Placer:
+    """One job's placement: retries, replicas, canaries, all within one deadline."""
+
+    host: Host
+    peers: PeerBook
+    policy: Policy = dataclasses.field(default_factory=Policy.none)
+    same: Comparator = exact
+    canary: bool = False
+    rng: random.Random = dataclasses.field(default_factory=random.Random)
+    attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    canaries_passed: int = 0
+
+    async def place(self, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
+                    request: JobRequest, out_dir: Path, *, deadline_s: float) -> Placement:
+        pool = Pool(ranked)
+        first = pool.peek()
+        if first is None:
+            raise NoProviders("no candidate provider for this job")
+        deadline = trio.current_time() + deadline_s
+        planned = self.policy.plan(first.peer_id, self.rng)
+        if planned > len(pool):
+            raise UserError(f"verification needs {planned} different providers but only "
+                            f"{len(pool)} qualify; lower --redundancy or relax --where")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".replicas-", dir=out_dir))
+        try:
+            results: list[tuple[str, tuple[JobOutcome, Fingerprint]]] = []
+
+            async def replica(i: int) -> None:
+                outcome = await self.run_one(pool, request, work / str(i), deadline)
+                results.append((outcome.result.provider,
+                                (outcome, fingerprint(outcome.result, outcome.out_dir))))
+
+            async with _unwrapped(), trio.open_nursery() as nursery:
+                for i in range(planned):
+                    nursery.start_soon(replica, i)
+            ran = planned
+            verdict = self.policy.judge(results, planned=planned,
+                                        same=lambda a, b: self.same(a[1], b[1]),
+                                        now=time.time())
+            while self.policy.needs_more(verdict, ran):
+                await replica(ran)
+                ran += 1
+                verdict = self.policy.judge(results, planned=planned,
+                                            same=lambda a, b: self.same(a[1], b[1]),
+                                            now=time.time())
+            if verdict.accepted is None:
+                raise ResultRejected(
+                    f"the {ran} providers that ran the job disagree and no "
+                    f"{self.policy.quorum_size(planned)} of them agree; nothing was accepted "
+                    "or paid: " + ", ".join(p[:16] for p, _ in results))
+            accepted, _ = verdict.accepted
+            for peer in verdict.disagreeing:
+                log.warning("provider %s returned a wrong result for job; banned", peer[:16])
+            for name in accepted.out_dir.iterdir():
+                dest = out_dir / name.name
+                if dest.exists():
+                    shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+                name.rename(dest)
+            outcome = dataclasses.replace(accepted, out_dir=out_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            self.peers.save()
+        agreeing = set(verdict.agreeing) if len(results) > 1 else {accepted.result.provider}
+        return Placement(
+            outcome=outcome, attempts=tuple(self.attempts), verification=_describe(
+                self.policy, planned), canaries_passed=self.canaries_passed,
+            replicas=tuple(Replica(provider=p, job_id=o.result.job_id, agreed=p in agreeing)
+                           for p, (o, _) in results))
+
+    async def run_one(self, pool: Pool, request: JobRequest, out_dir: Path,
+                      deadline: float) -> JobOutcome:
+        """The next candidates in turn until one returns a (signed, checked) result."""
+        while True:
+            ad = pool.take()
+            if ad is None:
+                tried = "; ".join(f"{a.provider[:16]}: {a.error}" for a in self.attempts)
+                raise NoProviders("every candidate provider failed"
+                                  + (f" ({tried})" if tried else ""))
+            left = deadline - trio.current_time()
+            if left <= 1.0:
+                raise PeerTimeout("the job's deadline passed before any provider delivered")
+            try:
+                with trio.fail_after(left):
+                    return await self._try(ad, request, out_dir)
+            except trio.TooSlowError:
+                self.attempts.append(Attempt(ad.peer_id, "deadline passed"))
+                raise PeerTimeout("the job's deadline passed before any provider "
+                                  "delivered") from None
+            except RETRYABLE as exc:
+                if isinstance(exc, ResultRejected):
+                    self.peers.trust.record_mismatch(ad.peer_id, time.time())
+                log.info("provider %s failed (%s); trying the next one", ad.peer_id[:16], exc)
+                self.attempts.append(Attempt(ad.peer_id, str(exc)))
+                shutil.rmtree(out_dir, ignore_errors=True)
+
+    async def _try(self, ad: CapacityAd, request: JobRequest, out_dir: Path) -> JobOutcome:
+        await self._measure(ad)
+        if not self.canary:
+            return await run_job(self.host, ad, request, out_dir)
+        canary = make_canary()
+        box = Path(tempfile.mkdtemp(prefix=".canary-"))
+        script = box / canary_name()
+        script.write_text(canary.script)
+        got: list[JobOutcome] = []
+        try:
+            async with _unwrapped(), trio.open_nursery() as nursery:
+                async def job() -> None:
+                    got.append(await run_job(self.host, ad, request, out_dir))
+
+                nursery.start_soon(job)
+                check = await run_job(self.host, ad, JobRequest(
+                    script=script, resources=CANARY_RESOURCES, runtime=request.runtime,
+                    max_price=request.max_price, caps=request.caps), box / "out")
+        finally:
+            shutil.rmtree(box, ignore_errors=True)
+        if check.result.stdout != canary.expected_stdout or check.result.status != "ok":
+            raise ResultRejected(f"provider {ad.peer_id[:16]} failed a canary job (a job "
+                                 "with a known answer); its results are not accepted")
+        self.canaries_passed += 1
+        return got[0]
+
+    async def _measure(self, ad: CapacityAd) -> None:
+        try:
+            rtt = await self.host.ping(ad.peer_id, addrs=ad.addrs, timeout=PING_TIMEOUT_S)
+        except RemoteError as exc:
+            log.debug("ping of %s failed: %s", ad.peer_id[:16], exc)
+            return
+        self.peers.record_rtt(ad.peer_id, rtt, ad.coords)
+
+
+@asynccontextmanager
+async def _unwrapped() -> AsyncIterator[None]:
+    """Re-raise a nursery's one real error as itself, so callers can catch it by type."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        sole = sole_error(group)
+        if sole is None:
+            raise
+        raise sole from None
+
+
+def _describe(policy: Policy, planned: int) -> str:
+    if policy.mode is Mode.NONE:
+        return "none"
+    if policy.mode is Mode.REDUNDANCY:
+        return f"redundancy {policy.k}"
+    return f"adaptive ({planned} replica{'s' if planned > 1 else ''})"
