@@ -68,7 +68,8 @@ def register(sub: Any, cmd: Any) -> None:
     c.add_argument("--out", type=Path, metavar="DIR",
                    help="save result.msgpack and outputs here (default offload-out/<job>)")
     c.add_argument("--redundancy", type=int, default=1, metavar="K",
-                   help="run on K providers at once and accept only a result K agree on")
+                   help="run on K providers at once and accept the result a majority agree "
+                        "on (more providers are asked while none has one)")
     c.add_argument("--verify", choices=("none", "adaptive", "canary"), default="none",
                    help="adaptive: replicate by the provider's earned trust; canary: send a "
                         "job with a known answer along with it")
@@ -165,7 +166,8 @@ def _policy(args: argparse.Namespace, peers: Any) -> Any:
     if args.redundancy < 1:
         raise UserError("--redundancy must be at least 1")
     if args.redundancy > 1:
-        return Policy(Mode.REDUNDANCY, k=args.redundancy, max_replicas=args.redundancy + 2,
+        quorum = args.redundancy // 2 + 1
+        return Policy(Mode.REDUNDANCY, k=quorum, max_replicas=args.redundancy + 2,
                       tracker=peers.trust)
     if args.verify == "adaptive":
         return Policy.adaptive(peers.trust, k=2, max_replicas=4)
@@ -194,7 +196,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                                            job_estimate(st.request, gflop=st.gflop), peers,
                                            provider=args.provider)
             placer = Placer(host=host, peers=peers, policy=policy, same=same,
-                            canary=args.verify == "canary", rng=random.Random())
+                            canary=args.verify == "canary", rng=random.Random(),
+                            replicas=args.redundancy)
             return await placer.place(ranked, st.request, out, deadline_s=deadline)
 
     placement = trio.run(go)

@@ -129,6 +129,8 @@ class Placer:
     policy: Policy = dataclasses.field(default_factory=Policy.none)
     same: Comparator = exact
     canary: bool = False
+    replicas: int = 1
+    """At least this many replicas (fixed redundancy); the policy may ask for more."""
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     canaries_passed: int = 0
@@ -140,7 +142,7 @@ class Placer:
         if first is None:
             raise NoProviders("no candidate provider for this job")
         deadline = trio.current_time() + deadline_s
-        planned = self.policy.plan(first.peer_id, self.rng)
+        planned = max(self.replicas, self.policy.plan(first.peer_id, self.rng))
         if planned > len(pool):
             raise UserError(f"verification needs {planned} different providers but only "
                             f"{len(pool)} qualify; lower --redundancy or relax --where")
@@ -161,7 +163,7 @@ class Placer:
             verdict = self.policy.judge(results, planned=planned,
                                         same=lambda a, b: self.same(a[1], b[1]),
                                         now=time.time())
-            while self.policy.needs_more(verdict, ran):
+            while self.policy.needs_more(verdict, ran) and len(pool) > 0:
                 await replica(ran)
                 ran += 1
                 verdict = self.policy.judge(results, planned=planned,
@@ -268,5 +270,5 @@ def _describe(policy: Policy, planned: int) -> str:
     if policy.mode is Mode.NONE:
         return "none"
     if policy.mode is Mode.REDUNDANCY:
-        return f"redundancy {policy.k}"
+        return f"redundancy {planned} (quorum {policy.k})"
     return f"adaptive ({planned} replica{'s' if planned > 1 else ''})"

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 READY_TIMEOUT_S = 60.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Network:
@@ -49,11 +50,13 @@ class Network:
         return proc
 
     def start_provider(self, *, bootstrap: str | None = None, extra: list[str] | None = None,
-                       env: dict[str, str] | None = None,
-                       benchmark: bool = False) -> dict[str, Any]:
+                       env: dict[str, str] | None = None, benchmark: bool = False,
+                       fault: str | None = None) -> dict[str, Any]:
+        """A provider process; `fault` ("cheat" or "die") makes it misbehave (faulty.py)."""
         n = len(self.providers) + 1
         ready = self.root / f"p{n}.ready"
-        cmd = [sys.executable, "-m", "node", "--home", str(self.root / f"p{n}"), "provide",
+        entry = ["tests.e2e.faulty", fault] if fault else ["node"]
+        cmd = [sys.executable, "-m", *entry, "--home", str(self.root / f"p{n}"), "provide",
                "--listen", "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready)]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap]
@@ -63,7 +66,7 @@ class Network:
         log = (self.root / f"p{n}.log").open("wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=_env() | (env or {}))
+                                env=_env() | (env or {}) | {"PYTHONPATH": str(REPO)})
         self.procs.append(proc)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists():

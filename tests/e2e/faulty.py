@@ -1,0 +1,42 @@
+"""A real provider process that misbehaves on purpose (the tests' cheater and quitter).
+
+    python -m tests.e2e.faulty cheat|die  <offload arguments...>
+
+cheat: every digit of a job's stdout is shifted by one before the result is signed.
+die:   the process exits the moment a job's outputs are collected (before the result).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import node.provider as provider
+from node.cli import main
+
+
+def _shift(text: str) -> str:
+    return "".join(str((int(c) + 1) % 10) if c.isdigit() else c for c in text)
+
+
+def _install(fault: str) -> None:
+    if fault == "cheat":
+        real = provider.clip_text
+
+        def tampered(text: str) -> tuple[str, bool]:
+            out, clipped = real(text)
+            return _shift(out), clipped
+
+        provider.clip_text = tampered  # type: ignore[assignment]
+    elif fault == "die":
+        def vanish(*_: object) -> object:
+            os._exit(17)
+
+        provider.collect_outputs = vanish  # type: ignore[assignment]
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    _install(sys.argv[1])
+    main(sys.argv[2:])

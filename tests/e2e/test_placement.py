@@ -1,0 +1,118 @@
+"""Placement against real providers: redundancy, canaries, bans, retries, map, plan."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import REPO, Network
+
+SQUARE = str(REPO / "examples" / "square.py")
+PRICED = "[price]\nstart = 1000\nper_cpu_second = 20\nminimum = 1000\n"
+
+
+def _doc(result: Any) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_redundancy_outvotes_a_cheater_who_is_then_banned_and_fails_canaries(
+        network: Network) -> None:
+    a = network.start_provider()
+    b = network.start_provider(bootstrap=a["addr"])
+    cheat = network.start_provider(bootstrap=b["addr"], fault="cheat")
+    boot = ["--bootstrap", a["addr"], "--timeout", "60"]
+
+    doc = _doc(network.offload("submit", SQUARE, "7", "--redundancy", "3", *boot, "--json"))
+    assert doc["stdout"] == "49\n"
+    assert doc["verification"] == "redundancy 3 (quorum 2)"
+    agreed = {r["provider"]: r["agreed"] for r in doc["replicas"]}
+    assert agreed == {a["peer_id"]: True, b["peer_id"]: True, cheat["peer_id"]: False}
+    assert doc["provider"] != cheat["peer_id"]
+
+    offers = _doc(network.offload("offers", *boot[:2], "--json"))
+    banned = {o["peer_id"]: o["banned"] for o in offers}
+    assert banned[cheat["peer_id"]] is True and banned[a["peer_id"]] is False
+    refused = network.offload("submit", SQUARE, "3", "--provider", cheat["peer_id"], *boot)
+    assert refused.returncode == 2 and "banned for wrong results" in refused.stderr
+
+    # A requester that never met the cheater: a canary exposes it, an honest one passes.
+    caught = network.offload("submit", SQUARE, "3", "--verify", "canary", "--provider",
+                             cheat["peer_id"], *boot, home="fresh")
+    assert caught.returncode == 1 and "failed a canary job" in caught.stderr
+    ok = _doc(network.offload("submit", SQUARE, "3", "--verify", "canary", "--provider",
+                              a["peer_id"], *boot, "--json", home="fresh"))
+    assert ok["stdout"] == "9\n" and ok["canaries_passed"] == 1
+
+
+def test_a_provider_that_dies_is_replaced_and_a_map_survives_another(
+        network: Network, tmp_path: Path) -> None:
+    priced = tmp_path / "priced.toml"
+    priced.write_text(PRICED)
+    a = network.start_provider(extra=["--config", str(priced)])
+    b = network.start_provider(bootstrap=a["addr"], extra=["--config", str(priced)])
+    dies = network.start_provider(bootstrap=b["addr"], fault="die")  # free: ranked first
+    boot = ["--bootstrap", a["addr"], "--timeout", "60"]
+
+    doc = _doc(network.offload("submit", SQUARE, "12", *boot, "--json"))
+    assert doc["stdout"] == "144\n"
+    assert [r["provider"] for r in doc["retries"]] == [dies["peer_id"]]
+    assert doc["provider"] in {a["peer_id"], b["peer_id"]}
+    assert dies["proc"].wait(timeout=10) == 17
+
+    dies2 = network.start_provider(bootstrap=b["addr"], fault="die")
+    items = tmp_path / "items.txt"
+    items.write_text("\n".join(str(i) for i in range(8)) + "\n")
+    out = tmp_path / "squares"
+    doc = _doc(network.offload("map", SQUARE, "--items", str(items), "--out", str(out),
+                               *boot, "--json", timeout=240))
+    assert [r["stdout"] for r in doc["items"]] == [f"{i * i}\n" for i in range(8)]
+    assert [r["index"] for r in doc["items"]] == list(range(8))
+    assert doc["failed"] == 0 and doc["retries"] >= 1
+    assert dies2["peer_id"] in doc["workers"]
+    assert {r["provider"] for r in doc["items"]} <= {a["peer_id"], b["peer_id"]}
+    assert (out / "3" / "result.msgpack").is_file()
+
+
+def _seed_benchmark(home: Path, tflops: float) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "local-benchmark.json").write_text(json.dumps({
+        "v": 1, "measured_at": time.time(),
+        "runtime_digest": "local", "seconds": 1.0,
+        "devices": [{"device": "cpu", "fp32_tflops": tflops, "fp16_tflops": None,
+                     "bf16_tflops": None, "mem_gbps": 10.0}]}))
+
+
+def test_plan_keeps_small_jobs_here_sends_big_ones_away_and_splits_many_items(
+        network: Network) -> None:
+    a = network.start_provider()
+    b = network.start_provider(bootstrap=a["addr"])
+    boot = ["--bootstrap", a["addr"], "--timeout", "3600"]
+    _seed_benchmark(network.root / "fast", 100.0)    # 100 TFLOP/s here
+    _seed_benchmark(network.root / "slow", 0.001)    # 1 GFLOP/s here
+
+    here = _doc(network.offload("plan", SQUARE, "5", "--gflop", "1000", *boot, "--json",
+                                home="fast"))
+    assert here["decision"] == "local" and here["gflop_assumed"] is False
+    assert {o["kind"] for o in here["options"]} == {"local", "offload"}
+
+    away = _doc(network.offload("plan", SQUARE, "5", "--gflop", "1000", *boot, "--json",
+                                home="slow"))
+    assert away["decision"] == "offload"
+    assert away["chosen"]["parts"][0]["peer"] in {a["peer_id"], b["peer_id"]}
+    local = next(o for o in away["options"] if o["kind"] == "local")
+    assert local["seconds"] > away["chosen"]["seconds"]
+
+    split = _doc(network.offload("plan", SQUARE, "--gflop", "1000", "--items", "40", *boot,
+                                 "--json", home="slow"))
+    assert split["decision"] == "split"
+    assert sum(p["items"] for p in split["chosen"]["parts"]) == 40
+    assert len(split["chosen"]["parts"]) >= 2
+
+    offers = _doc(network.offload("offers", *boot[:2], "--json", home="slow"))
+    assert len(offers) == 2
+    assert set(offers[0]["score"]) == {"cost_credits", "seconds", "transfer_s", "rtt_ms",
+                                       "reputation", "locality", "total"}
+    assert offers[0]["score"]["total"] <= offers[1]["score"]["total"]
