@@ -299,7 +299,7 @@ class Ledger:
 
     def jobs(self) -> list[Job]:
         return [Job(*r) for r in self._store.db.execute(
-            f"SELECT {_JOB} FROM escrows ORDER BY locked_at, job_id")]
+            f"SELECT {_JOB} FROM escrows ORDER BY locked_at, rowid")]
 
     def history(self, *, limit: int | None = None) -> list[Entry]:
         """Entries, oldest first (the latest `limit` of them if given)."""

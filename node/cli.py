@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import trio
 
 from node import cli_jobs as jobs_cli
+from node import ledger_cli
 from node.errors import NodeError, UserError, sole_error
 from node.home import init_identity, load_identity, resolve_home
 from protocol import CapacityAd, ProtocolError, Resources
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     jobs_cli.register(sub, cmd)
+    ledger_cli.register(sub)
 
     c = cmd("sandbox", "check or set up job isolation on this host")
     ss = c.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
@@ -356,6 +358,7 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **jobs_cli.COMMANDS,
+    **ledger_cli.COMMANDS,
     "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "offers": cmd_offers,
     "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
     "runtime": cmd_runtime, "status": cmd_status,
