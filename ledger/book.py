@@ -264,9 +264,9 @@ class Ledger:
 
     def latest_cheque(self, peer: str, *, direction: str = "in") -> Signed[Cheque] | None:
         """The last cheque accepted from (`in`) or issued to (`out`) `peer`."""
-        row = self._store.db.execute("SELECT raw FROM cheques WHERE direction = ? AND peer = ?",
-                                     (direction, peer)).fetchone()
-        return None if row is None else open_cheque(bytes(row[0]))
+        rows = self._store.query("SELECT raw FROM cheques WHERE direction = ? AND peer = ?",
+                                 (direction, peer))
+        return open_cheque(bytes(rows[0][0])) if rows else None
 
     def record_receipt(self, raw: bytes, *, now_ms: int | None = None) -> Receipt | None:
         """Keep a requester's receipt as evidence (from a provider's own job or gossip).
@@ -288,24 +288,23 @@ class Ledger:
                        earned=rows.get(EARNED, 0), deposited=-rows.get(EXTERNAL, 0))
 
     def accounts(self) -> dict[str, int]:
-        return dict(self._store.db.execute("SELECT name, balance FROM accounts ORDER BY name"))
+        return dict(self._store.query("SELECT name, balance FROM accounts ORDER BY name"))
 
     def job(self, job_id: str) -> Job:
-        row = self._store.db.execute(f"SELECT {_JOB} FROM escrows WHERE job_id = ?",
-                                     (job_id,)).fetchone()
-        if row is None:
+        rows = self._store.query(f"SELECT {_JOB} FROM escrows WHERE job_id = ?", (job_id,))
+        if not rows:
             raise UnknownJob(f"no escrow for job {job_id[:16]}; see `offload jobs`")
-        return Job(*row)
+        return Job(*rows[0])
 
     def jobs(self) -> list[Job]:
-        return [Job(*r) for r in self._store.db.execute(
+        return [Job(*r) for r in self._store.query(
             f"SELECT {_JOB} FROM escrows ORDER BY locked_at, rowid")]
 
     def history(self, *, limit: int | None = None) -> list[Entry]:
         """Entries, oldest first (the latest `limit` of them if given)."""
-        rows = self._store.db.execute(
+        rows = self._store.query(
             f"SELECT {ENTRY_COLUMNS} FROM entries ORDER BY seq DESC LIMIT ?",
-            (-1 if limit is None else limit,)).fetchall()
+            (-1 if limit is None else limit,))
         return [row_entry(r) for r in reversed(rows)]
 
     def verify(self) -> Fault | None:
@@ -322,7 +321,7 @@ class Ledger:
                                 "from a backup or export it for inspection")
 
     def receipts(self) -> list[Signed[Receipt]]:
-        rows = self._store.db.execute("SELECT raw FROM receipts ORDER BY issued_at, digest")
+        rows = self._store.query("SELECT raw FROM receipts ORDER BY issued_at, digest")
         return [open_signed(bytes(r[0]), Receipt, max_size=MAX_RECEIPT_SIZE) for r in rows]
 
     def export(self) -> dict[str, Any]:
@@ -338,7 +337,7 @@ class Ledger:
 
     def evidence(self) -> dict[tuple[str, str], Tally]:
         """Latest receipts (at most params.pair_cap) per (requester, provider), tallied."""
-        rows = self._store.db.execute(
+        rows = self._store.query(
             "SELECT requester, provider, SUM(outcome = 'accepted'), SUM(outcome != 'accepted') "
             "FROM (SELECT requester, provider, outcome, ROW_NUMBER() OVER (PARTITION BY "
             "requester, provider ORDER BY issued_at DESC, digest) AS n FROM receipts) "
@@ -348,8 +347,8 @@ class Ledger:
     def reputations(self, *, pre_trusted: Collection[str] = ()) -> dict[str, float]:
         """Peer -> 0..1 for every provider with receipts (see reputation.py); for
         scheduler Observations.reputation. Peers missing are strangers (0.5)."""
-        key = cast(tuple[int, int], self._store.db.execute(
-            "SELECT COALESCE(MAX(rowid), 0), COUNT(*) FROM receipts").fetchone())
+        key = cast(tuple[int, int], tuple(self._store.query(
+            "SELECT COALESCE(MAX(rowid), 0), COUNT(*) FROM receipts")[0]))
         if not pre_trusted and self._rep_cache and self._rep_cache[0] == key:
             return dict(self._rep_cache[1])
         reps = reputations(self.evidence(), self.peer_id, pre_trusted=pre_trusted,

@@ -91,6 +91,11 @@ class Store:
                 raise
             self.db.execute("COMMIT")
 
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """All rows of one SELECT, never interleaved with another thread's transaction."""
+        with self._mutex:
+            return self.db.execute(sql, params).fetchall()
+
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for several SELECTs."""
