@@ -68,16 +68,15 @@ class PeerBook:
         os.replace(tmp, self.path)
 
     def record_rtt(self, peer: str, rtt_ms: float, their_coords: tuple[float, ...]) -> None:
-        """A measured round trip: smooth it, and move our coordinate if theirs is known."""
+        """A measured round trip: smooth it, and move our coordinate."""
         if not (math.isfinite(rtt_ms) and rtt_ms >= 0):
             return
         rtt_ms = max(rtt_ms, 0.01)
         old = self.rtt_ms.pop(peer, None)
         self.rtt_ms[peer] = rtt_ms if old is None else (
             (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * rtt_ms)
-        theirs = from_ad(their_coords)
-        if theirs is not None:
-            self.coord = update(self.coord, theirs, rtt_ms)
+        # A peer without a coordinate yet sits at the origin with full error, as in Vivaldi.
+        self.coord = update(self.coord, from_ad(their_coords) or ORIGIN, rtt_ms)
 
     def observations(self, reputation: dict[str, float] | None = None) -> Observations:
         return Observations(rtt_ms=dict(self.rtt_ms), reputation=reputation or {},

@@ -29,6 +29,8 @@ from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
 from node.jobio import collect_outputs, receive_inputs
 from node.metrics import ProviderMetrics, serve_metrics
+from node.peers import PeerBook
+from node.proximity import probe_forever
 from node.status import publish_forever
 from node.telemetry import HostSample, Telemetry
 from node.transfer import TransferFailed, send_file
@@ -54,6 +56,7 @@ from protocol.identity import Identity
 from protocol.messages import clip_text
 from protocol.replay import ReplayGuard
 from scheduler.pricing import charge, credits, max_charge
+from scheduler.vivaldi import MAX_ERROR, to_ad
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,7 @@ class Provider:
         self.benchmark: BenchmarkReport | None = None
         self.readvertise = trio.Event()
         self.addrs: list[str] = []
+        self.peers = PeerBook.load(config.home)
 
     def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:
         """One Device per GPU jobs here can be given (none without a sandbox), with its
@@ -183,7 +187,8 @@ class Provider:
             price=self.config.price,
             sandbox_tier=self.executor.tier if self.executor else "none",
             region=self.config.region,
-            coords=(), cached=self.cache.summary(64) if self.cache else (),
+            coords=to_ad(self.peers.coord) if self.peers.coord.error < MAX_ERROR else (),
+            cached=self.cache.summary(64) if self.cache else (),
             load=min(1.0, self.admission.in_use / self.config.slots),
             seq=now, expires=now + int(self.config.ad_lifetime_s * 1000))
 
@@ -490,6 +495,9 @@ async def serve(config: ProviderConfig, identity: Identity, *,
                     max_bytes=config.cache_max_bytes))
                 if config.benchmark_interval_s is not None and setup.executor is not None:
                     nursery.start_soon(provider.benchmark_forever)
+                if setup.executor is not None:
+                    nursery.start_soon(partial(probe_forever, host, disc, provider.peers,
+                                               on_moved=provider.wake_advertiser))
                 provider.metrics.info.info({"peer_id": identity.peer_id,
                                             "tier": tier or "refusing", "version": VERSION})
                 if config.metrics_listen:

@@ -61,6 +61,8 @@ def test_a_provider_that_dies_is_replaced_and_a_map_survives_another(
     assert [r["provider"] for r in doc["retries"]] == [dies["peer_id"]]
     assert doc["provider"] in {a["peer_id"], b["peer_id"]}
     assert dies["proc"].wait(timeout=10) == 17
+    seen = json.loads((network.root / "requester" / "peers.json").read_text())
+    assert seen["rtt_ms"][doc["provider"]] > 0  # pinged before the job was sent
 
     dies2 = network.start_provider(bootstrap=b["addr"], fault="die")
     items = tmp_path / "items.txt"
@@ -111,7 +113,12 @@ def test_plan_keeps_small_jobs_here_sends_big_ones_away_and_splits_many_items(
     assert sum(p["items"] for p in split["chosen"]["parts"]) == 40
     assert len(split["chosen"]["parts"]) >= 2
 
-    offers = _doc(network.offload("offers", *boot[:2], "--json", home="slow"))
+    for _ in range(20):  # providers ping each other and publish Vivaldi coordinates
+        offers = _doc(network.offload("offers", *boot[:2], "--json", home="slow"))
+        if any(len(o["coords"]) == 4 for o in offers):
+            break
+        time.sleep(1)
+    assert any(len(o["coords"]) == 4 for o in offers), offers
     assert len(offers) == 2
     assert set(offers[0]["score"]) == {"cost_credits", "seconds", "transfer_s", "rtt_ms",
                                        "reputation", "locality", "total"}
