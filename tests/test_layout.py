@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 OURS = {"node", "protocol", "scheduler", "ledger"}
 ALLOWED = {
     "protocol": {"protocol", "msgpack", "cryptography"},
-    "scheduler": {"scheduler", "protocol"},
+    "scheduler": {"scheduler", "protocol", "numpy"},
     "ledger": {"ledger", "protocol"},
     "node": OURS | {"trio", "libp2p", "multiaddr", "platformdirs", "pynvml",
-                    "prometheus_client"},
+                    "prometheus_client", "cloudpickle", "numpy"},
 }
 
 
