@@ -18,7 +18,9 @@ from pathlib import Path
 
 import trio
 
+from node import events
 from node.errors import RemoteError, ResultRejected
+from node.events import Emit, ignore
 from node.host import Host
 from node.peers import PeerBook
 from node.requester import JobOutcome, JobRequest, run_job
@@ -60,7 +62,8 @@ def rates(ranked: Sequence[tuple[CapacityAd, ScoreParts]]) -> dict[str, float]:
 async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                   requests: Sequence[JobRequest], out_root: Path, *, peers: PeerBook,
                   max_workers: int = 4, max_attempts: int = 3,
-                  straggler_factor: float = 3.0, min_straggler_s: float = 5.0) -> MapReport:
+                  straggler_factor: float = 3.0, min_straggler_s: float = 5.0,
+                  emit: Emit = ignore) -> MapReport:
     """Run every request; item i's files land in out_root/i."""
     usable = [(ad, p) for ad, p in ranked if math.isfinite(p.total)][:max_workers]
     ads = {ad.peer_id: ad for ad, _ in usable}
@@ -92,7 +95,7 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
             failure: RemoteError | None = None
             with scope:
                 try:
-                    outcome = await run_job(host, ads[peer], requests[item], dest)
+                    outcome = await run_job(host, ads[peer], requests[item], dest, emit=emit)
                 except RemoteError as exc:
                     failure = exc
             scopes.pop((peer, item), None)
@@ -107,6 +110,8 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                     shutil.rmtree(final, ignore_errors=True)
                     dest.rename(final)
                     outcomes[item] = dataclasses.replace(outcome, out_dir=final)
+                    emit(events.Verified(job_id=outcome.result.job_id, provider=peer,
+                                         status=outcome.result.status))
                     errors.pop(item, None)
                 else:
                     shutil.rmtree(dest, ignore_errors=True)
@@ -117,6 +122,7 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                 assert failure is not None
                 log.info("item %d failed on %s: %s", item, peer[:16], failure)
                 errors[item] = f"{peer[:16]}: {failure}"
+                emit(events.Retried(provider=peer, error=str(failure)))
                 if isinstance(failure, ResultRejected):
                     peers.trust.record_mismatch(peer, time.time())
                 shutil.rmtree(dest, ignore_errors=True)

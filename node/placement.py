@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from node import events
 from node.agree import Comparator, Fingerprint, canary_name, exact, fingerprint, make_canary
 from node.discovery import Discovery
 from node.errors import (
@@ -35,6 +36,7 @@ from node.errors import (
     UserError,
     sole_error,
 )
+from node.events import Emit, ignore
 from node.host import Host
 from node.peers import PeerBook
 from node.requester import JobOutcome, JobRequest, run_job
@@ -132,6 +134,7 @@ class Placer:
     replicas: int = 1
     """At least this many replicas (fixed redundancy); the policy may ask for more."""
     rng: random.Random = dataclasses.field(default_factory=random.Random)
+    emit: Emit = ignore
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     canaries_passed: int = 0
 
@@ -187,6 +190,9 @@ class Placer:
             shutil.rmtree(work, ignore_errors=True)
             self.peers.save()
         agreeing = set(verdict.agreeing) if len(results) > 1 else {accepted.result.provider}
+        self.emit(events.Verified(job_id=outcome.result.job_id, provider=outcome.result.provider,
+                                  status=outcome.result.status, replicas=len(results),
+                                  agreed=len(agreeing)))
         return Placement(
             outcome=outcome, attempts=tuple(self.attempts), verification=_describe(
                 self.policy, planned), canaries_passed=self.canaries_passed,
@@ -217,12 +223,13 @@ class Placer:
                     self.peers.trust.record_mismatch(ad.peer_id, time.time())
                 log.info("provider %s failed (%s); trying the next one", ad.peer_id[:16], exc)
                 self.attempts.append(Attempt(ad.peer_id, str(exc)))
+                self.emit(events.Retried(provider=ad.peer_id, error=str(exc)))
                 shutil.rmtree(out_dir, ignore_errors=True)
 
     async def _try(self, ad: CapacityAd, request: JobRequest, out_dir: Path) -> JobOutcome:
         await self._measure(ad)
         if not self.canary:
-            return await run_job(self.host, ad, request, out_dir)
+            return await run_job(self.host, ad, request, out_dir, emit=self.emit)
         canary = make_canary()
         box = Path(tempfile.mkdtemp(prefix=".canary-"))
         script = box / canary_name()
@@ -231,7 +238,7 @@ class Placer:
         try:
             async with _unwrapped(), trio.open_nursery() as nursery:
                 async def job() -> None:
-                    got.append(await run_job(self.host, ad, request, out_dir))
+                    got.append(await run_job(self.host, ad, request, out_dir, emit=self.emit))
 
                 nursery.start_soon(job)
                 check = await run_job(self.host, ad, JobRequest(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from node import events
 from node.discovery import Discovery
 from node.errors import (
     PeerGone,
@@ -20,6 +21,7 @@ from node.errors import (
     ResultRejected,
     UserError,
 )
+from node.events import Emit, ignore
 from node.host import Host, Stream
 from node.transfer import file_sha256, receive_file, send_file
 from node.verify import RESULT_FILE, safe_join, verify_result_bytes
@@ -105,7 +107,7 @@ async def choose_provider(disc: Discovery, requirements: Requirements, *,
 
 
 async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path, *,
-                  clock: Callable[[], float] = time.time) -> JobOutcome:
+                  clock: Callable[[], float] = time.time, emit: Emit = ignore) -> JobOutcome:
     """Send the job to `ad`'s provider and return its verified result; outputs land in out_dir."""
     started = time.monotonic()
     files = input_files(request)
@@ -122,7 +124,7 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
         stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
         try:
             signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
-                                            out_dir, host.peer_id, request)
+                                            out_dir, host.peer_id, request, emit)
         finally:
             await stream.close()
     if scope.cancelled_caught:
@@ -155,7 +157,8 @@ def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
 
 async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
                     files: list[tuple[InputFile, Path]], out_dir: Path,
-                    requester: str, request: JobRequest) -> tuple[Signed[JobResult], Quote]:
+                    requester: str, request: JobRequest,
+                    emit: Emit) -> tuple[Signed[JobResult], Quote]:
     await stream.send(wire.SubmitJob(spec=spec_raw))
     reply = await stream.receive_within(TRANSFER_IDLE_S, "a quote")
     _raise_if_error(reply)
@@ -166,6 +169,7 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     except PriceRefused as exc:
         await stream.send(wire.ErrorReply(code="price", message=str(exc)[:1000]))
         raise
+    emit(events.Quoted(job_id=job_id, provider=ad.peer_id, max_charge=quote.max_charge))
     await stream.send(wire.QuoteAccept(job_id=job_id))
     while True:
         reply = await stream.receive_within(HEARTBEAT_GRACE_S, "a slot")
@@ -180,6 +184,8 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         if digest not in by_digest:
             raise ResultRejected("the provider asked for a file that is not part of the job")
         f, path = by_digest[digest]
+        emit(events.Uploading(job_id=job_id, provider=ad.peer_id, name=f.name, size=f.size,
+                              offset=accepted.resume.get(digest, 0)))
         await send_file(stream, f.name, path, offset=accepted.resume.get(digest, 0))
     while True:
         try:
@@ -189,6 +195,7 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
                            f"{job_id[:12]}; nothing was charged") from exc
         _raise_if_error(frame)
         if isinstance(frame, wire.Running):
+            emit(events.Running(job_id=job_id, provider=ad.peer_id, elapsed_s=frame.elapsed_s))
             continue
         ready = wire.expect(frame, wire.ResultReady)
         break
@@ -199,6 +206,8 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
                              f"credits, above its quote of {credits(quote.max_charge)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for out in signed.message.outputs:
+        emit(events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
+                                size=out.size))
         await receive_file(stream, name=out.name, size=out.size, sha256=out.sha256,
                            dest=safe_join(out_dir, out.name), idle_timeout=TRANSFER_IDLE_S)
     (out_dir / RESULT_FILE).write_bytes(signed.raw)

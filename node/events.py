@@ -1,0 +1,89 @@
+"""Typed events of a requester's work, for progress bars, logs and API subscribers.
+
+Every step that can take time says so: which offers were found, a provider's quote,
+each upload and download, heartbeats while the job runs, live output lines, the
+verification verdict, a provider replaced, and the money that moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event; `job_id` is "" before a provider quoted."""
+
+    job_id: str = ""
+    provider: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class OfferFound(Event):
+    score: float
+    cost_credits: float
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Quoted(Event):
+    max_charge: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Uploading(Event):
+    name: str
+    size: int
+    offset: int = 0
+    """Bytes the provider already had (a resumed upload)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Running(Event):
+    elapsed_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LogLine(Event):
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Downloading(Event):
+    name: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Verified(Event):
+    status: str
+    replicas: int = 1
+    agreed: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Retried(Event):
+    error: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Paid(Event):
+    amount: int
+    """Micro-credits released to the provider."""
+    refunded: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Refunded(Event):
+    amount: int
+    reason: str
+
+
+Emit = Callable[[Event], None]
+
+
+def ignore(_: Event) -> None:
+    """The default listener."""
