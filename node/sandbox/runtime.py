@@ -15,7 +15,7 @@ from node.sandbox.errors import SandboxUnavailable
 
 RUNTIME_ROOT = Path(os.environ.get("OFFLOAD_RUNTIME_ROOT", "/opt/offload/runtimes"))
 DEFAULT_RUNTIME = "python3"
-DEFAULT_PACKAGES = ("torch==2.13.0", "numpy==2.4.6")
+DEFAULT_PACKAGES = ("torch==2.13.0", "numpy==2.4.6", "cloudpickle==3.1.2")
 MANIFEST = "offload-runtime.json"
 REPORTED = ("torch", "numpy")
 
