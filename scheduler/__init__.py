@@ -4,7 +4,9 @@ select.py   requirement checks and offer ranking (first valid offer, least loade
 filters.py  the --where expression language over ad fields, parsed without eval
 pricing.py  linear prices: quotes (the most a job can cost), charges, caps
 verification.py  comparators, k-of-n quorum, canaries, adaptive replication, blacklists
-scoring.py  offer scoring: cost, completion time, reputation, locality, RTT (pluggable)
+scoring.py  offer scoring: cost, completion time, reputation, locality, RTT (pluggable);
+            per-ad reference and the same formula over numpy feature columns
+book.py     the offer book: one ad per peer (newest seq) in columns, ranked with numpy
 vivaldi.py  Vivaldi network coordinates carried in ads
 """
 

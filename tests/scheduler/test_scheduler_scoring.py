@@ -6,13 +6,18 @@ import dataclasses
 import math
 import random
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import CapacityAd, Device, Identity, Price, Resources, Runtime
 from scheduler.scoring import (
+    AdColumns,
     DefaultStrategy,
     JobEstimate,
     Observations,
+    ScoreArrays,
     ScoreParts,
     rank,
 )
@@ -205,3 +210,106 @@ def test_a_custom_strategy_plugs_in() -> None:
     us, eu, eu2 = ad(0, region="us"), ad(1, region="eu"), ad(2, region="eu")
     ranked = rank([us, eu, eu2], CPU_JOB, OBS, strategy=RegionFirst(region="eu"), now_ms=NOW)
     assert [a for a, _ in ranked] == [eu, eu2, us]
+
+
+# --- the numpy path (DefaultStrategy.score_arrays over AdColumns) vs the per-ad reference
+
+DIGESTS = [c * 64 for c in "abcdef"]
+SMALL = st.floats(0.0, 1e5, allow_nan=False, allow_infinity=False)
+WIDE = st.floats(-3e6, 3e6)
+devices = st.builds(
+    Device, kind=st.sampled_from(["cpu", "cuda"]), model=st.just("m"), memory_mb=st.just(1),
+    compute_capability=st.just(""), count=st.integers(1, 64),
+    gflops=st.sampled_from([0.0, 1.0, 9000.0]) | SMALL,
+    bf16_gflops=st.sampled_from([0.0, 30000.0]) | SMALL, utilization=st.floats(0.0, 1.0))
+coords = st.one_of(
+    st.just(()),
+    st.tuples(st.floats(-500, 500), st.floats(-500, 500), st.floats(0, 50), st.floats(0, 2)),
+    st.tuples(WIDE, WIDE, WIDE, WIDE),  # often unusable (out of range): default RTT
+    st.tuples(SMALL, SMALL))
+prices = st.builds(Price, start=st.integers(0, 10**6), per_cpu_second=st.integers(0, 10**4),
+                   per_gpu_second=st.integers(0, 10**5), per_gb_second=st.integers(0, 10**3),
+                   per_gb_transfer=st.integers(0, 10**6), minimum=st.integers(0, 10**6))
+ads_st = st.builds(
+    lambda peer, **kw: ad(peer, **kw), peer=st.integers(0, len(PEERS) - 1),
+    devices=st.lists(devices, max_size=5).map(tuple), cpus=st.integers(0, 128),
+    price=prices, coords=coords, cached=st.lists(st.sampled_from(DIGESTS), max_size=4).map(
+        tuple), load=st.floats(0.0, 1.0), expires=st.integers(NOW - 3, NOW + 3))
+jobs = st.builds(
+    JobEstimate,
+    resources=st.builds(Resources, gpus=st.integers(0, 70), cpus=st.integers(1, 64),
+                        memory_mb=st.integers(1, 10**6), max_seconds=st.integers(1, 604800)),
+    gflop=st.sampled_from([0.0]) | st.floats(0.0, 1e9),
+    input_digests=st.lists(st.sampled_from([*DIGESTS, "f" * 64]), max_size=5).map(tuple),
+    input_bytes_by_digest=st.dictionaries(st.sampled_from(DIGESTS), st.integers(0, 10**12)))
+peer_ids = st.sampled_from(PEERS)
+observations = st.builds(
+    Observations,
+    rtt_ms=st.dictionaries(peer_ids, st.sampled_from([0.0, -1.0, math.nan, math.inf]) | SMALL),
+    bandwidth_mbps=st.sampled_from([0.0, 50.0]) | SMALL,
+    reputation=st.dictionaries(peer_ids, st.floats(0.0, 1.0)),
+    local_coord=st.none() | st.builds(Coord, x=st.floats(-500, 500), y=st.floats(-500, 500),
+                                      height=st.floats(0, 50)))
+strategies = st.builds(DefaultStrategy, value_of_time_credits_per_s=st.floats(0.0, 10.0),
+                       reputation_weight=st.floats(0.0, 2.0), use_bf16=st.booleans(),
+                       max_load_inflation=st.floats(1.0, 100.0))
+
+
+def assert_parts_match(fast: ScoreParts, slow: ScoreParts) -> None:
+    for f in dataclasses.fields(ScoreParts):
+        want = getattr(slow, f.name)
+        assert getattr(fast, f.name) == pytest.approx(want, rel=1e-12, abs=1e-12), f.name
+
+
+@settings(max_examples=150, deadline=None)
+@given(ads=st.lists(ads_st, max_size=12), job=jobs, obs=observations, strategy=strategies,
+       limit=st.none() | st.integers(0, 14))
+def test_numpy_path_agrees_with_the_reference(
+        ads: list[CapacityAd], job: JobEstimate, obs: Observations, strategy: DefaultStrategy,
+        limit: int | None) -> None:
+    ranked = rank(ads, job, obs, strategy=strategy, now_ms=NOW, limit=limit)
+    assert len(ranked) == (len(ads) if limit is None else min(limit, len(ads)))
+    for a, fast in ranked:
+        assert_parts_match(fast, strategy.score(a, job, obs, now_ms=NOW))
+    totals = [p.total for _, p in ranked]
+    assert totals == sorted(totals)
+    every = sorted(strategy.score(a, job, obs, now_ms=NOW).total for a in ads)
+    assert totals == pytest.approx(every[:len(totals)], rel=1e-12, abs=1e-12)
+    assert all(p.total == math.inf for a, p in ranked if a.expires <= NOW)
+
+
+def test_arrays_order_ties_limits_and_nan() -> None:
+    nan, inf = math.nan, math.inf
+    t = np.array([3.0, 1.0, inf, 1.0, nan, 0.5, 1.0])
+    arrays = ScoreArrays(cost_credits=t, seconds=t, transfer_s=t, rtt_ms=t, reputation=t,
+                         locality=t, total=t)
+    assert arrays.order().tolist() == [5, 1, 3, 6, 0, 2, 4]
+    assert arrays.order(3).tolist() == [5, 1, 3]
+    assert arrays.order(0).tolist() == []
+    assert arrays.order(-2).tolist() == [5, 1, 3, 6, 0]  # like slicing a list
+    assert arrays.order(99).tolist() == [5, 1, 3, 6, 0, 2, 4]
+    only_nan = np.array([nan, 2.0, nan])
+    arrays = dataclasses.replace(arrays, total=only_nan)
+    assert arrays.order(2).tolist() == [1, 0]
+    assert [p.total for p in ScoreArrays.parts(arrays, [1])] == [2.0]
+
+
+def test_columns_grow_and_index_gpu_groups() -> None:
+    cols = AdColumns(capacity=1)
+    small = ad(0, devices=(gpu(100.0, count=2),))
+    big = ad(1, devices=tuple(gpu(float(r), count=c) for r, c in ((5.0, 3), (50.0, 1),
+                                                                   (20.0, 2))))
+    cols.extend([small])
+    cols.extend([big, small])
+    assert len(cols) == 3 and cols.rows_of(PEERS[0]) == {0, 2}
+    # fastest first: 50 x1, 20 x2, 5 x3
+    assert cols.gpu_throughput(1, bf16=False).tolist() == [100.0, 50.0, 100.0]
+    assert cols.gpu_throughput(4, bf16=False).tolist() == [200.0, 95.0, 200.0]
+    assert cols.gpu_throughput(99, bf16=False).tolist() == [200.0, 105.0, 200.0]
+    cols.remove(0)  # the last row moves into row 0
+    assert [a is small for a in cols.ads] == [True, False]
+    assert cols.rows_of(PEERS[0]) == {0} and cols.rows_of(PEERS[1]) == {1}
+    cols.set(1, small)
+    assert cols.gpu_throughput(4, bf16=False).tolist() == [200.0, 200.0]
+    with pytest.raises(IndexError, match="row 2 out of range for 2 rows"):
+        cols.remove(2)
