@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from ledger import LedgerError, LocalLedgerError
 from node import cli_jobs as jobs_cli
 from node import ledger_cli
 from node.errors import NodeError, UserError, sole_error
@@ -148,9 +149,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    except (UserError, ProtocolError) as exc:
+    except (UserError, ProtocolError, LocalLedgerError) as exc:
         code = _fail(exc, 2)
-    except (NodeError, OSError) as exc:
+    except (NodeError, OSError, LedgerError) as exc:
         code = _fail(exc, 1)
     sys.exit(code)
 
@@ -255,7 +256,9 @@ def _ad_json(ad: CapacityAd) -> dict[str, Any]:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
+    from ledger import Ledger
     from node.client import open_client
+    from node.ledger_cli import LEDGER_FILE
     from node.peers import PeerBook
     from scheduler.scoring import JobEstimate, rank
 
@@ -273,7 +276,9 @@ def cmd_offers(args: argparse.Namespace) -> int:
     ads = [a for a in ads if where is None or where(a, now_ms=now_ms)]
     job = JobEstimate(resources=Resources(cpus=args.cpus, gpus=args.gpus,
                                           max_seconds=args.timeout))
-    ranked = rank(ads, job, peers.observations(), now_ms=now_ms)
+    with Ledger.open(home / LEDGER_FILE, identity) as ledger:
+        reputation = ledger.reputations()
+    ranked = rank(ads, job, peers.observations(reputation), now_ms=now_ms)
     docs = []
     for ad, parts in ranked:
         doc = _ad_json(ad)

@@ -160,6 +160,13 @@ def _setup(args: argparse.Namespace, script_args: tuple[str, ...]) -> _Setup:
         identity=identity, home=home, gflop=gflop)
 
 
+def _ledger(st: _Setup) -> Any:
+    from ledger import Ledger
+    from node.ledger_cli import LEDGER_FILE
+
+    return Ledger.open(st.home / LEDGER_FILE, st.identity)
+
+
 def _policy(args: argparse.Namespace, peers: Any) -> Any:
     from scheduler.verification import Mode, Policy
 
@@ -177,6 +184,7 @@ def _policy(args: argparse.Namespace, peers: Any) -> Any:
 def cmd_submit(args: argparse.Namespace) -> int:
     from node.agree import exact, numeric
     from node.client import open_client
+    from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import Placer, find_candidates, job_estimate
 
@@ -192,15 +200,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         async with open_client(st.identity, st.bootstrap) as (host, disc):
-            ranked = await find_candidates(disc, st.requirements,
-                                           job_estimate(st.request, gflop=st.gflop), peers,
-                                           provider=args.provider)
-            placer = Placer(host=host, peers=peers, policy=policy, same=same,
-                            canary=args.verify == "canary", rng=random.Random(),
-                            replicas=args.redundancy)
-            return await placer.place(ranked, st.request, out, deadline_s=deadline)
+            with _ledger(st) as ledger:
+                pay = Payments(ledger, host)
+                ranked = await find_candidates(disc, st.requirements,
+                                               job_estimate(st.request, gflop=st.gflop), peers,
+                                               provider=args.provider,
+                                               reputation=pay.reputations())
+                placer = Placer(host=host, peers=peers, policy=policy, same=same,
+                                canary=args.verify == "canary", rng=random.Random(),
+                                replicas=args.redundancy, payments=pay)
+                try:
+                    placement = await placer.place(ranked, st.request, out, deadline_s=deadline)
+                finally:
+                    await pay.settle_all()
+                return placement, pay.paid
 
-    placement = trio.run(go)
+    placement, paid = trio.run(go)
     outcome = placement.outcome
     r = outcome.result
     if args.out is None:
@@ -219,7 +234,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                         for x in placement.replicas],
            "retries": [{"provider": a.provider, "error": a.error}
                        for a in placement.attempts],
-           "canaries_passed": placement.canaries_passed}
+           "canaries_passed": placement.canaries_passed,
+           "paid": paid}
     if args.json:
         print(json.dumps(doc))
     else:
@@ -256,8 +272,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             now_ms = int(disc.clock() * 1000)
         ads = [a for a in ads if meets(a, st.requirements, now_ms=now_ms)
                and not peers.trust.is_blacklisted(a.peer_id, now_ms / 1000)]
+        with _ledger(st) as ledger:
+            reputation = ledger.reputations()
         return make_plan(job_estimate(st.request, gflop=st.gflop), local, ads,
-                         peers.observations(), items=items, now_ms=now_ms)
+                         peers.observations(reputation), items=items, now_ms=now_ms)
 
     plan, ranked = trio.run(go)
     doc = plan_json(plan)
@@ -275,6 +293,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from node.client import open_client
     from node.mapper import run_map
+    from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import find_candidates, job_estimate
 
@@ -293,12 +312,19 @@ def cmd_map(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         async with open_client(st.identity, st.bootstrap) as (host, disc):
-            ranked = await find_candidates(disc, st.requirements,
-                                           job_estimate(st.request, gflop=st.gflop), peers)
-            return await run_map(host, ranked, requests, args.out, peers=peers,
-                                 max_workers=max(1, args.workers))
+            with _ledger(st) as ledger:
+                pay = Payments(ledger, host)
+                ranked = await find_candidates(disc, st.requirements,
+                                               job_estimate(st.request, gflop=st.gflop), peers,
+                                               reputation=pay.reputations())
+                try:
+                    report = await run_map(host, ranked, requests, args.out, peers=peers,
+                                           max_workers=max(1, args.workers), payments=pay)
+                finally:
+                    await pay.settle_all()
+                return report, pay.paid
 
-    report = trio.run(go)
+    report, paid = trio.run(go)
     rows = []
     for item, res in zip(items, report.items, strict=True):
         r = res.outcome.result if res.outcome else None
@@ -310,6 +336,7 @@ def cmd_map(args: argparse.Namespace) -> int:
                      "out_dir": str(res.outcome.out_dir) if res.outcome else None})
     failed = sum(not row["ok"] for row in rows)
     doc = {"items": rows, "workers": list(report.workers), "duplicates": report.duplicates,
+           "paid": paid,
            "retries": report.retries, "failed": failed,
            "wall_s": round(time.monotonic() - started, 3)}
     if args.json:

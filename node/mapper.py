@@ -22,6 +22,7 @@ from node import events
 from node.errors import RemoteError, ResultRejected
 from node.events import Emit, ignore
 from node.host import Host
+from node.payments import Payments
 from node.peers import PeerBook
 from node.requester import JobOutcome, JobRequest, run_job
 from protocol import CapacityAd
@@ -63,12 +64,13 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                   requests: Sequence[JobRequest], out_root: Path, *, peers: PeerBook,
                   max_workers: int = 4, max_attempts: int = 3,
                   straggler_factor: float = 3.0, min_straggler_s: float = 5.0,
-                  emit: Emit = ignore) -> MapReport:
+                  emit: Emit = ignore, payments: Payments | None = None) -> MapReport:
     """Run every request; item i's files land in out_root/i."""
     usable = [(ad, p) for ad, p in ranked if math.isfinite(p.total)][:max_workers]
     ads = {ad.peer_id: ad for ad, _ in usable}
     sched = MapScheduler(len(requests), rates(usable), max_attempts=max_attempts,
                          straggler_factor=straggler_factor, min_straggler_s=min_straggler_s)
+    pay = payments if payments is not None else Payments(None, host)
     outcomes: dict[int, JobOutcome] = {}
     errors: dict[int, str] = {}
     scopes: dict[tuple[str, int], trio.CancelScope] = {}
@@ -95,7 +97,8 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
             failure: RemoteError | None = None
             with scope:
                 try:
-                    outcome = await run_job(host, ads[peer], requests[item], dest, emit=emit)
+                    outcome = await run_job(host, ads[peer], requests[item], dest, emit=emit,
+                                            payments=pay)
                 except RemoteError as exc:
                     failure = exc
             scopes.pop((peer, item), None)
@@ -106,6 +109,7 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
             elif outcome is not None:
                 kept, losers = sched.done(peer, item, now)
                 if kept:
+                    await pay.accept(outcome.signed)
                     final = out_root / str(item)
                     shutil.rmtree(final, ignore_errors=True)
                     dest.rename(final)
@@ -113,7 +117,8 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                     emit(events.Verified(job_id=outcome.result.job_id, provider=peer,
                                          status=outcome.result.status))
                     errors.pop(item, None)
-                else:
+                else:  # a straggler's slower copy: not needed, so not paid
+                    await pay.refund(outcome.result.job_id, "cancelled")
                     shutil.rmtree(dest, ignore_errors=True)
                 for loser in losers:
                     if (s := scopes.get((loser, item))) is not None:

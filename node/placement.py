@@ -38,6 +38,7 @@ from node.errors import (
 )
 from node.events import Emit, ignore
 from node.host import Host
+from node.payments import Payments
 from node.peers import PeerBook
 from node.requester import JobOutcome, JobRequest, run_job
 from node.transfer import file_sha256
@@ -135,6 +136,7 @@ class Placer:
     """At least this many replicas (fixed redundancy); the policy may ask for more."""
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     emit: Emit = ignore
+    payments: Payments | None = None
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     canaries_passed: int = 0
 
@@ -151,8 +153,9 @@ class Placer:
                             f"{len(pool)} qualify; lower --redundancy or relax --where")
         out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".replicas-", dir=out_dir))
+        pay = self._pay()
+        results: list[tuple[str, tuple[JobOutcome, Fingerprint]]] = []
         try:
-            results: list[tuple[str, tuple[JobOutcome, Fingerprint]]] = []
 
             async def replica(i: int) -> None:
                 outcome = await self.run_one(pool, request, work / str(i), deadline)
@@ -178,8 +181,14 @@ class Placer:
                     f"{self.policy.quorum_size(planned)} of them agree; nothing was accepted "
                     "or paid: " + ", ".join(p[:16] for p, _ in results))
             accepted, _ = verdict.accepted
-            for peer in verdict.disagreeing:
-                log.warning("provider %s returned a wrong result for job; banned", peer[:16])
+            wrong = set(verdict.disagreeing)
+            for peer, (o, _) in results:
+                if peer in wrong:
+                    log.warning("provider %s returned a wrong result; banned, not paid",
+                                peer[:16])
+                    await pay.reject(o.signed, "outvoted by a quorum of other providers")
+                else:
+                    await pay.accept(o.signed)
             for name in accepted.out_dir.iterdir():
                 dest = out_dir / name.name
                 if dest.exists():
@@ -187,6 +196,8 @@ class Placer:
                 name.rename(dest)
             outcome = dataclasses.replace(accepted, out_dir=out_dir)
         finally:
+            for _, (o, _) in results:  # whatever was not settled above: no quorum, an error
+                await pay.refund(o.result.job_id, "failed")
             shutil.rmtree(work, ignore_errors=True)
             self.peers.save()
         agreeing = set(verdict.agreeing) if len(results) > 1 else {accepted.result.provider}
@@ -228,8 +239,9 @@ class Placer:
 
     async def _try(self, ad: CapacityAd, request: JobRequest, out_dir: Path) -> JobOutcome:
         await self._measure(ad)
+        pay = self._pay()
         if not self.canary:
-            return await run_job(self.host, ad, request, out_dir, emit=self.emit)
+            return await run_job(self.host, ad, request, out_dir, emit=self.emit, payments=pay)
         canary = make_canary()
         box = Path(tempfile.mkdtemp(prefix=".canary-"))
         script = box / canary_name()
@@ -238,19 +250,28 @@ class Placer:
         try:
             async with _unwrapped(), trio.open_nursery() as nursery:
                 async def job() -> None:
-                    got.append(await run_job(self.host, ad, request, out_dir, emit=self.emit))
+                    got.append(await run_job(self.host, ad, request, out_dir, emit=self.emit,
+                                             payments=pay))
 
                 nursery.start_soon(job)
                 check = await run_job(self.host, ad, JobRequest(
                     script=script, resources=CANARY_RESOURCES, runtime=request.runtime,
-                    max_price=request.max_price, caps=request.caps), box / "out")
+                    max_price=request.max_price, caps=request.caps), box / "out",
+                    payments=pay, emit=self.emit)
         finally:
             shutil.rmtree(box, ignore_errors=True)
         if check.result.stdout != canary.expected_stdout or check.result.status != "ok":
-            raise ResultRejected(f"provider {ad.peer_id[:16]} failed a canary job (a job "
-                                 "with a known answer); its results are not accepted")
+            why = "failed a canary job (a job with a known answer)"
+            await pay.reject(check.signed, why)
+            await pay.reject(got[0].signed, why)
+            raise ResultRejected(f"provider {ad.peer_id[:16]} {why}; its results are not "
+                                 "accepted")
+        await pay.accept(check.signed)
         self.canaries_passed += 1
         return got[0]
+
+    def _pay(self) -> Payments:
+        return self.payments if self.payments is not None else Payments(None, self.host)
 
     async def _measure(self, ad: CapacityAd) -> None:
         try:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import trio
 
+from ledger import Ledger, ReceiptRefused, RemoteLedgerError
 from node.admission import Admission, Busy
 from node.benchmark import BenchmarkFailed, BenchmarkReport, benchmark_forever
 from node.benchmark import summary as benchmark_summary
@@ -28,6 +29,7 @@ from node.executor import Executor, ExecutorSetup, SandboxExecutor, open_executo
 from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
 from node.jobio import collect_outputs, receive_inputs
+from node.ledger_cli import LEDGER_FILE
 from node.metrics import ProviderMetrics, serve_metrics
 from node.peers import PeerBook
 from node.proximity import probe_forever
@@ -47,6 +49,7 @@ from protocol import (
     Quote,
     Replayed,
     Usage,
+    check_receipt,
     check_spec_fresh,
     open_signed,
     sign,
@@ -62,6 +65,7 @@ log = logging.getLogger(__name__)
 
 MAX_INPUT_BYTES = 512 * 1024 * 1024
 HEARTBEAT_S = 2.0
+SETTLE_IDLE_S = 10.0
 VERSION = importlib.metadata.version("offload")
 IDLE_TIMEOUT_S = 30.0
 SPEC_WINDOW_MS = 5 * 60 * 1000
@@ -130,6 +134,7 @@ class Provider:
         self.readvertise = trio.Event()
         self.addrs: list[str] = []
         self.peers = PeerBook.load(config.home)
+        self.ledger: Ledger | None = None
 
     def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:
         """One Device per GPU jobs here can be given (none without a sandbox), with its
@@ -209,6 +214,27 @@ class Provider:
             with trio.move_on_after(self.config.ad_refresh_s):
                 await self.readvertise.wait()
             self.readvertise = trio.Event()
+
+    async def handle_settle(self, stream: Stream) -> None:
+        """A requester's receipt for one of our jobs, and its cheque when it paid."""
+        try:
+            frame = wire.expect(await stream.receive_within(SETTLE_IDLE_S, "a settle frame"),
+                                wire.Settle)
+            receipt = check_receipt(frame.receipt, self.now_ms())
+            if receipt.provider != self.identity.peer_id or \
+                    receipt.requester != stream.remote_peer:
+                raise ReceiptRefused("the receipt is not about a job this peer gave us")
+            if self.ledger is not None:
+                ledger = self.ledger
+                if frame.cheque:
+                    await trio.to_thread.run_sync(ledger.accept_cheque, frame.cheque)
+                await trio.to_thread.run_sync(ledger.record_receipt, frame.receipt)
+        except (ProtocolError, RemoteLedgerError) as exc:
+            await _refuse(stream, "payment", str(exc))
+            return
+        log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
+                 receipt.requester[:16], receipt.outcome, credits(receipt.charge))
+        await _try_send(stream, wire.SettleAck(job_id=receipt.job_id))
 
     async def handle_job(self, stream: Stream) -> None:
         if not self.admission.open_stream():
@@ -483,6 +509,8 @@ async def serve(config: ProviderConfig, identity: Identity, *,
             else:
                 log.info("sandbox tier %s (%s)", tier, setup.reason)
             host.handle(wire.JOB_PROTOCOL, provider.handle_job)
+            host.handle(wire.SETTLE_PROTOCOL, provider.handle_settle)
+            provider.ledger = Ledger.open(config.home / LEDGER_FILE, identity)
             await disc.bootstrap(config.bootstrap)
             async with trio.open_nursery() as nursery:
                 ads = trio.CancelScope()
@@ -517,6 +545,7 @@ async def serve(config: ProviderConfig, identity: Identity, *,
                     ads.cancel()
                     await provider.drain(host, disc, signals)
                 nursery.cancel_scope.cancel()
+            provider.ledger.close()
 
 
 async def _in_scope(scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], *args: Any,

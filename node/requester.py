@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from ledger import LedgerError, RefundReason
 from node import events
 from node.discovery import Discovery
 from node.errors import (
@@ -23,6 +24,7 @@ from node.errors import (
 )
 from node.events import Emit, ignore
 from node.host import Host, Stream
+from node.payments import Payments
 from node.transfer import file_sha256, receive_file, send_file
 from node.verify import RESULT_FILE, safe_join, verify_result_bytes
 from protocol import (
@@ -107,8 +109,13 @@ async def choose_provider(disc: Discovery, requirements: Requirements, *,
 
 
 async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path, *,
-                  clock: Callable[[], float] = time.time, emit: Emit = ignore) -> JobOutcome:
-    """Send the job to `ad`'s provider and return its verified result; outputs land in out_dir."""
+                  clock: Callable[[], float] = time.time, emit: Emit = ignore,
+                  payments: Payments | None = None) -> JobOutcome:
+    """Send the job to `ad`'s provider and return its verified result; outputs land in out_dir.
+
+    With `payments`, the quote is escrowed before inputs move; any failure refunds it
+    (timeout, rejection, cancellation named as such). A returned result's escrow stays
+    locked: the caller accepts (pays) or rejects it once it has judged the result."""
     started = time.monotonic()
     files = input_files(request)
     spec = JobSpec(
@@ -120,16 +127,25 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     signed_spec = sign(spec, host.identity)
     job_id = signed_spec.digest
     deadline = request.resources.max_seconds + 2 * TRANSFER_IDLE_S
-    with trio.move_on_after(deadline) as scope:
-        stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
-        try:
-            signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
-                                            out_dir, host.peer_id, request, emit)
-        finally:
-            await stream.close()
-    if scope.cancelled_caught:
-        raise PeerTimeout(f"job {job_id[:12]} got no result from {ad.peer_id[:16]} "
-                          f"within {deadline:.0f} s")
+    pay = payments or Payments(None, host)
+    seen: list[str] = []  # the result's digest, once one arrived
+    try:
+        with trio.move_on_after(deadline) as scope:
+            stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+            try:
+                signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
+                                                out_dir, host.peer_id, request, emit, pay, seen)
+            finally:
+                await stream.close()
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"job {job_id[:12]} got no result from {ad.peer_id[:16]} "
+                              f"within {deadline:.0f} s")
+    except BaseException as exc:
+        if isinstance(exc, ResultRejected) and seen:
+            await pay.refund(job_id, "rejected", detail=str(exc), result_digest=seen[0])
+        else:
+            await pay.refund(job_id, _refund_reason(exc), detail=str(exc))
+        raise
     return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
                       quote=quote)
 
@@ -157,8 +173,8 @@ def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
 
 async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
                     files: list[tuple[InputFile, Path]], out_dir: Path,
-                    requester: str, request: JobRequest,
-                    emit: Emit) -> tuple[Signed[JobResult], Quote]:
+                    requester: str, request: JobRequest, emit: Emit, pay: Payments,
+                    seen: list[str]) -> tuple[Signed[JobResult], Quote]:
     await stream.send(wire.SubmitJob(spec=spec_raw))
     reply = await stream.receive_within(TRANSFER_IDLE_S, "a quote")
     _raise_if_error(reply)
@@ -170,6 +186,11 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         await stream.send(wire.ErrorReply(code="price", message=str(exc)[:1000]))
         raise
     emit(events.Quoted(job_id=job_id, provider=ad.peer_id, max_charge=quote.max_charge))
+    try:
+        await pay.lock(job_id, ad.peer_id, quote.max_charge)
+    except LedgerError as exc:
+        await stream.send(wire.ErrorReply(code="price", message=f"requester: {exc}"[:1000]))
+        raise
     await stream.send(wire.QuoteAccept(job_id=job_id))
     while True:
         reply = await stream.receive_within(HEARTBEAT_GRACE_S, "a slot")
@@ -197,10 +218,15 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         if isinstance(frame, wire.Running):
             emit(events.Running(job_id=job_id, provider=ad.peer_id, elapsed_s=frame.elapsed_s))
             continue
+        if isinstance(frame, wire.Output):
+            emit(events.LogLine(job_id=job_id, provider=ad.peer_id, stream=frame.stream,
+                                text=frame.text))
+            continue
         ready = wire.expect(frame, wire.ResultReady)
         break
     signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
                                  requester=requester)
+    seen.append(signed.digest)
     if signed.message.price_charged > quote.max_charge:
         raise ResultRejected(f"the provider charged {credits(signed.message.price_charged)} "
                              f"credits, above its quote of {credits(quote.max_charge)}")
@@ -213,6 +239,14 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     (out_dir / RESULT_FILE).write_bytes(signed.raw)
     return signed, quote
 
+
+
+def _refund_reason(exc: BaseException) -> RefundReason:
+    if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
+        return "cancelled"
+    if isinstance(exc, PeerTimeout):
+        return "timeout"
+    return "failed"
 
 
 def _raise_if_error(frame: wire.Frame) -> None:

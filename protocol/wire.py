@@ -1,4 +1,5 @@
-"""Frames of the `/offload/job/1.0.0` exchange: every frame is `{v, type, body}`."""
+"""Frames of the `/offload/job/1.0.0` and `/offload/settle/1.0.0` exchanges: every frame is
+`{v, type, body}`."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from protocol.schema import Message, field, message
 from protocol.signing import MAX_SIGNED_SIZE, VERSION, is_version
 
 JOB_PROTOCOL = "/offload/job/1.0.0"
+SETTLE_PROTOCOL = "/offload/settle/1.0.0"
+MAX_OUTPUT_TEXT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
 
 ErrorCode = Literal[
     "bad_request", "bad_signature", "expired", "replayed", "wrong_provider",
     "busy", "no_sandbox", "too_large", "transfer_failed", "internal", "cancelled", "price",
-    "draining",
+    "draining", "payment",
 ]
 
 
@@ -129,11 +132,41 @@ class ErrorReply(Frame):
     retry_after_s: float | None = None
 
 
+@message
+class Output(Frame):
+    """Provider -> requester while the job runs: new stdout or stderr text (capped)."""
+
+    type_name: ClassVar[str] = "output"
+    stream: Literal["stdout", "stderr"]
+    text: str = field(max_len=MAX_OUTPUT_TEXT)
+
+
+@message
+class Settle(Frame):
+    """Requester -> provider on `/offload/settle/1.0.0`: the signed Receipt of a job and,
+    when it released a payment, the cumulative Cheque (empty otherwise)."""
+
+    type_name: ClassVar[str] = "settle"
+    receipt: bytes = field(max_len=4096)
+    cheque: bytes = field(max_len=4096)
+
+
+@message
+class SettleAck(Frame):
+    """Provider -> requester: receipt and cheque verified and stored."""
+
+    type_name: ClassVar[str] = "settle_ack"
+    job_id: str = field(max_len=64)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
 F = TypeVar("F", bound=Frame)
 
 FRAME_TYPES: dict[str, type[Frame]] = {
     t.type_name: t for t in (SubmitJob, QuoteOffer, QuoteAccept, Queued, Accepted, Chunk,
-                             Running, ResultReady, ErrorReply)
+                             Running, ResultReady, ErrorReply, Output, Settle, SettleAck)
 }
 
 

@@ -19,11 +19,16 @@ def _doc(result: Any) -> Any:
 
 
 def test_redundancy_outvotes_a_cheater_who_is_then_banned_and_fails_canaries(
-        network: Network) -> None:
-    a = network.start_provider()
-    b = network.start_provider(bootstrap=a["addr"])
-    cheat = network.start_provider(bootstrap=b["addr"], fault="cheat")
+        network: Network, tmp_path: Path) -> None:
+    priced = tmp_path / "priced.toml"
+    priced.write_text(PRICED)
+    extra = ["--config", str(priced)]
+    a = network.start_provider(extra=extra)
+    b = network.start_provider(bootstrap=a["addr"], extra=extra)
+    cheat = network.start_provider(bootstrap=b["addr"], fault="cheat", extra=extra)
     boot = ["--bootstrap", a["addr"], "--timeout", "60"]
+    for home in ("requester", "fresh"):
+        _doc(network.offload("ledger", "deposit", "5", "--json", home=home))
 
     doc = _doc(network.offload("submit", SQUARE, "7", "--redundancy", "3", *boot, "--json"))
     assert doc["stdout"] == "49\n"
@@ -31,10 +36,18 @@ def test_redundancy_outvotes_a_cheater_who_is_then_banned_and_fails_canaries(
     agreed = {r["provider"]: r["agreed"] for r in doc["replicas"]}
     assert agreed == {a["peer_id"]: True, b["peer_id"]: True, cheat["peer_id"]: False}
     assert doc["provider"] != cheat["peer_id"]
+    # The two who agreed are paid; the cheater is refused payment and reported.
+    jobs = {j["provider"]: j for j in _doc(network.offload("jobs", "--json"))}
+    assert jobs[cheat["peer_id"]]["status"] == "refunded"
+    assert jobs[cheat["peer_id"]]["reason"] == "rejected"
+    assert {jobs[p["peer_id"]]["status"] for p in (a, b)} == {"released"}
+    assert doc["paid"] == 2 * doc["charged"]
 
     offers = _doc(network.offload("offers", *boot[:2], "--json"))
     banned = {o["peer_id"]: o["banned"] for o in offers}
     assert banned[cheat["peer_id"]] is True and banned[a["peer_id"]] is False
+    reputation = {o["peer_id"]: o["score"]["reputation"] for o in offers}
+    assert reputation[cheat["peer_id"]] < 0.5 < reputation[a["peer_id"]]
     refused = network.offload("submit", SQUARE, "3", "--provider", cheat["peer_id"], *boot)
     assert refused.returncode == 2 and "banned for wrong results" in refused.stderr
 
@@ -56,10 +69,25 @@ def test_a_provider_that_dies_is_replaced_and_a_map_survives_another(
     dies = network.start_provider(bootstrap=b["addr"], fault="die")  # free: ranked first
     boot = ["--bootstrap", a["addr"], "--timeout", "60"]
 
+    broke = network.offload("submit", SQUARE, "12", "--provider", a["peer_id"], *boot)
+    assert broke.returncode == 2 and "offload ledger deposit" in broke.stderr
+    _doc(network.offload("ledger", "deposit", "5", "--json"))
+
     doc = _doc(network.offload("submit", SQUARE, "12", *boot, "--json"))
     assert doc["stdout"] == "144\n"
     assert [r["provider"] for r in doc["retries"]] == [dies["peer_id"]]
     assert doc["provider"] in {a["peer_id"], b["peer_id"]}
+    assert doc["paid"] == doc["charged"] > 0
+    jobs = _doc(network.offload("jobs", "--json"))
+    assert [(j["status"], j["verified"]) for j in jobs if j["job_id"] == doc["job_id"]] == [
+        ("released", True)]
+    balance = _doc(network.offload("ledger", "balance", "--json"))
+    assert balance["escrow"] == "0.000000"
+    assert float(balance["available"]) + float(balance["paid"]) == 5.0
+    payee = "p1" if doc["provider"] == a["peer_id"] else "p2"
+    earned = _doc(network.offload("ledger", "balance", "--json", home=payee))
+    assert round(float(earned["earned"]) * 1e6) == doc["charged"]
+    assert _doc(network.offload("ledger", "verify", "--json", home=payee))["valid"] is True
     assert dies["proc"].wait(timeout=10) == 17
     seen = json.loads((network.root / "requester" / "peers.json").read_text())
     assert seen["rtt_ms"][doc["provider"]] > 0  # pinged before the job was sent
@@ -76,6 +104,11 @@ def test_a_provider_that_dies_is_replaced_and_a_map_survives_another(
     assert dies2["peer_id"] in doc["workers"]
     assert {r["provider"] for r in doc["items"]} <= {a["peer_id"], b["peer_id"]}
     assert (out / "3" / "result.msgpack").is_file()
+    balance = _doc(network.offload("ledger", "balance", "--json"))
+    assert balance["escrow"] == "0.000000"  # every copy was paid once or refunded
+    released = [j for j in _doc(network.offload("jobs", "--json")) if j["status"] == "released"]
+    assert len(released) == 1 + 8
+    assert _doc(network.offload("ledger", "verify", "--json"))["valid"] is True
 
 
 def _seed_benchmark(home: Path, tflops: float) -> None:

@@ -33,11 +33,14 @@ from protocol.wire import (
     Chunk,
     ErrorReply,
     Frame,
+    Output,
     Queued,
     QuoteAccept,
     QuoteOffer,
     ResultReady,
     Running,
+    Settle,
+    SettleAck,
     SubmitJob,
     decode,
     encode,
@@ -65,6 +68,10 @@ def all_frames(build: Any) -> list[Frame]:
         ErrorReply(code="busy", message="provider is at capacity; retry later",
                    retry_after_s=30.0),
         ErrorReply(code="bad_signature", message="spec signature did not verify"),
+        Output(stream="stdout", text="step 1 loss 0.5\n"),
+        Output(stream="stderr", text=""),
+        Settle(receipt=b"r" * 100, cheque=b""),
+        SettleAck(job_id=DIGEST),
     ]
 
 
