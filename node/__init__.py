@@ -22,5 +22,42 @@ client.py      a requester-side node session (host, DHT client, bootstrap)
 demo.py        `offload demo`: a local network and a torch job
 cli.py         the `offload` command
 errors.py      one error root: UserError (local) vs RemoteError (a peer)
+api.py         the Python API: `async with Requester(...)`: offers, submit, map, plan, events
+remote.py      `@remote` functions: .remote(), .map(), .call(), .local()
+values.py      @remote's sandbox-side wrapper and the strict decoder of return values
+sync.py        the blocking facade (a trio loop in a helper thread), SyncRequester
 sandbox/       job isolation (see its package docstring)
+
+`from node import Requester, remote, Result, Job` loads the API on first use, so the
+CLI does not pay for it.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node.api import Job, JobFailed, MapItemFailed, Offer, Requester, Result
+    from node.remote import RemoteFunction, remote
+    from node.sync import SyncRequester
+    from node.values import RemoteFunctionError, ReturnValueRejected
+
+__all__ = ["Job", "JobFailed", "MapItemFailed", "Offer", "RemoteFunction",
+           "RemoteFunctionError", "Requester", "Result", "ReturnValueRejected",
+           "SyncRequester", "remote"]
+_LAZY = {"Job": "node.api", "JobFailed": "node.api", "MapItemFailed": "node.api",
+         "Offer": "node.api", "Requester": "node.api", "Result": "node.api",
+         "RemoteFunction": "node.remote", "remote": "node.remote",
+         "SyncRequester": "node.sync", "RemoteFunctionError": "node.values",
+         "ReturnValueRejected": "node.values"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'node' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
