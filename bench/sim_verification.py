@@ -3,14 +3,23 @@
 Usage: .venv/bin/python bench/sim_verification.py [--providers N] [--jobs N] [--json-only]
 
 Virtual providers have a speed, price, failure rate and region; a share are cheaters who
-return a wrong digest with probability p_cheat per job. Some cheaters are "sleepers": they
-behave for `sleep_jobs` jobs to earn trust, then cheat, and go back to behaving after each
-time they are caught. Each policy runs the same job stream:
+return a wrong digest with probability p_cheat per job. Some cheaters are "sleepers" that
+behave until trusted, then cheat, and behave again after each catch. Two sleeper models:
+  jobs     behave for `sleep_jobs` jobs (the original model)
+  trusted  behave until the requester checks them only at the floor probability (they are
+           told their own trust state: the worst case)
+Each policy runs the same job stream:
   none        trust the first result
   redundancy  2-of-2, a 3rd (and further) replica on disagreement
-  adaptive    BOINC adaptive replication (threshold 10, 1/cv) + blacklisting
-"caught" = wrong results that were not accepted; "extra compute" = result-producing runs
-beyond one per job. The baseline (none) runs in the same process on the same stream.
+  adaptive    BOINC adaptive replication (threshold 10, 1/cv, floor 0.05) + blacklisting
+  escrow      adaptive + `Escrow`: unreplicated results are held unpaid for `hold_s`; a
+              caught provider's held results are seized and re-run as new jobs (the
+              re-runs are verified like any job and may land on cheaters too)
+Counts cover the jobs of the measured span; the stream then goes on for a drain of
+`rate * hold_s` jobs (not counted) so every held result either settles or is seized.
+"caught" = wrong results rejected by a quorum or seized before they settled; wrong
+results still held at the very end are reported as pending and counted as not caught.
+"extra compute" = result-producing runs beyond one per job, re-runs included.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -27,10 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scheduler.verification import Policy, exact
+from scheduler.verification import Escrow, Policy, TrustTracker, exact
 
-AUDIT_DEPTH = 64  # unverified results remembered per peer for the audit on a catch
 REGIONS = ("eu", "us", "asia", "sa", "af")
+MODES = ("none", "redundancy", "adaptive", "escrow")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,8 +64,10 @@ class SimConfig:
     cheaters: float = 0.2
     p_cheat: float = 0.5
     sleepers: float = 0.25  # share of the cheaters that build trust first
+    sleeper_mode: str = "jobs"  # or "trusted"
     sleep_jobs: int = 20
     rate: float = 5.0  # jobs per simulated second
+    hold_s: float = 2000.0  # escrow hold
     assign: str = "random"  # or "cheapest": cheapest of 8 random eligible providers
     collude: bool = False  # cheaters return the same wrong digest for a job
     seed: int = 1
@@ -63,44 +75,45 @@ class SimConfig:
 
 @dataclasses.dataclass(slots=True)
 class Counts:
-    """Counters over a span of jobs."""
+    """Counters over the measured span."""
 
     jobs: int = 0
     runs: int = 0
+    redo_runs: int = 0
     failed_runs: int = 0
     cost: float = 0.0
     wrong: int = 0
-    wrong_accepted: int = 0
-    jobs_wrong: int = 0
+    caught_quorum: int = 0
+    seized: int = 0
+    slipped: int = 0
+    pending: int = 0
     unresolved: int = 0
     sleeper_wrong: int = 0
-    sleeper_wrong_accepted: int = 0
-    audit_runs: int = 0
-    recovered: int = 0
+    sleeper_slipped: int = 0
 
     def report(self) -> dict[str, float | int | None]:
         """Shares and percentages for the report."""
         def share(a: int, b: int) -> float | None:
             return None if b == 0 else round(a / b, 5)
 
-        caught = share(self.wrong - self.wrong_accepted, self.wrong)
+        caught = self.caught_quorum + self.seized
         return {
             "jobs": self.jobs,
             "wrong_results": self.wrong,
-            "wrong_accepted": self.wrong_accepted,
-            "accepted_share": share(self.wrong_accepted, self.wrong),
-            "caught_share": caught,
-            "jobs_with_wrong_answer_per_1000": round(1000 * self.jobs_wrong / self.jobs, 3),
+            "caught_by_quorum": self.caught_quorum,
+            "seized_from_escrow": self.seized,
+            "slipped": self.slipped,
+            "pending_at_end": self.pending,
+            "caught_share": share(caught, self.wrong),
+            "wrong_accepted": self.slipped + self.pending,
+            "accepted_share": share(self.slipped + self.pending, self.wrong),
             "unresolved_jobs": self.unresolved,
-            "extra_compute_pct": round(100 * (self.runs - self.jobs) / self.jobs, 2),
+            "extra_compute_pct": round(100 * (self.runs - self.jobs) / max(self.jobs, 1), 2),
+            "rerun_compute_pct": round(100 * self.redo_runs / max(self.jobs, 1), 2),
             "failed_runs": self.failed_runs,
-            "cost_per_job": round(self.cost / self.jobs, 4),
+            "cost_per_job": round(self.cost / max(self.jobs, 1), 4),
             "sleeper_wrong_results": self.sleeper_wrong,
-            "sleeper_slip_share": share(self.sleeper_wrong_accepted, self.sleeper_wrong),
-            "audit_compute_pct": round(100 * self.audit_runs / self.jobs, 2),
-            "recovered_by_audit": self.recovered,
-            "caught_share_after_audit": share(
-                self.wrong - self.wrong_accepted + self.recovered, self.wrong),
+            "sleeper_slip_share": share(self.sleeper_slipped, self.sleeper_wrong),
         }
 
 
@@ -117,21 +130,55 @@ def make_providers(cfg: SimConfig, rng: random.Random) -> list[Provider]:
             for i, kind in enumerate(kinds)]
 
 
+class Cheating:
+    """Whether a provider cheats on its next job (the sleeper models live here)."""
+
+    def __init__(self, cfg: SimConfig, providers: list[Provider], tracker: TrustTracker,
+                 rng: random.Random) -> None:
+        self.cfg, self.tracker, self.rng = cfg, tracker, rng
+        self.kind = {p.id: p.kind for p in providers}
+        self.honest_left = {p.id: cfg.sleep_jobs for p in providers if p.kind == "sleeper"}
+
+    def cheats(self, peer: str) -> bool:
+        kind = self.kind[peer]
+        if kind == "honest":
+            return False
+        if kind == "sleeper":
+            if self.cfg.sleeper_mode == "trusted":
+                floor = self.tracker.min_probability
+                if self.tracker.replicate_probability(peer) > floor:
+                    return False
+            elif self.honest_left[peer] > 0:
+                self.honest_left[peer] -= 1
+                return False
+        return self.rng.random() < self.cfg.p_cheat
+
+    def caught(self, peer: str) -> None:
+        if peer in self.honest_left:
+            self.honest_left[peer] = self.cfg.sleep_jobs  # behave again to rebuild trust
+
+
+# a held result: (counted in the measured span, wrong, by a sleeper)
+Held = tuple[bool, bool, bool]
+
+
 def simulate(cfg: SimConfig, mode: str) -> dict[str, object]:
-    """Run the job stream under one policy; returns whole-run and last-half counts."""
+    """Run the job stream under one policy; returns whole-run and measured-span counts."""
     rng = random.Random(cfg.seed)
     providers = make_providers(cfg, rng)
     rng = random.Random(f"{cfg.seed}/{mode}")  # same market, independent draws per policy
     policy = {"none": Policy.none, "redundancy": Policy.redundancy,
-              "adaptive": Policy.adaptive}[mode]()
-    blacklisting = mode == "adaptive"
+              "adaptive": Policy.adaptive, "escrow": Policy.adaptive}[mode]()
     tracker = policy.tracker
-    # sleepers: honest jobs still to do before cheating; reset when caught
-    honest_left = {p.id: cfg.sleep_jobs for p in providers if p.kind == "sleeper"}
-    kind_of = {p.id: p.kind for p in providers}
+    blacklisting = mode in ("adaptive", "escrow")
+    escrow: Escrow[Held] | None = Escrow(hold_s=cfg.hold_s) if mode == "escrow" else None
+    cheating = Cheating(cfg, providers, tracker, rng)
     whole, late = Counts(), Counts()
-    # caller-side audit: a peer's recent unreplicated accepted results, re-run when caught
-    unverified: dict[str, deque[bool]] = {}
+    drain = math.ceil(cfg.rate * cfg.hold_s) if escrow is not None else 0
+    redo: deque[bool] = deque()  # seized results to re-run: counted span or not
+
+    def spans(counted: bool) -> tuple[Counts, ...]:
+        return (whole, late) if counted else (whole,)
 
     def pick(now: float, used: set[str], cheapest: bool) -> Provider:
         best: Provider | None = None
@@ -146,37 +193,30 @@ def simulate(cfg: SimConfig, mode: str) -> dict[str, object]:
             if not cheapest or draws >= 8:
                 return best
 
-    for job in range(cfg.jobs):
-        now = job / cfg.rate
-        spans = (whole, late) if job >= cfg.jobs // 2 else (whole,)
+    def run_job(job: int, now: float, counted: bool, is_redo: bool) -> None:
         used: set[str] = set()
         results: list[tuple[str, Mapping[str, str]]] = []
         wrong_by: dict[str, bool] = {}
+        sp = spans(counted)
 
-        def run_one(first: bool, *, now: float = now, job: int = job,
-                    used: set[str] = used, results: list[tuple[str, Mapping[str, str]]]
-                    = results, wrong_by: dict[str, bool] = wrong_by,
-                    spans: tuple[Counts, ...] = spans) -> Provider:
+        def run_one(first: bool) -> Provider:
             while True:
                 p = pick(now, used, first and cfg.assign == "cheapest")
                 used.add(p.id)
-                for c in spans:
+                for c in sp:
                     c.cost += p.price / p.speed
                 if rng.random() < p.fail_rate:
-                    for c in spans:
+                    for c in sp:
                         c.failed_runs += 1
                     continue
-                if p.kind == "sleeper" and honest_left[p.id] > 0:
-                    honest_left[p.id] -= 1
-                    cheat = False
-                else:
-                    cheat = p.kind != "honest" and rng.random() < cfg.p_cheat
+                cheat = cheating.cheats(p.id)
                 digest = (f"bad-{job}" if cfg.collude else f"bad-{job}-{p.id}") if cheat \
                     else f"ok-{job}"
                 results.append((p.id, {"out": digest}))
                 wrong_by[p.id] = cheat
-                for c in spans:
+                for c in sp:
                     c.runs += 1
+                    c.redo_runs += is_redo
                     c.wrong += cheat
                     c.sleeper_wrong += cheat and p.kind == "sleeper"
                 return p
@@ -189,92 +229,122 @@ def simulate(cfg: SimConfig, mode: str) -> dict[str, object]:
         while policy.needs_more(verdict, len(results)):
             run_one(False)
             verdict = policy.judge(results, planned=planned, same=exact, now=now)
+        for c in sp:
+            c.jobs += not is_redo
+            c.unresolved += verdict.accepted is None
+            c.caught_quorum += sum(wrong_by[p] for p in (
+                verdict.disagreeing if verdict.accepted is not None else wrong_by))
         for peer in verdict.disagreeing:
-            if kind_of[peer] == "sleeper":
-                honest_left[peer] = cfg.sleep_jobs  # caught: behave again to rebuild trust
-            audit = unverified.pop(peer, deque())
-            for c in spans:
-                c.audit_runs += len(audit)
-                c.recovered += sum(audit)
-        if planned == 1 and mode == "adaptive" and verdict.accepted is not None:
-            unverified.setdefault(first.id, deque(maxlen=AUDIT_DEPTH)).append(
-                wrong_by[first.id])
-        for c in spans:
-            c.jobs += 1
-            if verdict.accepted is None:
-                c.unresolved += 1
-                continue
-            bad = [peer for peer in verdict.agreeing if wrong_by[peer]]
-            c.wrong_accepted += len(bad)
-            c.jobs_wrong += bool(bad)
-            c.sleeper_wrong_accepted += sum(kind_of[peer] == "sleeper" for peer in bad)
+            cheating.caught(peer)
+            if escrow is not None:
+                for was_counted, wrong, _ in escrow.seize(peer):
+                    redo.append(was_counted)
+                    for c in spans(was_counted):
+                        c.seized += wrong
+        if verdict.accepted is None:
+            return
+        if escrow is not None and len(verdict.providers) == 1:
+            sleeper = cheating.kind[first.id] == "sleeper"
+            for peer, item in escrow.hold(first.id, (counted, wrong_by[first.id], sleeper),
+                                          now):
+                settle(peer, item)
+            return
+        for peer in verdict.agreeing:  # verified (or unchecked without escrow): final
+            settle(peer, (counted, wrong_by[peer], cheating.kind[peer] == "sleeper"))
+
+    def settle(peer: str, item: Held) -> None:
+        counted, wrong, sleeper = item
+        for c in spans(counted):
+            c.slipped += wrong
+            c.sleeper_slipped += wrong and sleeper
+
+    for job in range(cfg.jobs + drain):
+        now = job / cfg.rate
+        if escrow is not None:
+            for peer, item in escrow.settle(now):
+                settle(peer, item)
+        while redo:
+            run_job(job, now, redo.popleft(), True)
+        run_job(job, now, cfg.jobs // 2 <= job < cfg.jobs, False)
+    if escrow is not None:
+        for peer in {p.id for p in providers}:
+            for counted, wrong, sleeper in escrow.seize(peer):
+                for c in spans(counted):
+                    c.pending += wrong
+                    c.sleeper_slipped += wrong and sleeper
     return {"whole_run": whole.report(), "last_half": late.report(),
-            "tracked_peers": len(tracker)}
+            "drain_jobs": drain, "tracked_peers": len(tracker)}
 
 
-def run_all(cfg: SimConfig) -> dict[str, object]:
-    """All three policies on the same market and job stream."""
+def run_all(cfg: SimConfig, modes: tuple[str, ...] = MODES) -> dict[str, object]:
+    """The policies on the same market and job stream."""
     return {"config": dataclasses.asdict(cfg),
-            "policies": {mode: simulate(cfg, mode)
-                         for mode in ("none", "redundancy", "adaptive")}}
+            "policies": {mode: simulate(cfg, mode) for mode in modes}}
 
 
 def table(result: Mapping[str, object]) -> str:
-    """A markdown table of one scenario."""
+    """A markdown table of one scenario (the measured span)."""
     policies = result["policies"]
     assert isinstance(policies, dict)
-    rows = ["| policy | span | wrong results | accepted | caught | wrong answers / 1000 jobs "
-            "| extra compute | sleeper slip | caught after audit (audit compute) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| policy | wrong results | caught (quorum + seized) | slipped + pending "
+            "| extra compute (re-runs) | sleeper slip |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for mode, spans in policies.items():
-        for span in ("whole_run", "last_half"):
-            r = spans[span]
+        r = spans["last_half"]
 
-            def pct(x: object) -> str:
-                return "n/a" if x is None else f"{100 * float(str(x)):.2f}%"
+        def pct(x: object) -> str:
+            return "n/a" if x is None else f"{100 * float(str(x)):.2f}%"
 
-            rows.append(f"| {mode} | {span} | {r['wrong_results']} | {r['wrong_accepted']} | "
-                        f"{pct(r['caught_share'])} | {r['jobs_with_wrong_answer_per_1000']} | "
-                        f"{r['extra_compute_pct']}% | {pct(r['sleeper_slip_share'])} | "
-                        f"{pct(r['caught_share_after_audit'])} ({r['audit_compute_pct']}%) |")
+        rows.append(f"| {mode} | {r['wrong_results']} | {pct(r['caught_share'])} "
+                    f"({r['caught_by_quorum']} + {r['seized_from_escrow']}) | "
+                    f"{r['slipped']} + {r['pending_at_end']} | {r['extra_compute_pct']}% "
+                    f"({r['rerun_compute_pct']}%) | {pct(r['sleeper_slip_share'])} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the default scenario and a dense one (fewer providers, reputations settle)."""
+    """Run the scenarios; JSON on stdout, tables on stderr."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--providers", type=int, default=5000)
-    ap.add_argument("--dense-providers", type=int, default=500,
-                    help="providers in the second scenario (0 to skip)")
+    ap.add_argument("--providers", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=50_000)
     ap.add_argument("--cheaters", type=float, default=0.2)
     ap.add_argument("--p-cheat", type=float, default=0.5)
     ap.add_argument("--sleepers", type=float, default=0.25)
     ap.add_argument("--sleep-jobs", type=int, default=20)
     ap.add_argument("--rate", type=float, default=5.0)
+    ap.add_argument("--hold-s", type=float, default=2000.0)
     ap.add_argument("--assign", choices=("random", "cheapest"), default="random")
     ap.add_argument("--collude", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="only the main scenarios")
     ap.add_argument("--json-only", action="store_true")
     a = ap.parse_args(argv)
     base = SimConfig(providers=a.providers, jobs=a.jobs, cheaters=a.cheaters,
                      p_cheat=a.p_cheat, sleepers=a.sleepers, sleep_jobs=a.sleep_jobs,
-                     rate=a.rate, assign=a.assign, collude=a.collude, seed=a.seed)
-    configs = {"default": base}
-    if a.dense_providers:
-        configs["dense"] = dataclasses.replace(base, providers=a.dense_providers)
-        configs["dense_no_sleepers"] = dataclasses.replace(configs["dense"], sleepers=0.0)
+                     rate=a.rate, hold_s=a.hold_s, assign=a.assign, collude=a.collude,
+                     seed=a.seed)
+    configs = {"sleepers_jobs": base,
+               "sleepers_trusted": dataclasses.replace(base, sleeper_mode="trusted"),
+               "no_sleepers": dataclasses.replace(base, sleepers=0.0)}
+    if not a.quick:
+        configs["all_sleepers_trusted"] = dataclasses.replace(
+            base, sleepers=1.0, sleeper_mode="trusted")
+        configs["hold_half"] = dataclasses.replace(base, hold_s=base.hold_s / 2)
+        configs["hold_double"] = dataclasses.replace(base, hold_s=base.hold_s * 2)
+        configs["providers_x2.5"] = dataclasses.replace(  # reputations not yet settled
+            base, providers=round(2.5 * base.providers))
     t0 = time.perf_counter()
     out: dict[str, object] = {name: run_all(cfg) for name, cfg in configs.items()}
     out["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(out, indent=2))
     if not a.json_only:
-        for name in configs:
+        for name, cfg in configs.items():
             scenario = out[name]
             assert isinstance(scenario, dict)
-            cfg = configs[name]
-            print(f"\n### {name}: {cfg.providers} providers, {cfg.jobs} jobs, "
-                  f"sleepers {cfg.sleepers:.0%} of cheaters\n",
+            per = cfg.rate * cfg.hold_s / cfg.providers
+            print(f"\n### {name}: {cfg.providers} providers, {cfg.jobs} jobs (last half "
+                  f"measured), sleepers {cfg.sleepers:.0%} of cheaters ({cfg.sleeper_mode}),"
+                  f" hold {cfg.hold_s:g} s = ~{per:.0f} jobs per provider\n",
                   file=sys.stderr)
             print(table(scenario), file=sys.stderr)
     return 0

@@ -9,6 +9,13 @@ it a job is replicated with probability 1/cv (floored). A provider caught return
 wrong result loses its count and is blacklisted with exponential backoff (15 s doubling
 per repeat, capped at one day, like Petals' server bans).
 
+Spot checks alone cannot stop a provider that behaves until trusted and then cheats: with
+a check probability q it slips ~1/q wrong results per catch. `Escrow` closes that gap:
+results accepted without replication are held unpaid for `hold_s`; when the provider is
+caught, `seize` hands back every result of its still held, and the caller re-runs them
+elsewhere and pays none of them. A result is only lost to a cheater that is not caught
+within the hold.
+
 What this module does NOT do: withhold payment, write ledger entries or report the peer.
 `Verdict.disagreeing` names the providers a quorum outvoted; the caller rejects their
 results (no receipt, no payment), calls `Policy.punish` and records the evidence.
@@ -20,7 +27,7 @@ import dataclasses
 import enum
 import math
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -311,3 +318,64 @@ class Policy:
         Returns the ban's end. The caller also withholds payment and reports the peer.
         """
         return self.tracker.record_mismatch(peer, now)
+
+
+class Escrow(Generic[T]):
+    """Unreplicated results held unpaid until `hold_s` has passed, per provider.
+
+    `hold` when a single result is accepted; `settle(now)` returns the results whose hold
+    ended (pay them now); `seize(peer)` returns and forgets every held result of a caught
+    provider (re-run them, pay none). A provider with `max_per_peer` results held gets
+    its oldest settled early by `hold`, so memory stays bounded; keep it above the jobs a
+    provider can take in `hold_s`.
+    """
+
+    __slots__ = ("_by_peer", "_next", "_queue", "hold_s", "max_per_peer")
+
+    def __init__(self, *, hold_s: float, max_per_peer: int = 4096) -> None:
+        if not (math.isfinite(hold_s) and hold_s >= 0) or max_per_peer < 1:
+            raise ValueError("Escrow needs a finite hold_s >= 0 and max_per_peer >= 1")
+        self.hold_s = hold_s
+        self.max_per_peer = max_per_peer
+        self._next = 0
+        self._by_peer: dict[str, OrderedDict[int, T]] = {}
+        self._queue: deque[tuple[float, str, int]] = deque()  # (settles at, peer, id)
+
+    def __len__(self) -> int:
+        return sum(len(items) for items in self._by_peer.values())
+
+    def held(self, peer: str) -> int:
+        """How many of the peer's results are held."""
+        return len(self._by_peer.get(peer, ()))
+
+    def hold(self, peer: str, item: T, now: float) -> list[tuple[str, T]]:
+        """Hold one result; returns results settled early to respect `max_per_peer`.
+
+        `now` must not go backwards between calls.
+        """
+        items = self._by_peer.setdefault(peer, OrderedDict())
+        items[self._next] = item
+        self._queue.append((now + self.hold_s, peer, self._next))
+        self._next += 1
+        early: list[tuple[str, T]] = []
+        while len(items) > self.max_per_peer:
+            early.append((peer, items.popitem(last=False)[1]))
+        return early
+
+    def settle(self, now: float) -> list[tuple[str, T]]:
+        """Results whose hold ended by `now`, oldest first: pay them."""
+        out: list[tuple[str, T]] = []
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            _, peer, key = queue.popleft()
+            items = self._by_peer.get(peer)
+            if items is not None and key in items:
+                out.append((peer, items.pop(key)))
+                if not items:
+                    del self._by_peer[peer]
+        return out
+
+    def seize(self, peer: str) -> list[T]:
+        """Every held result of a caught provider, oldest first; none will settle."""
+        items = self._by_peer.pop(peer, None)
+        return [] if items is None else list(items.values())

@@ -12,6 +12,7 @@ from bench.sim_verification import SimConfig, simulate
 from scheduler.verification import (
     DAY_S,
     CanaryBook,
+    Escrow,
     Mode,
     Policy,
     TrustTracker,
@@ -250,3 +251,40 @@ def test_simulation_adaptive_catches_cheaters() -> None:
 def test_simulation_is_deterministic() -> None:
     cfg = SimConfig(providers=50, jobs=500, seed=2)
     assert simulate(cfg, "adaptive") == simulate(cfg, "adaptive")
+
+
+def test_escrow_settles_after_the_hold_and_seizes_on_catch() -> None:
+    e: Escrow[str] = Escrow(hold_s=10.0)
+    assert e.hold("a", "a1", now=0.0) == [] and e.hold("b", "b1", now=1.0) == []
+    e.hold("a", "a2", now=5.0)
+    assert (len(e), e.held("a"), e.held("z")) == (3, 2, 0)
+    assert e.settle(9.9) == []
+    assert e.settle(11.0) == [("a", "a1"), ("b", "b1")]
+    assert e.seize("a") == ["a2"] and e.seize("a") == []
+    assert e.settle(100.0) == []  # a seized result never settles
+    assert len(e) == 0
+
+
+def test_escrow_caps_held_results_per_peer() -> None:
+    e: Escrow[int] = Escrow(hold_s=60.0, max_per_peer=2)
+    assert e.hold("a", 1, now=0.0) == [] and e.hold("a", 2, now=0.0) == []
+    assert e.hold("a", 3, now=1.0) == [("a", 1)]  # oldest settles early
+    assert e.settle(1000.0) == [("a", 2), ("a", 3)]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"hold_s": -1.0}, "finite hold_s >= 0"), ({"hold_s": INF}, "finite hold_s >= 0"),
+    ({"hold_s": 1.0, "max_per_peer": 0}, "max_per_peer >= 1")])
+def test_escrow_rejects_bad_settings(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Escrow(**kwargs)  # type: ignore[arg-type]
+
+
+def test_simulation_escrow_catches_sleepers_that_adaptive_misses() -> None:
+    cfg = SimConfig(providers=60, jobs=8000, sleepers=1.0, hold_s=2000.0, seed=3)
+    adaptive = simulate(cfg, "adaptive")["last_half"]
+    escrow = simulate(cfg, "escrow")["last_half"]
+    assert isinstance(adaptive, dict) and isinstance(escrow, dict)
+    assert escrow["wrong_results"] > 0
+    assert adaptive["caught_share"] < 0.9 < 0.98 < escrow["caught_share"]
+    assert escrow["rerun_compute_pct"] > 0
