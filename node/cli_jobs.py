@@ -29,7 +29,7 @@ OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out
                       "--cpus", "--memory", "--disk", "--gpus", "--max-price", "--runtime",
                       "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
                       "--gflop", "--items", "--workers"}
-FLAGS = {"--json", "-h", "--help"}
+FLAGS = {"--json", "-h", "--help", "--follow"}
 SCRIPT_VERBS = ("submit", "plan", "map")
 
 
@@ -78,6 +78,9 @@ def register(sub: Any, cmd: Any) -> None:
                         "default: byte-identical")
     c.add_argument("--deadline", type=float, metavar="S",
                    help="give up after S seconds, retries included (default 2 x timeout)")
+    c.add_argument("--follow", action="store_true",
+                   help="stream the job's stdout/stderr while it runs (Ctrl-C cancels the "
+                        "job on the provider and refunds it)")
 
     c = cmd("plan", "decide whether SCRIPT should run here, on a provider, or split")
     _job_options(c)
@@ -187,6 +190,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import Placer, find_candidates, job_estimate
+    from node.progress import Reporter
 
     st = _setup(args, tuple(args.script_args))
     peers = PeerBook.load(st.home)
@@ -200,15 +204,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         async with open_client(st.identity, st.bootstrap) as (host, disc):
-            with _ledger(st) as ledger:
-                pay = Payments(ledger, host)
+            with _ledger(st) as ledger, Reporter(follow=args.follow, quiet=args.json) as show:
+                pay = Payments(ledger, host, emit=show)
                 ranked = await find_candidates(disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
                                                provider=args.provider,
                                                reputation=pay.reputations())
                 placer = Placer(host=host, peers=peers, policy=policy, same=same,
                                 canary=args.verify == "canary", rng=random.Random(),
-                                replicas=args.redundancy, payments=pay)
+                                replicas=args.redundancy, payments=pay, emit=show)
                 try:
                     placement = await placer.place(ranked, st.request, out, deadline_s=deadline)
                 finally:
@@ -239,8 +243,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc))
     else:
-        sys.stdout.write(r.stdout)
-        sys.stderr.write(r.stderr)
+        if not args.follow:
+            sys.stdout.write(r.stdout)
+            sys.stderr.write(r.stderr)
         agreed = sum(x.agreed for x in placement.replicas)
         extra = (f"; {agreed} of {len(placement.replicas)} providers agreed"
                  if len(placement.replicas) > 1 else "")
@@ -296,6 +301,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import find_candidates, job_estimate
+    from node.progress import Reporter
 
     try:
         items = [line.rstrip("\n") for line in args.items.read_text().splitlines()]
@@ -312,14 +318,15 @@ def cmd_map(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         async with open_client(st.identity, st.bootstrap) as (host, disc):
-            with _ledger(st) as ledger:
-                pay = Payments(ledger, host)
+            with _ledger(st) as ledger, Reporter(quiet=args.json) as show:
+                pay = Payments(ledger, host, emit=show)
                 ranked = await find_candidates(disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
                                                reputation=pay.reputations())
                 try:
                     report = await run_map(host, ranked, requests, args.out, peers=peers,
-                                           max_workers=max(1, args.workers), payments=pay)
+                                           max_workers=max(1, args.workers), payments=pay,
+                                           emit=show)
                 finally:
                     await pay.settle_all()
                 return report, pay.paid

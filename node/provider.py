@@ -30,9 +30,11 @@ from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
 from node.jobio import collect_outputs, receive_inputs
 from node.ledger_cli import LEDGER_FILE
+from node.live import LIVE_BACKLOG, forward_output, offer
 from node.metrics import ProviderMetrics, serve_metrics
 from node.peers import PeerBook
 from node.proximity import probe_forever
+from node.runner import output_sink
 from node.status import publish_forever
 from node.telemetry import HostSample, Telemetry
 from node.transfer import TransferFailed, send_file
@@ -429,7 +431,16 @@ class Provider:
                      spec.entrypoint)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeat, stream)
-                ex = await slot.run()
+                send, recv = trio.open_memory_channel[tuple[str, bytes]](LIVE_BACKLOG)
+                async with trio.open_nursery() as forwarding:
+                    forwarding.start_soon(forward_output, stream, recv)
+                    with send:
+                        token = output_sink.set(partial(offer, send))
+                        try:
+                            ex = await slot.run()
+                        finally:
+                            output_sink.reset(token)
+                    forwarding.cancel_scope.deadline = trio.current_time() + 2.0
                 nursery.cancel_scope.cancel()
             outputs = collect_outputs(slot.out_dir)
             proc = ex.process

@@ -6,6 +6,7 @@ bubblewrap runner replaces it behind the same `run_process` seam.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import resource
@@ -21,6 +22,12 @@ import trio
 from protocol.messages import MAX_OUTPUT_TEXT
 
 Outcome = Literal["ok", "failed", "timeout", "killed"]
+OutputSink = Callable[[Literal["stdout", "stderr"], bytes], None]
+
+output_sink: contextvars.ContextVar[OutputSink | None] = contextvars.ContextVar(
+    "output_sink", default=None)
+"""Set by the provider around a job's run: every chunk of the job's output as it comes
+(live logs). It lives in the task's context so the runners below need no new argument."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,16 +44,20 @@ class ProcessResult:
 
 
 class _Capped:
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, name: Literal["stdout", "stderr"]) -> None:
         self.cap = cap
+        self.name = name
         self.data = bytearray()
         self.truncated = False
 
     async def drain(self, stream: trio.abc.ReceiveStream) -> None:
+        sink = output_sink.get()
         while True:
             chunk = await stream.receive_some(65536)
             if not chunk:
                 return
+            if sink is not None:
+                sink(self.name, chunk)
             room = self.cap - len(self.data)
             if room > 0:
                 self.data += chunk[:room]
@@ -67,7 +78,7 @@ async def collect_output(proc: trio.Process, *, timeout_s: float, output_cap: in
     """Drain a process's capped stdout/stderr until it exits or `timeout_s` passes; after
     it exits, `on_exit` runs and the pipes get 1 s more. Returns (out, err, timed_out)."""
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = _Capped(output_cap), _Capped(output_cap)
+    out, err = _Capped(output_cap, "stdout"), _Capped(output_cap, "stderr")
     with trio.move_on_after(timeout_s) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(out.drain, proc.stdout)

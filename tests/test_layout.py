@@ -15,7 +15,7 @@ ALLOWED = {
     "scheduler": {"scheduler", "protocol", "numpy"},
     "ledger": {"ledger", "protocol"},
     "node": OURS | {"trio", "libp2p", "multiaddr", "platformdirs", "pynvml",
-                    "prometheus_client", "cloudpickle", "numpy"},
+                    "prometheus_client", "cloudpickle", "numpy", "rich"},
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -156,3 +158,29 @@ def test_plan_keeps_small_jobs_here_sends_big_ones_away_and_splits_many_items(
     assert set(offers[0]["score"]) == {"cost_credits", "seconds", "transfer_s", "rtt_ms",
                                        "reputation", "locality", "total"}
     assert offers[0]["score"]["total"] <= offers[1]["score"]["total"]
+
+
+def test_follow_streams_output_live_and_ctrl_c_kills_the_job_and_refunds_it(
+        network: Network, tmp_path: Path) -> None:
+    priced = tmp_path / "priced.toml"
+    priced.write_text(PRICED)
+    a = network.start_provider(extra=["--config", str(priced)])
+    _doc(network.offload("ledger", "deposit", "5", "--json"))
+    script = tmp_path / "slow_job_4f2a.py"
+    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(120)\n"
+                      "print('never')\n")
+    proc = network.offload_async("submit", str(script), "--follow", "--bootstrap", a["addr"],
+                                 "--timeout", "300")
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # arrives while the job still runs
+    assert first == "started\n"
+    assert subprocess.run(["pgrep", "-f", script.name], check=False).returncode == 0  # canary
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    deadline = time.monotonic() + 15
+    while subprocess.run(["pgrep", "-f", script.name], check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the job kept running after Ctrl-C"
+        time.sleep(0.2)
+    jobs = _doc(network.offload("jobs", "--json"))
+    assert [(j["status"], j["reason"]) for j in jobs] == [("refunded", "cancelled")]
+    assert _doc(network.offload("ledger", "balance", "--json"))["available"] == "5.000000"
