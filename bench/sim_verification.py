@@ -133,11 +133,11 @@ def make_providers(cfg: SimConfig, rng: random.Random) -> list[Provider]:
 class Cheating:
     """Whether a provider cheats on its next job (the sleeper models live here)."""
 
-    def __init__(self, cfg: SimConfig, providers: list[Provider], tracker: TrustTracker,
+    def __init__(self, cfg: SimConfig, kinds: Mapping[str, str], tracker: TrustTracker,
                  rng: random.Random) -> None:
         self.cfg, self.tracker, self.rng = cfg, tracker, rng
-        self.kind = {p.id: p.kind for p in providers}
-        self.honest_left = {p.id: cfg.sleep_jobs for p in providers if p.kind == "sleeper"}
+        self.kind = dict(kinds)
+        self.honest_left = {p: cfg.sleep_jobs for p, k in kinds.items() if k == "sleeper"}
 
     def cheats(self, peer: str) -> bool:
         kind = self.kind[peer]
@@ -172,7 +172,7 @@ def simulate(cfg: SimConfig, mode: str) -> dict[str, object]:
     tracker = policy.tracker
     blacklisting = mode in ("adaptive", "escrow")
     escrow: Escrow[Held] | None = Escrow(hold_s=cfg.hold_s) if mode == "escrow" else None
-    cheating = Cheating(cfg, providers, tracker, rng)
+    cheating = Cheating(cfg, {p.id: p.kind for p in providers}, tracker, rng)
     whole, late = Counts(), Counts()
     drain = math.ceil(cfg.rate * cfg.hold_s) if escrow is not None else 0
     redo: deque[bool] = deque()  # seized results to re-run: counted span or not

@@ -288,3 +288,15 @@ def test_simulation_escrow_catches_sleepers_that_adaptive_misses() -> None:
     assert escrow["wrong_results"] > 0
     assert adaptive["caught_share"] < 0.9 < 0.98 < escrow["caught_share"]
     assert escrow["rerun_compute_pct"] > 0
+
+
+def test_market_simulation_runs_and_is_deterministic() -> None:
+    from bench.sim_market import MarketConfig, run
+
+    cfg = MarketConfig(providers=60, jobs=150, seed=4)
+    first = run(cfg)["placers"]
+    assert isinstance(first, dict) and set(first) == {"oracle", "scoring", "cheapest"}
+    oracle, scoring = first["oracle"], first["scoring"]
+    assert oracle["wrong_results"] == 0 and oracle["verification_extra_compute_pct"] == 0.0
+    assert scoring["done_share"] > 0.9 and scoring["cost_vs_oracle"] > 0
+    assert run(cfg)["placers"] == first
