@@ -191,6 +191,10 @@ class Requester:
         from node.payments import Payments
         from node.peers import PeerBook
 
+        if not self.bootstrap:
+            raise UserError("no bootstrap peer: pass bootstrap=[\"/ip4/.../tcp/N/p2p/ID\"], "
+                            "set OFFLOAD_BOOTSTRAP, or list peers under [network] in "
+                            "requester.toml (OFFLOAD_REQUESTER_CONFIG)")
         self.identity, _ = init_identity(self.home)
         self.peers = PeerBook.load(self.home)
         async with AsyncExitStack() as stack:
@@ -428,10 +432,6 @@ class Requester:
         from node.verify import safe_join
 
         r = outcome.result
-        for stream, text in (("stdout", r.stdout), ("stderr", r.stderr)):
-            for line in text.splitlines():
-                self.emit(events.LogLine(job_id=r.job_id, provider=r.provider,
-                                         stream=stream, text=line))  # type: ignore[arg-type]
         return Result(
             job_id=r.job_id, provider=r.provider, status=r.status, exit_code=r.exit_code,
             stdout=r.stdout, stderr=r.stderr, out_dir=outcome.out_dir,

@@ -29,18 +29,19 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from node.api import CURRENT, Job, Requester, Result, Verify
-from node.errors import RemoteError, UserError
+from node.errors import NodeError, RemoteError, UserError
 from node.values import (
     ARGS_FILE,
     FUNCTION_FILE,
     RETURN_FILE,
     WRAPPER,
     WRAPPER_NAME,
+    RemoteFunctionError,
     decode_return,
     remote_error,
 )
@@ -101,8 +102,16 @@ class _MapMethod(Generic[R]):
     def __init__(self, fn: RemoteFunction[Any, R]) -> None:
         self._fn = fn
 
+    @overload
+    def __call__(self, *iterables: Iterable[Any],
+                 return_exceptions: Literal[False] = False) -> Iterator[R]: ...
+
+    @overload
+    def __call__(self, *iterables: Iterable[Any],
+                 return_exceptions: Literal[True]) -> Iterator[R | NodeError]: ...
+
     def __call__(self, *iterables: Iterable[Any], return_exceptions: bool = False
-                 ) -> Iterator[R | RemoteError]:
+                 ) -> Iterator[R | NodeError]:
         """Results in input order (like the builtin map, one argument per iterable)."""
         from node.sync import portal
 
@@ -110,8 +119,16 @@ class _MapMethod(Generic[R]):
             (args, {}) for args in zip(*iterables, strict=False)]
         yield from portal().run(self._fn._map, calls, return_exceptions)
 
+    @overload
+    def aio(self, *iterables: Iterable[Any],
+            return_exceptions: Literal[False] = False) -> AsyncIterator[R]: ...
+
+    @overload
+    def aio(self, *iterables: Iterable[Any],
+            return_exceptions: Literal[True]) -> AsyncIterator[R | NodeError]: ...
+
     async def aio(self, *iterables: Iterable[Any], return_exceptions: bool = False
-                  ) -> AsyncIterator[R | RemoteError]:
+                  ) -> AsyncIterator[R | NodeError]:
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (args, {}) for args in zip(*iterables, strict=False)]
         for value in await self._fn._map(calls, return_exceptions):
@@ -157,7 +174,7 @@ class RemoteFunction(Generic[P, R]):
         return self._finish(result)
 
     async def _map(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-                   return_exceptions: bool) -> list[R | RemoteError]:
+                   return_exceptions: bool) -> list[R | NodeError]:
         if not calls:
             return []
         with _staged(self.fn, calls) as (jobs_files, _):
@@ -165,14 +182,14 @@ class RemoteFunction(Generic[P, R]):
                 got = await r.map([self._job(*f) for f in jobs_files],
                                   workers=self.options.workers,
                                   return_exceptions=return_exceptions)
-        out: list[R | RemoteError] = []
+        out: list[R | NodeError] = []
         for item in got:
             if isinstance(item, RemoteError):
                 out.append(item)
                 continue
             try:
                 out.append(self._finish(item).value)
-            except RemoteError as exc:
+            except (RemoteError, RemoteFunctionError) as exc:
                 if not return_exceptions:
                     raise
                 out.append(exc)
