@@ -170,6 +170,19 @@ def _ledger(st: _Setup) -> Any:
     return Ledger.open(st.home / LEDGER_FILE, st.identity)
 
 
+def _recorder(ledger: Any) -> Any:
+    from ledger import LedgerError
+    from protocol import ProtocolError
+
+    async def record(raw: bytes) -> None:
+        try:
+            await trio.to_thread.run_sync(ledger.record_receipt, raw)
+        except (LedgerError, ProtocolError):
+            pass
+
+    return record
+
+
 def _policy(args: argparse.Namespace, peers: Any) -> Any:
     from scheduler.verification import Mode, Policy
 
@@ -187,6 +200,7 @@ def _policy(args: argparse.Namespace, peers: Any) -> Any:
 def cmd_submit(args: argparse.Namespace) -> int:
     from node.agree import exact, numeric
     from node.client import open_client
+    from node.gossip import open_gossip
     from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import Placer, find_candidates, job_estimate
@@ -203,9 +217,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     out = args.out or Path("offload-out") / f".pending-{os.getpid()}"
 
     async def go() -> Any:
-        async with open_client(st.identity, st.bootstrap) as (host, disc):
-            with _ledger(st) as ledger, Reporter(follow=args.follow, quiet=args.json) as show:
-                pay = Payments(ledger, host, emit=show)
+        with _ledger(st) as ledger, Reporter(follow=args.follow, quiet=args.json) as show:
+            async with open_client(st.identity, st.bootstrap) as (host, disc), \
+                    open_gossip(host, on_receipt=_recorder(ledger)) as gossip:
+                pay = Payments(ledger, host, emit=show, publish=gossip.publish)
                 ranked = await find_candidates(disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
                                                provider=args.provider,
@@ -297,6 +312,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_map(args: argparse.Namespace) -> int:
     from node.client import open_client
+    from node.gossip import open_gossip
     from node.mapper import run_map
     from node.payments import Payments
     from node.peers import PeerBook
@@ -317,9 +333,10 @@ def cmd_map(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     async def go() -> Any:
-        async with open_client(st.identity, st.bootstrap) as (host, disc):
-            with _ledger(st) as ledger, Reporter(quiet=args.json) as show:
-                pay = Payments(ledger, host, emit=show)
+        with _ledger(st) as ledger, Reporter(quiet=args.json) as show:
+            async with open_client(st.identity, st.bootstrap) as (host, disc), \
+                    open_gossip(host, on_receipt=_recorder(ledger)) as gossip:
+                pay = Payments(ledger, host, emit=show, publish=gossip.publish)
                 ranked = await find_candidates(disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
                                                reputation=pay.reputations())

@@ -109,3 +109,12 @@ async def fresh_get_value(dht: Any, key: str) -> bytes | None:
     if value is None and local is not None:
         return bytes(local.value)
     return value
+
+
+def announce_existing_peers(pubsub: Any, host: Any) -> int:
+    """Pubsub learns of peers only from connections opened after it was built: hand it the
+    ones already open (bootstrap peers), or those peers never hear our subscriptions."""
+    peers = list(host.get_network().connections)
+    for peer_id in peers:
+        pubsub.manager.run_task(pubsub._handle_new_peer_with_retry, peer_id)
+    return len(peers)

@@ -11,14 +11,13 @@ makes a second release impossible, so no job is ever paid twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import trio
 
 from ledger import Ledger, LedgerError, RefundReason
 from node import events
-from node.errors import RemoteError
 from node.events import Emit, ignore
 from node.host import Host
 from protocol import JobResult, Signed, wire
@@ -31,10 +30,13 @@ T = TypeVar("T")
 class Payments:
     """Escrow and settlement for one requester session (no ledger: nothing is charged)."""
 
-    def __init__(self, ledger: Ledger | None, host: Host, *, emit: Emit = ignore) -> None:
+    def __init__(self, ledger: Ledger | None, host: Host, *, emit: Emit = ignore,
+                 publish: Callable[[bytes], Awaitable[None]] | None = None) -> None:
         self.ledger = ledger
         self.host = host
         self.emit = emit
+        self.publish = publish
+        """Gossips each receipt (see gossip.py) besides sending it to its provider."""
         self._locked: set[str] = set()
         self.paid = 0
         """Micro-credits released in this session."""
@@ -109,6 +111,9 @@ class Payments:
 
     async def _tell(self, provider: str, receipt: bytes, cheque: bytes, job_id: str) -> None:
         """Best effort: the ledger entry is already final; the provider may ask again."""
+        if self.publish is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT_S):
+                await self.publish(receipt)
         with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT_S):
             try:
                 stream = await self.host.open_stream(provider, wire.SETTLE_PROTOCOL)
@@ -120,6 +125,6 @@ class Payments:
                 if isinstance(reply, wire.ErrorReply):
                     log.warning("provider %s refused the receipt of job %s: %s",
                                 provider[:16], job_id[:12], reply.message)
-            except (RemoteError, Exception) as exc:
+            except Exception as exc:  # never fatal: the payment is already final
                 log.warning("could not send the receipt of job %s to %s: %s", job_id[:12],
                             provider[:16], exc)

@@ -26,6 +26,7 @@ from node.cache import InputCache
 from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, ad_key, open_discovery
 from node.errors import RemoteError
 from node.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
+from node.gossip import Gossip, run_gossip
 from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
 from node.jobio import collect_outputs, receive_inputs
@@ -137,6 +138,7 @@ class Provider:
         self.addrs: list[str] = []
         self.peers = PeerBook.load(config.home)
         self.ledger: Ledger | None = None
+        self.gossip: Gossip | None = None
 
     def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:
         """One Device per GPU jobs here can be given (none without a sandbox), with its
@@ -231,12 +233,23 @@ class Provider:
                 if frame.cheque:
                     await trio.to_thread.run_sync(ledger.accept_cheque, frame.cheque)
                 await trio.to_thread.run_sync(ledger.record_receipt, frame.receipt)
+            if self.gossip is not None:  # the requester gossips it too; we stay online
+                await self.gossip.publish(frame.receipt)
         except (ProtocolError, RemoteLedgerError) as exc:
             await _refuse(stream, "payment", str(exc))
             return
         log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
                  receipt.requester[:16], receipt.outcome, credits(receipt.charge))
         await _try_send(stream, wire.SettleAck(job_id=receipt.job_id))
+
+    async def record_gossip(self, raw: bytes) -> None:
+        """A receipt another node gossiped: evidence for reputation (validated already)."""
+        if self.ledger is None:
+            return
+        try:
+            await trio.to_thread.run_sync(self.ledger.record_receipt, raw)
+        except (ProtocolError, RemoteLedgerError) as exc:
+            log.debug("not recording a gossiped receipt: %s", exc)
 
     async def handle_job(self, stream: Stream) -> None:
         if not self.admission.open_stream():
@@ -525,6 +538,8 @@ async def serve(config: ProviderConfig, identity: Identity, *,
             await disc.bootstrap(config.bootstrap)
             async with trio.open_nursery() as nursery:
                 ads = trio.CancelScope()
+                provider.gossip = await nursery.start(
+                    partial(run_gossip, host, on_receipt=provider.record_gossip))
                 if setup.executor is not None:
                     await nursery.start(_in_scope, ads, provider.advertise_forever, host, disc)
                 provider.addrs = host.addrs()

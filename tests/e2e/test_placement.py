@@ -90,6 +90,14 @@ def test_a_provider_that_dies_is_replaced_and_a_map_survives_another(
     earned = _doc(network.offload("ledger", "balance", "--json", home=payee))
     assert round(float(earned["earned"]) * 1e6) == doc["charged"]
     assert _doc(network.offload("ledger", "verify", "--json", home=payee))["valid"] is True
+    # The other provider learns of the job through the gossiped, requester-signed receipt.
+    other = "p2" if payee == "p1" else "p1"
+    for _ in range(40):
+        known = _doc(network.offload("ledger", "export", "--json", home=other))["receipts"]
+        if any(r["job_id"] == doc["job_id"] for r in known):
+            break
+        time.sleep(0.25)
+    assert [r["outcome"] for r in known if r["job_id"] == doc["job_id"]] == ["accepted"]
     assert dies["proc"].wait(timeout=10) == 17
     seen = json.loads((network.root / "requester" / "peers.json").read_text())
     assert seen["rtt_ms"][doc["provider"]] > 0  # pinged before the job was sent
