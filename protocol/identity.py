@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from cryptography.exceptions import InvalidSignature
@@ -112,6 +113,7 @@ def is_strong_public_key(public_key: bytes) -> bool:
     return px != 0 or py != pz
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function; checking a key costs ~0.5 ms
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """The Ed25519 key inlined in a peer id; MalformedMessage for any other kind of id."""
     if not 40 <= len(peer_id) <= 60:
