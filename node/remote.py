@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import operator
 import os
 import pickle
@@ -32,9 +33,10 @@ from pathlib import Path
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import cloudpickle  # type: ignore[import-untyped]
+import trio
 
 from node.api import CURRENT, Job, Requester, Result, Verify
-from node.errors import NodeError, RemoteError, UserError
+from node.errors import RemoteError, UserError, sole_error
 from node.values import (
     ARGS_FILE,
     FUNCTION_FILE,
@@ -45,7 +47,9 @@ from node.values import (
     decode_return,
     remote_error,
 )
+from scheduler.decide import LOCAL
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -69,6 +73,8 @@ class Options:
     runtime: str | None = None
     gflop: float | None = None
     workers: int = 4
+    plan: bool = False
+    """map: let the offload plan keep a share of the items here (set gflop= for it)."""
     echo: bool = True
     """Print the remote stdout (and stderr of successful calls) here."""
     home: str | None = None
@@ -108,10 +114,10 @@ class _MapMethod(Generic[R]):
 
     @overload
     def __call__(self, *iterables: Iterable[Any],
-                 return_exceptions: Literal[True]) -> Iterator[R | NodeError]: ...
+                 return_exceptions: Literal[True]) -> Iterator[R | Exception]: ...
 
     def __call__(self, *iterables: Iterable[Any], return_exceptions: bool = False
-                 ) -> Iterator[R | NodeError]:
+                 ) -> Iterator[R | Exception]:
         """Results in input order (like the builtin map, one argument per iterable)."""
         from node.sync import portal
 
@@ -125,10 +131,10 @@ class _MapMethod(Generic[R]):
 
     @overload
     def aio(self, *iterables: Iterable[Any],
-            return_exceptions: Literal[True]) -> AsyncIterator[R | NodeError]: ...
+            return_exceptions: Literal[True]) -> AsyncIterator[R | Exception]: ...
 
     async def aio(self, *iterables: Iterable[Any], return_exceptions: bool = False
-                  ) -> AsyncIterator[R | NodeError]:
+                  ) -> AsyncIterator[R | Exception]:
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (args, {}) for args in zip(*iterables, strict=False)]
         for value in await self._fn._map(calls, return_exceptions):
@@ -174,26 +180,63 @@ class RemoteFunction(Generic[P, R]):
         return self._finish(result)
 
     async def _map(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-                   return_exceptions: bool) -> list[R | NodeError]:
+                   return_exceptions: bool) -> list[R | Exception]:
         if not calls:
             return []
+        out: list[R | Exception | None] = [None] * len(calls)
         with _staged(self.fn, calls) as (jobs_files, _):
             async with self._session() as r:
-                got = await r.map([self._job(*f) for f in jobs_files],
-                                  workers=self.options.workers,
-                                  return_exceptions=return_exceptions)
-        out: list[R | NodeError] = []
-        for item in got:
-            if isinstance(item, RemoteError):
-                out.append(item)
-                continue
-            try:
-                out.append(self._finish(item).value)
-            except (RemoteError, RemoteFunctionError) as exc:
-                if not return_exceptions:
-                    raise
-                out.append(exc)
-        return out
+                here = await self._planned_here(r, jobs_files[0], len(calls))
+                away = len(calls) - here
+
+                async def remotely() -> None:
+                    got = await r.map([self._job(*f) for f in jobs_files[:away]],
+                                      workers=self.options.workers,
+                                      return_exceptions=return_exceptions)
+                    for i, item in enumerate(got):
+                        out[i] = item if isinstance(item, RemoteError) else self._value(
+                            item, return_exceptions)
+
+                async def locally() -> None:
+                    for i in range(away, len(calls)):
+                        args, kwargs = calls[i]
+                        try:
+                            out[i] = await trio.to_thread.run_sync(
+                                functools.partial(self.fn, *args, **kwargs))
+                        except Exception as exc:
+                            if not return_exceptions:
+                                raise
+                            out[i] = exc
+
+                try:
+                    async with trio.open_nursery() as nursery:
+                        if away:
+                            nursery.start_soon(remotely)
+                        if here:
+                            nursery.start_soon(locally)
+                except BaseExceptionGroup as group:
+                    raise (sole_error(group) or group) from None
+        return out  # type: ignore[return-value]  # every slot is filled by now
+
+    async def _planned_here(self, r: Requester, files: tuple[Path, Path, Path],
+                            items: int) -> int:
+        """How many items the offload plan keeps on this machine (0 unless plan=True)."""
+        if not self.options.plan:
+            return 0
+        plan = await r.plan(self._job(*files), items=items)
+        here = sum(p.items for p in plan.chosen.parts if p.peer == LOCAL)
+        log.info("map of %d item(s): %s, %d here (%s)", items, plan.decision, here,
+                 plan.reason)
+        return min(here, items)
+
+    def _value(self, result: Result, return_exceptions: bool) -> R | Exception:
+        try:
+            value: R = self._finish(result).value
+            return value
+        except (RemoteError, RemoteFunctionError) as exc:
+            if not return_exceptions:
+                raise
+            return exc
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[Requester]:
@@ -314,7 +357,7 @@ def remote(*, gpus: int = 0, cpus: int = 1, memory_gb: float = 2.0, disk_gb: flo
            timeout: int | None = None, max_price: float | None = None, redundancy: int = 1,
            verify: Verify = "none", tolerance: float | None = None, where: str | None = None,
            runtime: str | None = None, gflop: float | None = None, workers: int = 4,
-           echo: bool = True, home: str | os.PathLike[str] | None = None,
+           plan: bool = False, echo: bool = True, home: str | os.PathLike[str] | None = None,
            bootstrap: Sequence[str] | None = None,
            config: str | os.PathLike[str] | None = None,
            out: str | os.PathLike[str] = "offload-out"
@@ -327,8 +370,10 @@ def remote(fn: Callable[P, R] | None = None, /, **settings: Any
 
     gpus, cpus, memory_gb, disk_gb, timeout (s), max_price (credits), where, runtime: what
     each call needs. redundancy, verify, tolerance: how its result is checked. workers:
-    most providers a map uses. home, bootstrap, config, out: the session, as the CLI's
-    --home/--bootstrap/--config (OFFLOAD_HOME, OFFLOAD_BOOTSTRAP, OFFLOAD_REQUESTER_CONFIG).
+    most providers a map uses; plan: a map asks the offload plan (`offload plan`) and
+    runs the share it keeps here in this process (gflop: one call's size, for the plan).
+    home, bootstrap, config, out: the session, as the CLI's --home/--bootstrap/--config
+    (OFFLOAD_HOME, OFFLOAD_BOOTSTRAP, OFFLOAD_REQUESTER_CONFIG).
     """
     for key in ("home", "config", "out"):
         if settings.get(key) is not None:

@@ -25,15 +25,20 @@ from node.values import RemoteFunctionError, ReturnValueRejected
 from tests.e2e.conftest import REPO, Network, _env
 
 SQUARE = REPO / "examples" / "square.py"
+PRICED = "[price]\nstart = 1000\nper_cpu_second = 20\nminimum = 1000\n"
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     network = Network(tmp_path_factory.mktemp("api"))
+    priced = network.root / "priced.toml"
+    priced.write_text(PRICED)
     try:
-        a = network.start_provider()
-        network.start_provider(bootstrap=a["addr"])
-        network.start_provider(bootstrap=a["addr"])
+        a = network.start_provider(extra=["--config", str(priced)])
+        network.start_provider(bootstrap=a["addr"], extra=["--config", str(priced)])
+        network.start_provider(bootstrap=a["addr"], extra=["--config", str(priced)])
+        for home in ("req", "aio", "scripts"):  # credit to pay the providers with
+            network.offload("ledger", "deposit", "5", home=home, check=True)
         yield network
     finally:
         network.close()
@@ -44,13 +49,13 @@ def _session(net: Network, name: str) -> dict[str, Any]:
             "config": os.devnull, "out": net.root / name / "out"}
 
 
-def _seed_benchmark(home: Path) -> None:
+def _seed_benchmark(home: Path, tflops: float = 0.05) -> None:
     """This node's speed for `plan`, as if measured (the measurement has its own tests and
     takes seconds of CPU that a loaded test host may not give it)."""
     from node import benchmark
     from node.plan import BENCHMARK_FILE
 
-    cpu = benchmark.DeviceBenchmark(device="cpu", fp32_tflops=0.05, fp16_tflops=None,
+    cpu = benchmark.DeviceBenchmark(device="cpu", fp32_tflops=tflops, fp16_tflops=None,
                                     bf16_tflops=None, mem_gbps=5.0)
     benchmark.save(benchmark.BenchmarkReport(devices=(cpu,), measured_at=time.time(),
                                              runtime_digest="local", seconds=1.0),
@@ -79,7 +84,10 @@ async def test_requester_offers_submit_map_plan_with_events(net: Network) -> Non
         plan = await r.plan(Job(SQUARE, timeout=60, gflop=1.0), items=4)
         assert plan.decision in ("local", "offload", "split") and plan.items == 4
     kinds = {type(e).__name__ for e in seen}
-    assert {"OfferFound", "Quoted", "Uploading", "Verified", "LogLine"} <= kinds, kinds
+    assert {"OfferFound", "Quoted", "Uploading", "Verified", "LogLine", "Paid"} <= kinds, kinds
+    paid = {e.job_id: e.amount for e in seen if isinstance(e, events.Paid)}
+    assert paid[result.job_id] == result.charged > 0
+    assert all(paid[x.job_id] == x.charged for x in results)  # type: ignore[union-attr]
     lines = [e for e in seen if isinstance(e, events.LogLine)]
     assert lines[0].text.strip() == "49" and lines[0].job_id == result.job_id
     streamed = [e async for e in channel]  # the channel ends with the session
@@ -122,7 +130,7 @@ def lies() -> int:
 
 
 async def test_remote_functions_in_trio_code(net: Network) -> None:
-    async with Requester(**_session(net, "aio")):
+    async with Requester(**_session(net, "aio")) as r:
         assert await square.remote.aio(7) == 49
         assert [v async for v in square.map.aio(range(6))] == [i * i for i in range(6)]
 
@@ -144,6 +152,15 @@ async def test_remote_functions_in_trio_code(net: Network) -> None:
 
         got = [v async for v in fails.map.aio(["x"], return_exceptions=True)]
         assert isinstance(got[0], KeyError)
+
+        # A map that asks the offload plan first: this "machine" is so fast that the plan
+        # keeps every item here, so no provider is asked for a quote.
+        _seed_benchmark(net.root / "aio", tflops=1000.0)
+        seen: list[events.Event] = []
+        r.subscribe(seen.append)
+        planned = remote(timeout=60, plan=True, gflop=0.001)(square.fn)
+        assert [v async for v in planned.map.aio(range(4))] == [0, 1, 4, 9]
+        assert not [e for e in seen if isinstance(e, events.Quoted)]
 
 
 SCRIPT = textwrap.dedent("""
