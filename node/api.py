@@ -127,9 +127,10 @@ class Result:
         """This result if the job succeeded, else JobFailed."""
         if not self.ok:
             hit = f", limits hit: {', '.join(self.limits_hit)}" if self.limits_hit else ""
+            fix = ("give it more (timeout=, memory_gb=, disk_gb=)" if self.limits_hit
+                   else "see its stderr")
             raise JobFailed(f"job {self.job_id[:12]} on {self.provider[:16]} ended "
-                            f"{self.status} (exit {self.exit_code}{hit}); see result.stderr",
-                            self)
+                            f"{self.status} (exit {self.exit_code}{hit}); {fix}", self)
         return self
 
 
@@ -389,7 +390,7 @@ class Requester:
         first = batch[0]
         shape = dataclasses.replace(first, args=(), files=())
         for job in batch[1:]:
-            if dataclasses.replace(job, script=first.script, args=(), files=()) != shape:
+            if dataclasses.replace(job, args=(), files=()) != shape:
                 raise UserError("a map's jobs must differ only in args and files; submit "
                                 "jobs with other needs separately")
         if first.redundancy > 1 or first.verify != "none":

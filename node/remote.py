@@ -264,7 +264,10 @@ class RemoteFunction(Generic[P, R]):
 
     def _finish(self, result: Result) -> Result:
         """Decode the return value (strictly); raise the remote exception if there was one."""
-        returned = decode_return(result.out_dir / RETURN_FILE)
+        path = result.out_dir / RETURN_FILE
+        if not path.exists():
+            result.check()  # a timeout or a limit: JobFailed says which
+        returned = decode_return(path)
         if self.options.echo:
             if result.stdout:
                 sys.stdout.write(result.stdout)

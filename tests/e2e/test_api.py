@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from node import events
-from node.api import Job, Requester
+from node.api import Job, JobFailed, Requester
 from node.remote import remote
 from node.values import RemoteFunctionError, ReturnValueRejected
 from tests.e2e.conftest import REPO, Network, _env
@@ -129,6 +129,13 @@ def lies() -> int:
     os._exit(0)
 
 
+@remote(timeout=2, echo=False)
+def sleeps() -> None:
+    import time
+
+    time.sleep(60)
+
+
 async def test_remote_functions_in_trio_code(net: Network) -> None:
     async with Requester(**_session(net, "aio")) as r:
         assert await square.remote.aio(7) == 49
@@ -149,6 +156,9 @@ async def test_remote_functions_in_trio_code(net: Network) -> None:
 
         with pytest.raises(ReturnValueRejected, match="not valid msgpack"):
             await lies.remote.aio()
+        with pytest.raises(JobFailed, match=r"ended timeout \(exit -?\d+, limits hit: wall\); "
+                           r"give it more \(timeout="):
+            await sleeps.remote.aio()
 
         got = [v async for v in fails.map.aio(["x"], return_exceptions=True)]
         assert isinstance(got[0], KeyError)
@@ -175,6 +185,12 @@ SCRIPT = textwrap.dedent("""
         return x ** 3
 
     out = {"remote": cube.remote(3), "map": list(cube.map(range(5))), "local": cube.local(2)}
+
+    from node import Job, SyncRequester
+
+    with SyncRequester() as r:
+        out["offers"] = len(r.offers())
+        out["submit"] = r.submit(Job(sys.argv[1], args=["5"], timeout=60)).stdout
     print(json.dumps(out), file=sys.stderr)
 """)
 
@@ -185,15 +201,16 @@ def test_the_sync_facade_and_the_examples_in_plain_scripts(net: Network) -> None
     script = net.root / "cube.py"
     script.write_text(SCRIPT)
 
-    def run(path: Path) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, str(path)], cwd=net.root, env=env, text=True,
-                              capture_output=True, timeout=240)
+    def run(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, str(path), *args], cwd=net.root, env=env,
+                              text=True, capture_output=True, timeout=240)
         assert proc.returncode == 0, proc.stderr
         return proc
 
-    proc = run(script)
+    proc = run(script, str(SQUARE))
     doc = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert doc == {"remote": 27, "map": [0, 1, 8, 27, 64], "local": 8}
+    assert doc == {"remote": 27, "map": [0, 1, 8, 27, 64], "local": 8, "offers": 3,
+                   "submit": "25\n"}
     echoed = [int(line.split()[1]) for line in proc.stdout.splitlines() if "cubing" in line]
     assert echoed == [3, 0, 1, 2, 3, 4, 2]  # remote output echoed here, in input order
 
