@@ -3,11 +3,11 @@
 A call travels to the provider as two cloudpickle files that only the job's sandbox ever
 unpickles. The return value comes back as `out/return.msgpack`: plain msgpack for None,
 bool, int, float, str, bytes, list and str/int/bytes-keyed dicts, plus ext types for
-tuples, numpy arrays and torch tensors (dtype name from a whitelist, shape, little-endian
-raw bytes). WRAPPER is the job's entrypoint; it needs only the standard library and
-cloudpickle, so it carries its own small msgpack encoder. `decode_return` reads the file
-with a capped, strict unpacker and `numpy.frombuffer`: nothing from a provider is ever
-unpickled here.
+tuples, ints beyond 64 bits, numpy arrays and torch tensors (dtype name from a whitelist,
+shape, little-endian raw bytes). WRAPPER is the job's entrypoint; it needs only the
+standard library and cloudpickle, so it carries its own small msgpack encoder.
+`decode_return` reads the file with a capped, strict unpacker and `numpy.frombuffer`:
+nothing from a provider is ever unpickled here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ MAX_RETURN_BYTES = 256 * 1024 * 1024
 MAX_ITEMS = 4_000_000
 MAX_DEPTH = 64
 MAX_DIMS = 32
-EXT_NDARRAY, EXT_TENSOR, EXT_TUPLE = 1, 2, 3
+EXT_NDARRAY, EXT_TENSOR, EXT_TUPLE, EXT_BIGINT = 1, 2, 3, 4
+MAX_BIGINT_BYTES = 64 * 1024
 DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                     "uint64", "float16", "float32", "float64", "complex64", "complex128"})
 TENSOR_ONLY_DTYPES = frozenset({"bfloat16"})
@@ -163,6 +164,10 @@ def _unpack(data: bytes, *, depth: int) -> Any:
             return tuple(items)
         if code in (EXT_NDARRAY, EXT_TENSOR):
             return _array(payload, tensor=code == EXT_TENSOR)
+        if code == EXT_BIGINT:
+            if not 8 < len(payload) <= MAX_BIGINT_BYTES:
+                raise ReturnValueRejected("a big int in the return value has a bad length")
+            return int.from_bytes(payload, "big", signed=True)
         raise ReturnValueRejected(f"the return value holds an unknown ext type {code}")
 
     return msgpack.unpackb(
@@ -234,6 +239,7 @@ ARGS_FILE = $args_file
 RETURN_FILE = $return_file
 MAX_BYTES = $max_bytes
 MAX_DEPTH = $max_depth
+MAX_BIGINT_BYTES = $max_bigint
 DTYPES = $dtypes
 
 
@@ -280,7 +286,11 @@ def _pack(out, obj, depth):
         elif -2 ** 63 <= obj < 0:
             out.append(struct.pack(">Bq", 0xD3, obj))
         else:
-            raise Unsendable("an int in the return value does not fit in 64 bits")
+            size = (obj.bit_length() + 8) // 8
+            if size > MAX_BIGINT_BYTES:
+                raise Unsendable("an int in the return value is over %d bytes long"
+                                 % MAX_BIGINT_BYTES)
+            _ext(out, 4, obj.to_bytes(size, "big", signed=True))
     elif isinstance(obj, float):
         out.append(struct.pack(">Bd", 0xCB, obj))
     elif isinstance(obj, str):
@@ -356,7 +366,10 @@ def _error(exc):
         message = str(exc)
     except Exception:
         message = repr(exc)
-    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # the wrapper's own frame says nothing
+    text = "".join(traceback.format_exception(kind, exc, tb))
     return dumps({"v": 1, "ok": False, "error": {
         "type": name[:200], "message": message[:10000], "traceback": text[-100000:]}})
 
@@ -394,4 +407,5 @@ if __name__ == "__main__":
     sys.exit(main())
 ''').substitute(function_file=repr(FUNCTION_FILE), args_file=repr(ARGS_FILE),
                  return_file=repr(RETURN_FILE), max_bytes=MAX_RETURN_BYTES,
-                 max_depth=MAX_DEPTH, dtypes=repr(sorted(DTYPES)))
+                 max_depth=MAX_DEPTH, dtypes=repr(sorted(DTYPES)),
+                 max_bigint=MAX_BIGINT_BYTES)
