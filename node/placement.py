@@ -139,6 +139,7 @@ class Placer:
     payments: Payments | None = None
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     canaries_passed: int = 0
+    last_error: RemoteError | None = None
 
     async def place(self, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                     request: JobRequest, out_dir: Path, *, deadline_s: float) -> Placement:
@@ -216,6 +217,8 @@ class Placer:
         while True:
             ad = pool.take()
             if ad is None:
+                if len(self.attempts) == 1 and self.last_error is not None:
+                    raise self.last_error  # one provider, one reason: say it as it was
                 tried = "; ".join(f"{a.provider[:16]}: {a.error}" for a in self.attempts)
                 raise NoProviders("every candidate provider failed"
                                   + (f" ({tried})" if tried else ""))
@@ -234,6 +237,7 @@ class Placer:
                     self.peers.trust.record_mismatch(ad.peer_id, time.time())
                 log.info("provider %s failed (%s); trying the next one", ad.peer_id[:16], exc)
                 self.attempts.append(Attempt(ad.peer_id, str(exc)))
+                self.last_error = exc
                 self.emit(events.Retried(provider=ad.peer_id, error=str(exc)))
                 shutil.rmtree(out_dir, ignore_errors=True)
 

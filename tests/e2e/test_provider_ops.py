@@ -125,11 +125,19 @@ def test_quotes_caps_and_charges(network: Network) -> None:
     assert capped.returncode == 1
     assert "price: provider" in capped.stderr and "per_cpu_second=20000" in capped.stderr
 
+    # within the cap, but nothing to escrow the quote with: refused before anything runs
+    broke = network.offload("submit", "work.py", *common, "--max-price", "5")
+    assert broke.returncode == 2 and "run `offload ledger deposit AMOUNT`" in broke.stderr
+
     # within the cap: the charge comes from measured usage and never exceeds the quote
+    network.offload("ledger", "deposit", "5", check=True)
     ok = network.offload("submit", "work.py", *common, "--max-price", "5", check=True)
     doc = json.loads(ok.stdout)
     assert doc["verified"] and doc["quoted"] == ask
     assert 2000 <= doc["charged"] < doc["quoted"]  # a few CPU-seconds, not 60
+    assert doc["paid"] == doc["charged"]
+    balance = json.loads(network.offload("ledger", "balance", "--json", check=True).stdout)
+    assert balance["paid"] == credits(doc["charged"]) and balance["escrow"] == "0.000000"
 
 
 def test_ads_carry_the_measured_benchmark_and_live_load(network: Network) -> None:
