@@ -4,10 +4,10 @@ A call travels to the provider as two cloudpickle files that only the job's sand
 unpickles. The return value comes back as `out/return.msgpack`: plain msgpack for None,
 bool, int, float, str, bytes, list and str/int/bytes-keyed dicts, plus ext types for
 tuples, ints beyond 64 bits, numpy arrays and torch tensors (dtype name from a whitelist,
-shape, little-endian raw bytes). WRAPPER is the job's entrypoint; it needs only the
-standard library and cloudpickle, so it carries its own small msgpack encoder.
-`decode_return` reads the file with a capped, strict unpacker and `numpy.frombuffer`:
-nothing from a provider is ever unpickled here.
+shape, little-endian raw bytes; tensors come back as tensors where torch is imported).
+WRAPPER is the job's entrypoint; it needs only the standard library and cloudpickle, so
+it carries its own small msgpack encoder. `decode_return` reads the file with a capped,
+strict unpacker and `numpy.frombuffer`: nothing from a provider is ever unpickled here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import math
 import re
 import string
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def _array(payload: bytes, *, tensor: bool) -> Any:
     if name == "bfloat16":
         torch = _torch()
         if torch is None:
-            raise ReturnValueRejected("the return value holds a bfloat16 tensor; install "
+            raise ReturnValueRejected("the return value holds a bfloat16 tensor; import "
                                       "torch here to receive it")
         flat = (torch.frombuffer(buf, dtype=torch.bfloat16) if buf
                 else torch.empty(0, dtype=torch.bfloat16))
@@ -220,11 +221,9 @@ def _array(payload: bytes, *, tensor: bool) -> Any:
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
+    """torch if this program imported it: tensors come back as tensors where torch is in
+    use, as numpy arrays elsewhere (importing torch just to decode would take seconds)."""
+    return sys.modules.get("torch")
 
 
 WRAPPER = string.Template('''\
