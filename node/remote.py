@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
-import cloudpickle  # type: ignore[import-untyped]
+import cloudpickle
 import trio
 
 from node.api import CURRENT, Job, Requester, Result, Verify

@@ -15,7 +15,8 @@ ALLOWED = {
     "scheduler": {"scheduler", "protocol", "numpy"},
     "ledger": {"ledger", "protocol"},
     "node": OURS | {"trio", "libp2p", "multiaddr", "platformdirs", "pynvml",
-                    "prometheus_client", "cloudpickle", "numpy", "rich"},
+                    "prometheus_client", "cloudpickle", "numpy", "rich",
+                    "msgpack"},
 }
 
 

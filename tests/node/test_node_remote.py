@@ -212,7 +212,7 @@ def _run_wrapper(tmp_path: Path, fn: Any, *args: Any, python: Path | None = None
                  **kwargs: Any) -> tuple[subprocess.CompletedProcess[str], Returned]:
     (tmp_path / WRAPPER_NAME).write_text(WRAPPER)
     (tmp_path / FUNCTION_FILE).write_bytes(pickle_function(fn))
-    import cloudpickle  # type: ignore[import-untyped]
+    import cloudpickle
     (tmp_path / ARGS_FILE).write_bytes(cloudpickle.dumps((args, kwargs)))
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     proc = subprocess.run([str(python or sys.executable), "-s", WRAPPER_NAME], cwd=tmp_path,
