@@ -36,6 +36,7 @@ from node.metrics import ProviderMetrics, serve_metrics
 from node.peers import PeerBook
 from node.proximity import probe_forever
 from node.runner import output_sink
+from node.sandbox.errors import LaunchFailed
 from node.status import publish_forever
 from node.telemetry import HostSample, Telemetry
 from node.transfer import TransferFailed, send_file
@@ -335,6 +336,10 @@ class Provider:
             self.running += 1
             try:
                 await self._run(stream, spec, job_id, quote)
+            except* LaunchFailed as group:  # e.g. EAGAIN from the kernel: try elsewhere
+                self.metrics.jobs_total.labels(outcome="busy").inc()
+                await _refuse(stream, "busy", f"the job's sandbox could not start here "
+                              f"({group.exceptions[0]}); try again or another provider")
             finally:
                 self.running -= 1
                 self.last_job_end = time.monotonic()
