@@ -28,8 +28,9 @@ EXAMPLES = {
 OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out", "--config",
                       "--cpus", "--memory", "--disk", "--gpus", "--max-price", "--runtime",
                       "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
-                      "--gflop", "--items", "--workers"}
+                      "--gflop", "--items", "--workers", "--hold"}
 FLAGS = {"--json", "-h", "--help", "--follow"}
+DEFAULT_HOLD_S = 600.0
 SCRIPT_VERBS = ("submit", "plan", "map")
 
 
@@ -78,6 +79,10 @@ def register(sub: Any, cmd: Any) -> None:
                         "default: byte-identical")
     c.add_argument("--deadline", type=float, metavar="S",
                    help="give up after S seconds, retries included (default 2 x timeout)")
+    c.add_argument("--hold", type=float, metavar="S",
+                   help="with --verify adaptive: pay a result no second provider checked "
+                        "only after S seconds, if its provider was not caught cheating "
+                        "meanwhile (default 600; settled by later submit/map runs)")
     c.add_argument("--follow", action="store_true",
                    help="stream the job's stdout/stderr while it runs (Ctrl-C cancels the "
                         "job on the provider and refunds it)")
@@ -201,6 +206,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from node.agree import exact, numeric
     from node.client import open_client
     from node.gossip import open_gossip
+    from node.holds import HoldBook
     from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import Placer, find_candidates, job_estimate
@@ -213,6 +219,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise UserError("--tolerance is relative: give a number like 1e-6, below 1")
     same = exact if args.tolerance is None else numeric(args.tolerance)
     deadline = args.deadline or 2.0 * st.request.resources.max_seconds + 60.0
+    hold_s = 0.0
+    if args.verify == "adaptive" and args.redundancy == 1:
+        hold_s = DEFAULT_HOLD_S if args.hold is None else args.hold
+    if hold_s < 0:
+        raise UserError("--hold must be 0 or more seconds")
     started = time.monotonic()
     out = args.out or Path("offload-out") / f".pending-{os.getpid()}"
 
@@ -220,21 +231,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
         with _ledger(st) as ledger, Reporter(follow=args.follow, quiet=args.json) as show:
             async with open_client(st.identity, st.bootstrap) as (host, disc), \
                     open_gossip(host, on_receipt=_recorder(ledger)) as gossip:
-                pay = Payments(ledger, host, emit=show, publish=gossip.publish)
+                pay = Payments(ledger, host, emit=show, publish=gossip.publish,
+                               holds=HoldBook.load(st.home))
+                await pay.settle_holds(time.time(), peers.trust.strikes)
                 ranked = await find_candidates(disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
                                                provider=args.provider,
                                                reputation=pay.reputations())
                 placer = Placer(host=host, peers=peers, policy=policy, same=same,
                                 canary=args.verify == "canary", rng=random.Random(),
-                                replicas=args.redundancy, payments=pay, emit=show)
+                                replicas=args.redundancy, payments=pay, emit=show,
+                                hold_s=hold_s)
                 try:
                     placement = await placer.place(ranked, st.request, out, deadline_s=deadline)
                 finally:
                     await pay.settle_all()
-                return placement, pay.paid
+                    suspect = await pay.settle_holds(time.time(), peers.trust.strikes)
+                return placement, pay.paid, suspect
 
-    placement, paid = trio.run(go)
+    placement, paid, suspect = trio.run(go)
     outcome = placement.outcome
     r = outcome.result
     if args.out is None:
@@ -254,7 +269,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
            "retries": [{"provider": a.provider, "error": a.error}
                        for a in placement.attempts],
            "canaries_passed": placement.canaries_passed,
-           "paid": paid}
+           "paid": paid, "held_until": placement.held_until,
+           "suspect": [h.job_id for h in suspect]}
     if args.json:
         print(json.dumps(doc))
     else:
@@ -313,6 +329,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from node.client import open_client
     from node.gossip import open_gossip
+    from node.holds import HoldBook
     from node.mapper import run_map
     from node.payments import Payments
     from node.peers import PeerBook
@@ -336,7 +353,9 @@ def cmd_map(args: argparse.Namespace) -> int:
         with _ledger(st) as ledger, Reporter(quiet=args.json) as show:
             async with open_client(st.identity, st.bootstrap) as (host, disc), \
                     open_gossip(host, on_receipt=_recorder(ledger)) as gossip:
-                pay = Payments(ledger, host, emit=show, publish=gossip.publish)
+                pay = Payments(ledger, host, emit=show, publish=gossip.publish,
+                               holds=HoldBook.load(st.home))
+                await pay.settle_holds(time.time(), peers.trust.strikes)
                 ranked = await find_candidates(disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
                                                reputation=pay.reputations())

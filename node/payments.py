@@ -19,6 +19,7 @@ import trio
 from ledger import Ledger, LedgerError, RefundReason
 from node import events
 from node.events import Emit, ignore
+from node.holds import Hold, HoldBook
 from node.host import Host
 from protocol import JobResult, Signed, wire
 
@@ -31,8 +32,10 @@ class Payments:
     """Escrow and settlement for one requester session (no ledger: nothing is charged)."""
 
     def __init__(self, ledger: Ledger | None, host: Host, *, emit: Emit = ignore,
-                 publish: Callable[[bytes], Awaitable[None]] | None = None) -> None:
+                 publish: Callable[[bytes], Awaitable[None]] | None = None,
+                 holds: HoldBook | None = None) -> None:
         self.ledger = ledger
+        self.holds = holds if holds is not None else HoldBook(None)
         self.host = host
         self.emit = emit
         self.publish = publish
@@ -88,6 +91,50 @@ class Payments:
         self.emit(events.Paid(job_id=r.job_id, provider=r.provider, amount=r.price_charged,
                               refunded=job.amount - r.price_charged))
         await self._tell(r.provider, pay.receipt.raw, pay.cheque.raw, r.job_id)
+
+    async def hold(self, signed: Signed[JobResult], until: float, *, strikes: int = 0) -> bool:
+        """Keep an unreplicated result's escrow locked until `until` (see holds.py);
+        False (and nothing held) when nothing was escrowed."""
+        r = signed.message
+        if self.ledger is None or r.job_id not in self._locked:
+            return False
+        self._locked.discard(r.job_id)
+        self.holds.add(Hold(job_id=r.job_id, provider=r.provider, charge=r.price_charged,
+                            result_digest=signed.digest, until=until, strikes=strikes))
+        return True
+
+    async def settle_holds(self, now: float, strikes: Callable[[str], int]) -> list[Hold]:
+        """Release held payments whose hold ended; refuse those to providers caught since
+        the hold began (`strikes`: how often a provider was caught so far). Returns the
+        refused holds: results the user should treat as suspect."""
+        refused: list[Hold] = []
+        if self.ledger is None:
+            return refused
+        for h in self.holds.all():
+            if strikes(h.provider) > h.strikes:
+                with trio.CancelScope(shield=True):
+                    receipt = await self._run(
+                        self.ledger.refund, h.job_id, "rejected", detail="the provider was "
+                        "caught returning a wrong result while this payment was held",
+                        result_digest=h.result_digest)
+                self.holds.remove(h.job_id)
+                refused.append(h)
+                log.warning("job %s: payment to %s refused, the provider was caught cheating "
+                            "during the hold; treat that result as suspect", h.job_id[:12],
+                            h.provider[:16])
+                self.emit(events.Refunded(job_id=h.job_id, provider=h.provider,
+                                          amount=h.charge, reason="rejected"))
+                if receipt is not None:
+                    await self._tell(h.provider, receipt.raw, b"", h.job_id)
+            elif now >= h.until:
+                with trio.CancelScope(shield=True):
+                    pay = await self._run(self.ledger.release, h.job_id, h.charge,
+                                          result_digest=h.result_digest)
+                self.holds.remove(h.job_id)
+                self.paid += h.charge
+                self.emit(events.Paid(job_id=h.job_id, provider=h.provider, amount=h.charge))
+                await self._tell(h.provider, pay.receipt.raw, pay.cheque.raw, h.job_id)
+        return refused
 
     async def reject(self, signed: Signed[JobResult], why: str) -> None:
         """A wrong result: nothing is paid, and the provider gets the signed rejection."""

@@ -76,6 +76,8 @@ class Placement:
     attempts: tuple[Attempt, ...]
     verification: str
     canaries_passed: int = 0
+    held_until: float | None = None
+    """Set when the payment is held (see holds.py): unix seconds."""
 
 
 def job_estimate(request: JobRequest, *, gflop: float = 0.0) -> JobEstimate:
@@ -140,6 +142,9 @@ class Placer:
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     canaries_passed: int = 0
     last_error: RemoteError | None = None
+    hold_s: float = 0.0
+    """Hold the payment of a result no second provider checked (adaptive; see holds.py)."""
+    held_until: float | None = None
 
     async def place(self, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                     request: JobRequest, out_dir: Path, *, deadline_s: float) -> Placement:
@@ -149,6 +154,8 @@ class Placer:
             raise NoProviders("no candidate provider for this job")
         deadline = trio.current_time() + deadline_s
         planned = max(self.replicas, self.policy.plan(first.peer_id, self.rng))
+        if self.policy.mode is Mode.ADAPTIVE:
+            planned = min(planned, len(pool))  # unreplicated then; its payment is held
         if planned > len(pool):
             raise UserError(f"verification needs {planned} different providers but only "
                             f"{len(pool)} qualify; lower --redundancy or relax --where")
@@ -188,6 +195,11 @@ class Placer:
                     log.warning("provider %s returned a wrong result; banned, not paid",
                                 peer[:16])
                     await pay.reject(o.signed, "outvoted by a quorum of other providers")
+                elif len(results) == 1 and self.hold_s > 0:
+                    self.held_until = time.time() + self.hold_s
+                    if not await pay.hold(o.signed, self.held_until,
+                                          strikes=self.peers.trust.strikes(peer)):
+                        self.held_until = None
                 else:
                     await pay.accept(o.signed)
             for name in accepted.out_dir.iterdir():
@@ -208,6 +220,7 @@ class Placer:
         return Placement(
             outcome=outcome, attempts=tuple(self.attempts), verification=_describe(
                 self.policy, planned), canaries_passed=self.canaries_passed,
+            held_until=self.held_until,
             replicas=tuple(Replica(provider=p, job_id=o.result.job_id, agreed=p in agreeing)
                            for p, (o, _) in results))
 

@@ -32,18 +32,36 @@ def test_redundancy_outvotes_a_cheater_who_is_then_banned_and_fails_canaries(
     for home in ("requester", "fresh"):
         _doc(network.offload("ledger", "deposit", "5", "--json", home=home))
 
+    # Unchecked results (adaptive, one candidate) are returned at once but paid later.
+    sleeper = _doc(network.offload("submit", SQUARE, "5", "--verify", "adaptive", "--hold",
+                                   "600", "--provider", cheat["peer_id"], *boot, "--json"))
+    assert sleeper["stdout"] == "36\n"  # wrong, and nobody could tell yet
+    assert sleeper["held_until"] is not None and sleeper["paid"] == 0
+    honest = _doc(network.offload("submit", SQUARE, "2", "--verify", "adaptive", "--hold",
+                                  "0.5", "--provider", a["peer_id"], *boot, "--json"))
+    assert honest["held_until"] is not None and honest["paid"] == 0
+    time.sleep(1)
+
     doc = _doc(network.offload("submit", SQUARE, "7", "--redundancy", "3", *boot, "--json"))
     assert doc["stdout"] == "49\n"
+    # The honest hold ended and was paid; the cheater, caught now, loses its held payment.
+    assert doc["suspect"] == [sleeper["job_id"]]
+    assert doc["paid"] == 2 * doc["charged"] + honest["charged"]
+    held = {j["job_id"]: j for j in _doc(network.offload("jobs", "--json"))}
+    assert (held[sleeper["job_id"]]["status"], held[sleeper["job_id"]]["reason"]) == (
+        "refunded", "rejected")
+    assert held[honest["job_id"]]["status"] == "released"
     assert doc["verification"] == "redundancy 3 (quorum 2)"
     agreed = {r["provider"]: r["agreed"] for r in doc["replicas"]}
     assert agreed == {a["peer_id"]: True, b["peer_id"]: True, cheat["peer_id"]: False}
     assert doc["provider"] != cheat["peer_id"]
     # The two who agreed are paid; the cheater is refused payment and reported.
-    jobs = {j["provider"]: j for j in _doc(network.offload("jobs", "--json"))}
+    replicas = {r["job_id"] for r in doc["replicas"]}
+    jobs = {j["provider"]: j for j in _doc(network.offload("jobs", "--json"))
+            if j["job_id"] in replicas}
     assert jobs[cheat["peer_id"]]["status"] == "refunded"
     assert jobs[cheat["peer_id"]]["reason"] == "rejected"
     assert {jobs[p["peer_id"]]["status"] for p in (a, b)} == {"released"}
-    assert doc["paid"] == 2 * doc["charged"]
 
     offers = _doc(network.offload("offers", *boot[:2], "--json"))
     banned = {o["peer_id"]: o["banned"] for o in offers}
