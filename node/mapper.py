@@ -1,7 +1,7 @@
 """A distributed map: N jobs over several providers, results in input order.
 
-scheduler.mapping decides who runs what; this module runs it. One worker task per
-provider runs its items one at a time. A provider that fails, refuses or vanishes is
+scheduler.mapping decides who runs what; this module runs it: `per_provider` worker
+tasks per provider run its items. A provider that fails, refuses or vanishes is
 dropped and its items move to the others; a straggler gets a second copy on an idle
 provider and the slower copy is cancelled (it is never accepted, so never paid).
 """
@@ -62,10 +62,11 @@ def rates(ranked: Sequence[tuple[CapacityAd, ScoreParts]]) -> dict[str, float]:
 
 async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                   requests: Sequence[JobRequest], out_root: Path, *, peers: PeerBook,
-                  max_workers: int = 4, max_attempts: int = 3,
+                  max_workers: int = 4, per_provider: int = 2, max_attempts: int = 3,
                   straggler_factor: float = 3.0, min_straggler_s: float = 5.0,
                   emit: Emit = ignore, payments: Payments | None = None) -> MapReport:
-    """Run every request; item i's files land in out_root/i."""
+    """Run every request, up to `per_provider` at a time on each of at most `max_workers`
+    providers; item i's files land in out_root/i."""
     usable = [(ad, p) for ad, p in ranked if math.isfinite(p.total)][:max_workers]
     ads = {ad.peer_id: ad for ad, _ in usable}
     sched = MapScheduler(len(requests), rates(usable), max_attempts=max_attempts,
@@ -137,7 +138,8 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
     out_root.mkdir(parents=True, exist_ok=True)
     async with trio.open_nursery() as nursery:
         for peer in ads:
-            nursery.start_soon(worker, peer)
+            for _ in range(max(1, per_provider)):  # providers run several jobs at once
+                nursery.start_soon(worker, peer)
     peers.save()
     items = tuple(
         ItemResult(index=i, outcome=outcomes.get(i),
