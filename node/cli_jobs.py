@@ -28,7 +28,8 @@ EXAMPLES = {
 OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out", "--config",
                       "--cpus", "--memory", "--disk", "--gpus", "--max-price", "--runtime",
                       "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
-                      "--gflop", "--items", "--workers", "--hold"}
+                      "--gflop", "--items", "--workers", "--hold",
+                      "--per-provider"}
 FLAGS = {"--json", "-h", "--help", "--follow"}
 DEFAULT_HOLD_S = 600.0
 SCRIPT_VERBS = ("submit", "plan", "map")
@@ -100,6 +101,8 @@ def register(sub: Any, cmd: Any) -> None:
                    help="item i's outputs go to DIR/i (default offload-out/map)")
     c.add_argument("--workers", type=int, default=4, metavar="N",
                    help="use at most N providers (default 4)")
+    c.add_argument("--per-provider", type=int, default=2, metavar="N",
+                   help="jobs each provider runs at once (default 2)")
 
 
 def split_script_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -361,7 +364,8 @@ def cmd_map(args: argparse.Namespace) -> int:
                                                reputation=pay.reputations())
                 try:
                     report = await run_map(host, ranked, requests, args.out, peers=peers,
-                                           max_workers=max(1, args.workers), payments=pay,
+                                           max_workers=max(1, args.workers),
+                                           per_provider=max(1, args.per_provider), payments=pay,
                                            emit=show)
                 finally:
                     await pay.settle_all()
