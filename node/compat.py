@@ -29,7 +29,15 @@ def patch_libp2p() -> None:
     swarm._HAPPY_EYEBALLS_DELAY = 0.0
     for name in ("libp2p", "libp2p.kad_dht", "libp2p.kad_dht.kad_dht"):
         logging.getLogger(name).addFilter(_DropNoise())
-    logging.getLogger("libp2p").setLevel(logging.ERROR)
+    root = logging.getLogger("libp2p")
+    root.setLevel(logging.ERROR)
+    # libp2p detaches its logger (propagate=False, no handler), so Python's last-resort
+    # handler printed every failed dial to a dead peer, unformatted, on users' stderr.
+    # Our own errors say what failed; libp2p's lines join our logs only when debugging.
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        root.propagate = True
+    else:
+        root.addHandler(logging.NullHandler())
     _patched = True
 
 
