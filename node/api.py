@@ -41,6 +41,9 @@ from protocol import CapacityAd, JobResult, Resources, Signed
 from scheduler.decide import Plan
 from scheduler.scoring import ScoreParts
 
+HOLD_S = 600.0
+"""verify="adaptive": how long an unchecked result's payment is held (see node/holds.py)."""
+
 Verify = Literal["none", "adaptive", "canary"]
 CURRENT: contextvars.ContextVar[Requester | None] = contextvars.ContextVar(
     "offload_requester", default=None)
@@ -189,6 +192,7 @@ class Requester:
     # session --------------------------------------------------------------------------
     async def __aenter__(self) -> Requester:
         from node.client import open_client
+        from node.holds import HoldBook
         from node.payments import Payments
         from node.peers import PeerBook
 
@@ -208,11 +212,17 @@ class Requester:
 
                 ledger = stack.enter_context(Ledger.open(self.home / LEDGER_FILE,
                                                         self.identity))
-            self.payments = Payments(ledger, self.host, emit=self.emit)
+            self.payments = Payments(ledger, self.host, emit=self.emit,
+                                     holds=HoldBook.load(self.home))
+            await self.payments.settle_holds(time.time(), self.peers.trust.strikes)
+            stack.push_async_callback(self._settle_holds)
             stack.push_async_callback(self.payments.settle_all)
             self._stack = stack.pop_all()
         self._token = CURRENT.set(self)
         return self
+
+    async def _settle_holds(self) -> None:
+        await self.payments.settle_holds(time.time(), self.peers.trust.strikes)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
@@ -364,7 +374,9 @@ class Requester:
         placer = Placer(host=self.host, peers=self.peers, policy=policy,
                         same=exact if job.tolerance is None else numeric(job.tolerance),
                         canary=job.verify == "canary", rng=random.Random(),
-                        replicas=job.redundancy, emit=self.emit, payments=self.payments)
+                        replicas=job.redundancy, emit=self.emit, payments=self.payments,
+                        hold_s=HOLD_S if job.verify == "adaptive" and job.redundancy == 1
+                        else 0.0)
         try:
             placement = await placer.place(ranked, request, pending, deadline_s=deadline)
             final = self.out / placement.outcome.result.job_id[:12]
