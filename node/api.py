@@ -41,9 +41,6 @@ from protocol import CapacityAd, JobResult, Resources, Signed
 from scheduler.decide import Plan
 from scheduler.scoring import ScoreParts
 
-HOLD_S = 600.0
-"""verify="adaptive": how long an unchecked result's payment is held (see node/holds.py)."""
-
 Verify = Literal["none", "adaptive", "canary"]
 CURRENT: contextvars.ContextVar[Requester | None] = contextvars.ContextVar(
     "offload_requester", default=None)
@@ -361,7 +358,7 @@ class Requester:
         """Run `job` on the best provider (retried elsewhere if one fails; replicated by
         its redundancy) and return the verified result; its files are in result.out_dir."""
         from node.agree import exact, numeric
-        from node.placement import Placer
+        from node.placement import Placer, hold_seconds
 
         job = job if isinstance(job, Job) else Job(job)
         request = self.request(job)
@@ -375,8 +372,7 @@ class Requester:
                         same=exact if job.tolerance is None else numeric(job.tolerance),
                         canary=job.verify == "canary", rng=random.Random(),
                         replicas=job.redundancy, emit=self.emit, payments=self.payments,
-                        hold_s=HOLD_S if job.verify == "adaptive" and job.redundancy == 1
-                        else 0.0)
+                        hold_s=hold_seconds(job.redundancy, job.verify))
         try:
             placement = await placer.place(ranked, request, pending, deadline_s=deadline)
             final = self.out / placement.outcome.result.job_id[:12]
@@ -428,16 +424,9 @@ class Requester:
 
     # helpers --------------------------------------------------------------------------
     def _policy(self, job: Job) -> Any:
-        from scheduler.verification import Mode, Policy
+        from node.placement import verification_policy
 
-        if job.redundancy < 1:
-            raise UserError("redundancy must be at least 1")
-        if job.redundancy > 1:
-            return Policy(Mode.REDUNDANCY, k=job.redundancy // 2 + 1,
-                          max_replicas=job.redundancy + 2, tracker=self.peers.trust)
-        if job.verify == "adaptive":
-            return Policy.adaptive(self.peers.trust, k=2, max_replicas=4)
-        return Policy(Mode.NONE, tracker=self.peers.trust)
+        return verification_policy(job.redundancy, job.verify, self.peers.trust)
 
     def _result(self, outcome: JobOutcome, *, verification: str,
                 replicas: tuple[Replica, ...] = (),

@@ -10,6 +10,8 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,6 @@ OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out
                       "--gflop", "--items", "--workers", "--hold",
                       "--per-provider"}
 FLAGS = {"--json", "-h", "--help", "--follow"}
-DEFAULT_HOLD_S = 600.0
 SCRIPT_VERBS = ("submit", "plan", "map")
 
 
@@ -178,79 +179,77 @@ def _ledger(st: _Setup) -> Any:
     return Ledger.open(st.home / LEDGER_FILE, st.identity)
 
 
-def _recorder(ledger: Any) -> Any:
-    from ledger import LedgerError
-    from protocol import ProtocolError
-
-    async def record(raw: bytes) -> None:
-        try:
-            await trio.to_thread.run_sync(ledger.record_receipt, raw)
-        except (LedgerError, ProtocolError):
-            pass
-
-    return record
+@dataclasses.dataclass(slots=True)
+class _Session:
+    host: Any
+    disc: Any
+    pay: Any
+    suspect: list[Any] = dataclasses.field(default_factory=list)
+    """Held payments refused when the session ended (their providers were caught)."""
 
 
-def _policy(args: argparse.Namespace, peers: Any) -> Any:
-    from scheduler.verification import Mode, Policy
+@asynccontextmanager
+async def _session(st: _Setup, peers: Any, show: Any) -> AsyncIterator[_Session]:
+    """Host, DHT client, receipts gossip and payments for one command. Held payments
+    settle on the way in and out; escrows still open at the end are refunded."""
+    from node.client import open_client
+    from node.gossip import open_gossip, recorder
+    from node.holds import HoldBook
+    from node.payments import Payments
 
-    if args.redundancy < 1:
-        raise UserError("--redundancy must be at least 1")
-    if args.redundancy > 1:
-        quorum = args.redundancy // 2 + 1
-        return Policy(Mode.REDUNDANCY, k=quorum, max_replicas=args.redundancy + 2,
-                      tracker=peers.trust)
-    if args.verify == "adaptive":
-        return Policy.adaptive(peers.trust, k=2, max_replicas=4)
-    return Policy(Mode.NONE, tracker=peers.trust)
+    with _ledger(st) as ledger:
+        async with open_client(st.identity, st.bootstrap) as (host, disc), \
+                open_gossip(host, on_receipt=recorder(ledger)) as gossip:
+            pay = Payments(ledger, host, emit=show, publish=gossip.publish,
+                           holds=HoldBook.load(st.home))
+            await pay.settle_holds(time.time(), peers.trust.strikes)
+            session = _Session(host=host, disc=disc, pay=pay)
+            try:
+                yield session
+            finally:
+                await pay.settle_all()
+                session.suspect = await pay.settle_holds(time.time(), peers.trust.strikes)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from node.agree import exact, numeric
-    from node.client import open_client
-    from node.gossip import open_gossip
-    from node.holds import HoldBook
-    from node.payments import Payments
     from node.peers import PeerBook
-    from node.placement import Placer, find_candidates, job_estimate
+    from node.placement import (
+        Placer,
+        find_candidates,
+        hold_seconds,
+        job_estimate,
+        verification_policy,
+    )
     from node.progress import Reporter
 
     st = _setup(args, tuple(args.script_args))
     peers = PeerBook.load(st.home)
-    policy = _policy(args, peers)
+    policy = verification_policy(args.redundancy, args.verify, peers.trust,
+                                 what="--redundancy")
     if args.tolerance is not None and not 0 <= args.tolerance < 1:
         raise UserError("--tolerance is relative: give a number like 1e-6, below 1")
     same = exact if args.tolerance is None else numeric(args.tolerance)
     deadline = args.deadline or 2.0 * st.request.resources.max_seconds + 60.0
-    hold_s = 0.0
-    if args.verify == "adaptive" and args.redundancy == 1:
-        hold_s = DEFAULT_HOLD_S if args.hold is None else args.hold
+    hold_s = hold_seconds(args.redundancy, args.verify, args.hold)
     if hold_s < 0:
         raise UserError("--hold must be 0 or more seconds")
     started = time.monotonic()
     out = args.out or Path("offload-out") / f".pending-{os.getpid()}"
 
     async def go() -> Any:
-        with _ledger(st) as ledger, Reporter(follow=args.follow, quiet=args.json) as show:
-            async with open_client(st.identity, st.bootstrap) as (host, disc), \
-                    open_gossip(host, on_receipt=_recorder(ledger)) as gossip:
-                pay = Payments(ledger, host, emit=show, publish=gossip.publish,
-                               holds=HoldBook.load(st.home))
-                await pay.settle_holds(time.time(), peers.trust.strikes)
-                ranked = await find_candidates(disc, st.requirements,
+        with Reporter(follow=args.follow, quiet=args.json) as show:
+            async with _session(st, peers, show) as s:
+                ranked = await find_candidates(s.disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
                                                provider=args.provider,
-                                               reputation=pay.reputations())
-                placer = Placer(host=host, peers=peers, policy=policy, same=same,
+                                               reputation=s.pay.reputations())
+                placer = Placer(host=s.host, peers=peers, policy=policy, same=same,
                                 canary=args.verify == "canary", rng=random.Random(),
-                                replicas=args.redundancy, payments=pay, emit=show,
+                                replicas=args.redundancy, payments=s.pay, emit=show,
                                 hold_s=hold_s)
-                try:
-                    placement = await placer.place(ranked, st.request, out, deadline_s=deadline)
-                finally:
-                    await pay.settle_all()
-                    suspect = await pay.settle_holds(time.time(), peers.trust.strikes)
-                return placement, pay.paid, suspect
+                placement = await placer.place(ranked, st.request, out, deadline_s=deadline)
+            return placement, s.pay.paid, s.suspect
 
     placement, paid, suspect = trio.run(go)
     outcome = placement.outcome
@@ -330,11 +329,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from node.client import open_client
-    from node.gossip import open_gossip
-    from node.holds import HoldBook
     from node.mapper import run_map
-    from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import find_candidates, job_estimate
     from node.progress import Reporter
@@ -353,23 +348,16 @@ def cmd_map(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     async def go() -> Any:
-        with _ledger(st) as ledger, Reporter(quiet=args.json) as show:
-            async with open_client(st.identity, st.bootstrap) as (host, disc), \
-                    open_gossip(host, on_receipt=_recorder(ledger)) as gossip:
-                pay = Payments(ledger, host, emit=show, publish=gossip.publish,
-                               holds=HoldBook.load(st.home))
-                await pay.settle_holds(time.time(), peers.trust.strikes)
-                ranked = await find_candidates(disc, st.requirements,
+        with Reporter(quiet=args.json) as show:
+            async with _session(st, peers, show) as s:
+                ranked = await find_candidates(s.disc, st.requirements,
                                                job_estimate(st.request, gflop=st.gflop), peers,
-                                               reputation=pay.reputations())
-                try:
-                    report = await run_map(host, ranked, requests, args.out, peers=peers,
-                                           max_workers=max(1, args.workers),
-                                           per_provider=max(1, args.per_provider), payments=pay,
-                                           emit=show)
-                finally:
-                    await pay.settle_all()
-                return report, pay.paid
+                                               reputation=s.pay.reputations())
+                report = await run_map(s.host, ranked, requests, args.out, peers=peers,
+                                       max_workers=max(1, args.workers),
+                                       per_provider=max(1, args.per_provider),
+                                       payments=s.pay, emit=show)
+            return report, s.pay.paid
 
     report, paid = trio.run(go)
     rows = []

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from ledger import Ledger, LedgerError
 from node import compat
 from node.host import Host
 from protocol import ProtocolError, check_receipt
@@ -52,6 +53,19 @@ class Gossip:
             await self._pubsub.publish(RECEIPTS_TOPIC, raw_receipt)
         except Exception as exc:  # py-libp2p raises plain exceptions
             log.info("could not gossip a receipt: %s", exc)
+
+
+def recorder(ledger: Ledger | None) -> Callable[[bytes], Awaitable[None]]:
+    """`on_receipt` that keeps each gossiped receipt in `ledger` as reputation evidence."""
+    async def record(raw: bytes) -> None:
+        if ledger is None:
+            return
+        try:
+            await trio.to_thread.run_sync(ledger.record_receipt, raw)
+        except (ProtocolError, LedgerError) as exc:
+            log.debug("not recording a gossiped receipt: %s", exc)
+
+    return record
 
 
 @asynccontextmanager

@@ -19,6 +19,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 FILE = "holds.json"
+DEFAULT_HOLD_S = 600.0
+"""How long `verify="adaptive"` holds a payment no second provider checked."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from node.errors import (
     sole_error,
 )
 from node.events import Emit, ignore
+from node.holds import DEFAULT_HOLD_S
 from node.host import Host
 from node.payments import Payments
 from node.peers import PeerBook
@@ -45,7 +46,7 @@ from node.transfer import file_sha256
 from protocol import CapacityAd, Resources
 from scheduler import Requirements, meets
 from scheduler.scoring import JobEstimate, ScoreParts, rank
-from scheduler.verification import Mode, Policy
+from scheduler.verification import Mode, Policy, TrustTracker, Verdict
 
 log = logging.getLogger(__name__)
 RETRYABLE = (PeerGone, PeerTimeout, PeerRefused, PriceRefused, ResultRejected)
@@ -78,6 +79,27 @@ class Placement:
     canaries_passed: int = 0
     held_until: float | None = None
     """Set when the payment is held (see holds.py): unix seconds."""
+
+
+def verification_policy(redundancy: int, verify: str, trust: TrustTracker, *,
+                        what: str = "redundancy") -> Policy:
+    """The policy for `--redundancy` / `--verify` (a majority of K; adaptive; or none);
+    `what` names the option in the error."""
+    if redundancy < 1:
+        raise UserError(f"{what} must be at least 1")
+    if redundancy > 1:
+        return Policy(Mode.REDUNDANCY, k=redundancy // 2 + 1, max_replicas=redundancy + 2,
+                      tracker=trust)
+    if verify == "adaptive":
+        return Policy.adaptive(trust, k=2, max_replicas=4)
+    return Policy(Mode.NONE, tracker=trust)
+
+
+def hold_seconds(redundancy: int, verify: str, hold: float | None = None) -> float:
+    """How long an unchecked result's payment is held: only adaptive, single-copy jobs."""
+    if verify != "adaptive" or redundancy != 1:
+        return 0.0
+    return DEFAULT_HOLD_S if hold is None else hold
 
 
 def job_estimate(request: JobRequest, *, gflop: float = 0.0) -> JobEstimate:
@@ -173,16 +195,17 @@ class Placer:
             async with _unwrapped(), trio.open_nursery() as nursery:
                 for i in range(planned):
                     nursery.start_soon(replica, i)
+            def judge() -> Verdict[tuple[JobOutcome, Fingerprint]]:
+                return self.policy.judge(results, planned=planned,
+                                         same=lambda a, b: self.same(a[1], b[1]),
+                                         now=time.time())
+
             ran = planned
-            verdict = self.policy.judge(results, planned=planned,
-                                        same=lambda a, b: self.same(a[1], b[1]),
-                                        now=time.time())
+            verdict = judge()
             while self.policy.needs_more(verdict, ran) and len(pool) > 0:
                 await replica(ran)
                 ran += 1
-                verdict = self.policy.judge(results, planned=planned,
-                                            same=lambda a, b: self.same(a[1], b[1]),
-                                            now=time.time())
+                verdict = judge()
             if verdict.accepted is None:
                 raise ResultRejected(
                     f"the {ran} providers that ran the job disagree and no "

@@ -26,7 +26,7 @@ from node.cache import InputCache
 from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, ad_key, open_discovery
 from node.errors import RemoteError
 from node.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
-from node.gossip import Gossip, run_gossip
+from node.gossip import Gossip, recorder, run_gossip
 from node.home import KEY_FILE
 from node.host import Host, Stream, open_host
 from node.jobio import collect_outputs, receive_inputs
@@ -242,15 +242,6 @@ class Provider:
         log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
                  receipt.requester[:16], receipt.outcome, credits(receipt.charge))
         await _try_send(stream, wire.SettleAck(job_id=receipt.job_id))
-
-    async def record_gossip(self, raw: bytes) -> None:
-        """A receipt another node gossiped: evidence for reputation (validated already)."""
-        if self.ledger is None:
-            return
-        try:
-            await trio.to_thread.run_sync(self.ledger.record_receipt, raw)
-        except (ProtocolError, RemoteLedgerError) as exc:
-            log.debug("not recording a gossiped receipt: %s", exc)
 
     async def handle_job(self, stream: Stream) -> None:
         if not self.admission.open_stream():
@@ -544,7 +535,7 @@ async def serve(config: ProviderConfig, identity: Identity, *,
             async with trio.open_nursery() as nursery:
                 ads = trio.CancelScope()
                 provider.gossip = await nursery.start(
-                    partial(run_gossip, host, on_receipt=provider.record_gossip))
+                    partial(run_gossip, host, on_receipt=recorder(provider.ledger)))
                 if setup.executor is not None:
                     await nursery.start(_in_scope, ads, provider.advertise_forever, host, disc)
                 provider.addrs = host.addrs()
