@@ -41,6 +41,7 @@ from node.holds import DEFAULT_HOLD_S
 from node.host import Host
 from node.payments import Payments
 from node.peers import PeerBook
+from node.proximity import measure
 from node.requester import JobOutcome, JobRequest, run_job
 from node.transfer import file_sha256
 from protocol import CapacityAd, Resources
@@ -51,7 +52,6 @@ from scheduler.verification import Mode, Policy, TrustTracker, Verdict
 log = logging.getLogger(__name__)
 RETRYABLE = (PeerGone, PeerTimeout, PeerRefused, PriceRefused, ResultRejected)
 CANARY_RESOURCES = Resources(cpus=1, memory_mb=256, disk_mb=64, max_seconds=60)
-PING_TIMEOUT_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,7 +278,7 @@ class Placer:
                 shutil.rmtree(out_dir, ignore_errors=True)
 
     async def _try(self, ad: CapacityAd, request: JobRequest, out_dir: Path) -> JobOutcome:
-        await self._measure(ad)
+        await measure(self.host, self.peers, ad)  # RTT and our Vivaldi coordinate
         pay = self._pay()
         if not self.canary:
             return await run_job(self.host, ad, request, out_dir, emit=self.emit, payments=pay)
@@ -313,13 +313,6 @@ class Placer:
     def _pay(self) -> Payments:
         return self.payments if self.payments is not None else Payments(None, self.host)
 
-    async def _measure(self, ad: CapacityAd) -> None:
-        try:
-            rtt = await self.host.ping(ad.peer_id, addrs=ad.addrs, timeout=PING_TIMEOUT_S)
-        except RemoteError as exc:
-            log.debug("ping of %s failed: %s", ad.peer_id[:16], exc)
-            return
-        self.peers.record_rtt(ad.peer_id, rtt, ad.coords)
 
 
 @asynccontextmanager

@@ -17,12 +17,14 @@ from node.discovery import Discovery
 from node.errors import RemoteError
 from node.host import Host
 from node.peers import PeerBook
+from protocol import CapacityAd
 from scheduler.vivaldi import MAX_ERROR
 
 log = logging.getLogger(__name__)
 PROBE_INTERVAL_S = 30.0
 PROBE_SAMPLE = 3
 EMPTY_RETRY_S = 3.0
+PING_TIMEOUT_S = 2.0
 
 
 async def probe_once(host: Host, disc: Discovery, book: PeerBook, *,
@@ -32,14 +34,20 @@ async def probe_once(host: Host, disc: Discovery, book: PeerBook, *,
            if a.message.peer_id != host.peer_id]
     answered = 0
     for ad in rng.sample(ads, min(sample, len(ads))):
-        try:
-            rtt = await host.ping(ad.peer_id, addrs=ad.addrs, timeout=2.0)
-        except RemoteError as exc:
-            log.debug("ping of %s failed: %s", ad.peer_id[:16], exc)
-            continue
-        book.record_rtt(ad.peer_id, rtt, ad.coords)
-        answered += 1
+        answered += await measure(host, book, ad)
     return answered
+
+
+async def measure(host: Host, book: PeerBook, ad: CapacityAd, *,
+                  timeout: float = PING_TIMEOUT_S) -> bool:
+    """Ping the ad's peer and record the RTT (moving our coordinate); False if no answer."""
+    try:
+        rtt = await host.ping(ad.peer_id, addrs=ad.addrs, timeout=timeout)
+    except RemoteError as exc:
+        log.debug("ping of %s failed: %s", ad.peer_id[:16], exc)
+        return False
+    book.record_rtt(ad.peer_id, rtt, ad.coords)
+    return True
 
 
 async def probe_forever(host: Host, disc: Discovery, book: PeerBook, *,
