@@ -141,7 +141,7 @@ class Market:
             cpus=16, memory_mb=131072,
             runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),),
             price=self.prices[i], sandbox_tier="A", region="", coords=to_ad(c),
-            cached=tuple(sorted(self.cached[i])), load=load, seq=1, expires=2**62)
+            cached=tuple(sorted(self.cached[i])), load=load, seq=1, expires=2**53 - 1)
 
     def true_all(self, job: Job) -> tuple[np.ndarray, np.ndarray]:
         """True run seconds and cost of the job on every provider (numpy)."""

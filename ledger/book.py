@@ -17,7 +17,9 @@ from typing import Any, cast
 
 from ledger.chain import Entry, Fault, Memo, make_entry
 from ledger.errors import (
+    AmountOverCap,
     ChequeMisaddressed,
+    ChequeOverCap,
     ChequeRefused,
     ChequeReplayed,
     ChequeRolledBack,
@@ -47,6 +49,7 @@ from ledger.settlement import LocalCredits, SettlementBackend
 from ledger.store import ENTRY_COLUMNS, Store, head, insert_entry, row_entry, verify_file
 from protocol.errors import InvalidMessage, ProtocolError
 from protocol.identity import Identity
+from protocol.limits import MAX_AMOUNT as MAX_AMOUNT  # one cap, owned by protocol/
 from protocol.messages import check_peer_id, check_sha256
 from protocol.receipts import (
     MAX_REASON,
@@ -57,9 +60,6 @@ from protocol.receipts import (
     open_receipt,
 )
 from protocol.signing import Signed, open_signed, sign
-
-MAX_AMOUNT = 10**15
-"""A billion credits: far above any real balance, far below SQLite's 64-bit limit."""
 
 Clock = Callable[[], int]
 
@@ -152,6 +152,12 @@ class Ledger:
     def deposit(self, amount: int) -> Entry:
         """Fund the available balance through the settlement backend."""
         _check_amount(amount)
+        b = self.balance()
+        if max(b.available, b.deposited) + amount > MAX_AMOUNT:
+            raise AmountOverCap(f"depositing {_fmt(amount)} credits would take the books past "
+                                f"the cap of {_fmt(MAX_AMOUNT)} credits (available "
+                                f"{_fmt(b.available)}, deposited {_fmt(b.deposited)} in all); "
+                                "deposit less")
         ref = self.backend.fund(self.peer_id, amount)
         return self._append("deposit", amount=amount,
                             memo={"channel": self.backend.channel, "ref": ref})
@@ -190,6 +196,9 @@ class Ledger:
                                    outcome="accepted", reason="", charge=charge,
                                    result_digest=result_digest, issued_at=now), self._id)
             serial, cumulative = _cheque_state(db, "out", provider)
+            if cumulative + charge > MAX_AMOUNT:
+                raise AmountOverCap(f"paying {charge} more to {provider[:16]} would take its "
+                                    f"cheques past the cap of {MAX_AMOUNT} micro-credits")
             cheque = sign(Cheque(payer=self.peer_id, payee=provider,
                                  channel=self.backend.channel, cumulative=cumulative + charge,
                                  serial=serial + 1, issued_at=now), self._id)
@@ -258,7 +267,11 @@ class Ledger:
             e = self._entry(db, "cheque_in", peer=c.payer, amount=c.cumulative - cumulative,
                             memo={"serial": c.serial, "cumulative": c.cumulative,
                                   "cheque": signed.digest})
-            insert_entry(db, e)
+            try:
+                insert_entry(db, e)
+            except AmountOverCap as exc:
+                raise ChequeOverCap(f"cheque from {c.payer[:16]} refused: earned would pass "
+                                    f"{MAX_AMOUNT} micro-credits ({exc})") from exc
             _put_cheque(db, "in", c.payer, signed)
         return signed
 

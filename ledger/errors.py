@@ -16,6 +16,10 @@ class InvalidAmount(LocalLedgerError, ValueError):
     """An amount is not a positive whole number of micro-credits (or a charge is out of range)."""
 
 
+class AmountOverCap(InvalidAmount):
+    """An amount, a balance or a sum would pass MAX_AMOUNT; nothing was written."""
+
+
 class InsufficientFunds(LocalLedgerError):
     """The available balance cannot cover the amount; deposit more or lower the price cap."""
 
@@ -56,8 +60,17 @@ class ChequeRolledBack(ChequeRefused):
     """The cheque's cumulative amount is below the last accepted one from the same payer."""
 
 
+class ChequeOverCap(ChequeRefused):
+    """Accepting the cheque would raise what this node has earned beyond MAX_AMOUNT."""
+
+
 class ReceiptRefused(RemoteLedgerError):
     """A receipt does not verify, is stale, or is not about a job this node knows."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger file cannot be read or written now (disk full, read-only, locked by
+    another process); nothing was changed, and the message names the problem."""
 
 
 class LedgerCorrupt(LedgerError):

@@ -8,6 +8,7 @@ from the entries to catch any edit made behind the ledger's back.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from ledger.chain import GENESIS, Entry, Fault, Memo, Replay, check_link
-from ledger.errors import LedgerError, WrongOwner
+from ledger.errors import AmountOverCap, LedgerError, LedgerUnavailable, WrongOwner
 from ledger.escrow import Kind, moves
 from protocol.codec import pack, unpack
 from protocol.errors import ProtocolError
+from protocol.limits import MAX_AMOUNT
 from protocol.receipts import MAX_CHEQUE_SIZE, MAX_RECEIPT_SIZE, Cheque, Receipt
 from protocol.signing import open_signed
 
@@ -53,8 +55,9 @@ class Store:
         self.path = str(path)
         self.owner = owner
         self._mutex = threading.RLock()
-        self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
-                                  check_same_thread=False)
+        with self.named_errors():
+            self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
+                                      check_same_thread=False)
         try:
             self.db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             if self.path != ":memory:":
@@ -70,6 +73,9 @@ class Store:
                                      f"{owner}; open it with that node's --home")
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('owner', ?), ('schema', ?)",
                            (owner, SCHEMA_VERSION))
+        except sqlite3.OperationalError as exc:
+            self.db.close()
+            raise unavailable(self.path, exc) from None
         except BaseException:
             self.db.close()
             raise
@@ -79,32 +85,68 @@ class Store:
             self.db.close()
 
     @contextlib.contextmanager
+    def named_errors(self) -> Iterator[None]:
+        """SQLite's operational errors (disk full, read-only, locked) as LedgerUnavailable."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise unavailable(self.path, exc) from None
+
+    @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds SQLite's write lock from its first statement, so
         two writers (threads, connections or processes) never interleave."""
-        with self._mutex:
+        with self._mutex, self.named_errors():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """All rows of one SELECT, never interleaved with another thread's transaction."""
-        with self._mutex:
+        with self._mutex, self.named_errors():
             return self.db.execute(sql, params).fetchall()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for several SELECTs."""
-        with self._mutex:
+        with self._mutex, self.named_errors():
             self.db.execute("BEGIN")
             try:
                 yield self.db
             finally:
-                self.db.execute("COMMIT")
+                if self.db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("COMMIT")
+
+
+def unavailable(path: str, exc: sqlite3.Error) -> LedgerUnavailable:
+    """A one-line error that names why the file at `path` cannot be used now."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    where = os.path.dirname(os.path.abspath(path))
+    try:
+        fs = os.statvfs(where)
+        full = fs.f_bavail * fs.f_frsize < 64 * 1024
+        readonly = bool(fs.f_flag & os.ST_RDONLY)
+    except OSError:
+        full = readonly = False
+    if code == sqlite3.SQLITE_FULL or (full and code in (sqlite3.SQLITE_IOERR, 0)):
+        why = f"the disk is full; free space on {where}"
+    elif code == sqlite3.SQLITE_READONLY or readonly:
+        why = f"{where} is read-only; make the home writable"
+    elif code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        why = "another process holds its write lock; let it finish"
+    elif code == sqlite3.SQLITE_CANTOPEN:
+        why = f"it cannot be opened; check that {where} exists and is writable"
+    else:
+        why = f"{exc}; check the disk"
+    return LedgerUnavailable(f"ledger {path} cannot be used now: {why}, then run the "
+                             f"command again ({exc})")
 
 
 def head(db: sqlite3.Connection) -> tuple[int, str]:
@@ -113,14 +155,34 @@ def head(db: sqlite3.Connection) -> tuple[int, str]:
 
 
 def insert_entry(db: sqlite3.Connection, e: Entry, *, rest: int = 0) -> None:
-    """Append `e` and apply the credit it moves to `accounts` (inside a write transaction)."""
+    """Append `e` and apply the credit it moves to `accounts` (inside a write transaction);
+    AmountOverCap, before anything is written, if an amount or a balance would leave
+    -MAX_AMOUNT..MAX_AMOUNT (SQLite would turn an overflowing sum into a float)."""
+    deltas = _account_deltas(e, rest)
+    for name, delta in deltas.items():
+        row = db.execute("SELECT balance FROM accounts WHERE name = ?", (name,)).fetchone()
+        after = (0 if row is None else row[0]) + delta
+        if type(after) is not int or not -MAX_AMOUNT <= after <= MAX_AMOUNT:
+            raise AmountOverCap(f"account {name!r} would hold {after} micro-credits, beyond "
+                                f"the cap of {MAX_AMOUNT}; nothing was written")
     db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (e.seq, e.ts, e.kind, e.job_id, e.peer, e.amount, pack(e.memo), e.prev, e.hash,
                 e.sig))
+    for name, delta in deltas.items():
+        db.execute("INSERT INTO accounts VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                   "SET balance = balance + excluded.balance", (name, delta))
+
+
+def _account_deltas(e: Entry, rest: int) -> dict[str, int]:
+    for what, value in ((e.kind, e.amount), ("rest", rest)):
+        if type(value) is not int or not 0 <= value <= MAX_AMOUNT:
+            raise AmountOverCap(f"{what} of {value} micro-credits is outside 0..{MAX_AMOUNT}; "
+                                "nothing was written")
+    deltas: dict[str, int] = {}
     for src, dst, amount in moves(e.kind, peer=e.peer, amount=e.amount, rest=rest):
-        for name, delta in ((src, -amount), (dst, amount)):
-            db.execute("INSERT INTO accounts VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
-                       "SET balance = balance + excluded.balance", (name, delta))
+        deltas[src] = deltas.get(src, 0) - amount
+        deltas[dst] = deltas.get(dst, 0) + amount
+    return deltas
 
 
 ENTRY_COLUMNS = "seq, ts, kind, job_id, peer, amount, memo, prev, hash, sig"

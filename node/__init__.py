@@ -6,7 +6,10 @@ discovery.py   Kademlia: signed CapacityAds under short keys, provider records, 
 home.py        OFFLOAD_HOME and the node's Ed25519 identity key
 provider.py    the provider daemon: advertise, admit, run, sign results
 executor.py    where jobs run: a proven sandbox tier (warm or cold) or, if allowed, plain
-admission.py   slots, a bounded FIFO queue, a cap on open job streams
+admission.py   slots, a bounded FIFO queue and per-peer shares, decided when a job is quoted
+limits.py      per-peer and per-IP shares of streams and connections; peer errors by kind
+replies.py     the named error frames a provider answers with
+results.py     the provider's recent signed results, for requesters that lost theirs
 jobio.py       a job's files on the provider: inputs via the cache (resumable), outputs
 config.py      provider.toml / requester.toml: loading and one-line validation errors
 telemetry.py   live host and GPU telemetry (pynvml) for ads
@@ -18,6 +21,7 @@ runner.py      a plain subprocess with capped output, wall timeout and group kil
 transfer.py    content-addressed files in <= 1 MiB chunks
 requester.py   choose a provider, send spec and inputs, verify the result
 verify.py      offline checks of a saved result
+escrows.py     leases of live requester processes; escrows of dead ones swept at start
 client.py      a requester-side node session (host, DHT client, bootstrap)
 demo.py        `offload demo`: a local network and a torch job
 cli.py         the `offload` command

@@ -1,37 +1,61 @@
-"""Capacity accounting: a fixed number of slots, a bounded FIFO queue, nothing unbounded."""
+"""Capacity accounting: slots, a bounded FIFO queue, per-peer shares; nothing unbounded.
+
+A job is admitted once, when it is quoted: `admit` hands out a Ticket that holds a slot
+or a place in the queue, or raises Busy. Whoever was quoted therefore gets a slot (after
+waiting its turn) or was told `busy` before accepting; nothing is decided after that.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+import math
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
 
 class Busy(Exception):
-    """Every slot is taken and the queue is full: come back after `retry_after_s`."""
+    """No slot or queue place for this job now: come back after `retry_after_s`."""
 
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"all slots and the queue are full; retry in {retry_after_s:.0f} s")
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(f"{message}; retry in {math.ceil(retry_after_s)} s")
         self.retry_after_s = retry_after_s
+
+
+class Ticket:
+    """One admitted job: it holds a slot, or waits for one in the queue."""
+
+    __slots__ = ("_event", "has_slot", "peer", "released")
+
+    def __init__(self, peer: str, has_slot: bool) -> None:
+        self.peer = peer
+        self.has_slot = has_slot
+        self._event = trio.Event()
+        self.released = False
 
 
 class Admission:
-    """Slots are handed over in FIFO order; the queue and open streams are both capped."""
+    """Slots are handed over in FIFO order; the queue and each peer's share are capped."""
 
     def __init__(self, *, slots: int, queue: int, max_streams: int,
-                 retry_after_s: float = 5.0) -> None:
+                 per_peer: int | None = None, retry_after_s: float = 5.0) -> None:
         self.slots = slots
         self.queue_max = queue
         self.max_streams = max_streams
+        self.per_peer = per_peer if per_peer is not None else slots + max(1, queue // 4)
+        """Jobs one peer may hold at once (running or queued)."""
         self.retry_after_s = retry_after_s
         self.in_use = 0
         self.streams = 0
-        self._waiters: deque[trio.Event] = deque()
+        self._waiters: deque[Ticket] = deque()
+        self._by_peer: Counter[str] = Counter()
 
     @property
     def queued(self) -> int:
         return len(self._waiters)
+
+    def held_by(self, peer: str) -> int:
+        return self._by_peer[peer]
 
     def open_stream(self) -> bool:
         if self.streams >= self.max_streams:
@@ -42,37 +66,52 @@ class Admission:
     def close_stream(self) -> None:
         self.streams -= 1
 
-    def try_reserve(self) -> bool:
-        """Take a free slot now (a quote's reservation); False when none is free."""
+    def admit(self, peer: str) -> Ticket:
+        """A slot now, else a queue place; Busy (nothing taken) when neither is free or
+        `peer` already holds its share."""
+        if self._by_peer[peer] >= self.per_peer:
+            raise Busy(f"you already have {self._by_peer[peer]} jobs here, the most one "
+                       "requester may hold", self.retry_after_s)
         if self.in_use < self.slots and not self._waiters:
             self.in_use += 1
-            return True
-        return False
+            ticket = Ticket(peer, has_slot=True)
+        elif len(self._waiters) < self.queue_max:
+            ticket = Ticket(peer, has_slot=False)
+            self._waiters.append(ticket)
+        else:
+            raise Busy("all slots and the queue are full", self.retry_after_s)
+        self._by_peer[peer] += 1
+        return ticket
 
-    def check_queue(self) -> None:
-        if len(self._waiters) >= self.queue_max:
-            raise Busy(self.retry_after_s)
+    def position(self, ticket: Ticket) -> int:
+        """1 for the next in line; 0 once it holds a slot."""
+        if ticket.has_slot:
+            return 0
+        return self._waiters.index(ticket) + 1
 
-    async def wait_for_slot(self, on_position: Callable[[int], Awaitable[None]]) -> None:
-        """Join the queue (Busy if it is full) and return holding a slot."""
-        if self.try_reserve():
+    async def wait(self, ticket: Ticket, on_position: Callable[[int], Awaitable[None]]
+                   ) -> None:
+        """Return once `ticket` holds a slot; `on_position` hears its place first."""
+        if ticket.has_slot:
             return
-        self.check_queue()
-        event = trio.Event()
-        self._waiters.append(event)
-        try:
-            await on_position(len(self._waiters))
-            await event.wait()
-        except BaseException:
-            if event in self._waiters:
-                self._waiters.remove(event)
-            elif event.is_set():
-                self.release()  # the slot was handed to us as we were cancelled
-            raise
+        await on_position(self.position(ticket))
+        await ticket._event.wait()
 
-    def release(self) -> None:
-        while self._waiters:
-            event = self._waiters.popleft()
-            event.set()  # the slot passes to the next waiter
+    def release(self, ticket: Ticket) -> None:
+        """Give back what the ticket holds (idempotent): its slot passes to the next in
+        line, or its queue place is freed."""
+        if ticket.released:
             return
-        self.in_use -= 1
+        ticket.released = True
+        self._by_peer[ticket.peer] -= 1
+        if self._by_peer[ticket.peer] <= 0:
+            del self._by_peer[ticket.peer]
+        if not ticket.has_slot:
+            self._waiters.remove(ticket)
+            return
+        if self._waiters:
+            nxt = self._waiters.popleft()
+            nxt.has_slot = True
+            nxt._event.set()
+        else:
+            self.in_use -= 1

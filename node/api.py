@@ -202,18 +202,21 @@ class Requester:
         async with AsyncExitStack() as stack:
             self.host, self.disc = await stack.enter_async_context(
                 open_client(self.identity, self.bootstrap))
-            ledger = None
+            ledger = lease = None
             if self._use_ledger:
-                from ledger import Ledger
-                from node.ledger_cli import LEDGER_FILE
+                from node.escrows import Lease
+                from node.ledger_cli import open_ledger
 
-                ledger = stack.enter_context(Ledger.open(self.home / LEDGER_FILE,
-                                                        self.identity))
+                ledger = stack.enter_context(open_ledger(self.home, self.identity))
+                lease = Lease.open(self.home)
             self.payments = Payments(ledger, self.host, emit=self.emit,
-                                     holds=HoldBook.load(self.home))
-            await self.payments.settle_holds(time.time(), self.peers.trust.strikes)
+                                     holds=HoldBook.load(self.home), lease=lease)
+            stack.callback(self.payments.close)
             stack.push_async_callback(self._settle_holds)
             stack.push_async_callback(self.payments.settle_all)
+            self.swept = await self.payments.sweep(self.home)
+            """Escrows that dead processes on this home had left locked, settled at start."""
+            await self.payments.settle_holds(time.time(), self.peers.trust.strikes)
             self._stack = stack.pop_all()
         self._token = CURRENT.set(self)
         return self

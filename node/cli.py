@@ -232,7 +232,8 @@ def cmd_provide(args: argparse.Namespace) -> int:
         unsafe_no_sandbox=args.unsafe_no_sandbox or s.unsafe_no_sandbox,
         benchmark_interval_s=None if args.no_benchmark else float(s.benchmark_interval_s),
         cache_dir=Path(s.cache_dir) if s.cache_dir else None,
-        cache_max_bytes=int(s.cache_max_gb * 10**9),
+        cache_max_bytes=int(s.cache_max_gb * 10**9), limits=s.limits,
+        jobs_per_peer=s.jobs_per_peer or None,
         sandbox_tiers=("A", "B") if tier == "auto" else (tier,))
     trio.run(serve, config, identity)
     return 0
@@ -267,12 +268,14 @@ def cmd_offers(args: argparse.Namespace) -> int:
     identity, _ = init_identity(home)
     peers = PeerBook.load(home)
 
-    async def find() -> tuple[list[CapacityAd], int]:
+    async def find() -> tuple[list[CapacityAd], int, Any]:
         async with open_client(identity, _bootstrap(args)) as (_, disc):
-            ads = [a.message for a in await disc.find_ads("cpu", limit=args.limit)]
-            return ads, int(disc.clock() * 1000)
+            search = await disc.search("cpu", limit=args.limit)
+            return [a.message for a in search.ads], int(disc.clock() * 1000), search
 
-    ads, now_ms = trio.run(find)
+    ads, now_ms, search = trio.run(find)
+    if shortfall := search.shortfall():  # stdout stays the offers (a JSON list with --json)
+        print(f"offload: warning: {shortfall}", file=sys.stderr)
     ads = [a for a in ads if where is None or where(a, now_ms=now_ms)]
     job = JobEstimate(resources=Resources(cpus=args.cpus, gpus=args.gpus,
                                           max_seconds=args.timeout))

@@ -173,10 +173,9 @@ def _setup(args: argparse.Namespace, script_args: tuple[str, ...]) -> _Setup:
 
 
 def _ledger(st: _Setup) -> Any:
-    from ledger import Ledger
-    from node.ledger_cli import LEDGER_FILE
+    from node.ledger_cli import open_ledger
 
-    return Ledger.open(st.home / LEDGER_FILE, st.identity)
+    return open_ledger(st.home, st.identity)
 
 
 @dataclasses.dataclass(slots=True)
@@ -190,25 +189,30 @@ class _Session:
 
 @asynccontextmanager
 async def _session(st: _Setup, peers: Any, show: Any) -> AsyncIterator[_Session]:
-    """Host, DHT client, receipts gossip and payments for one command. Held payments
-    settle on the way in and out; escrows still open at the end are refunded."""
+    """Host, DHT client, receipts gossip and payments for one command. Escrows that dead
+    processes on this home left locked are swept, and held payments settle, on the way
+    in; held payments settle and escrows still open are refunded on the way out."""
     from node.client import open_client
+    from node.escrows import Lease
     from node.gossip import open_gossip, recorder
     from node.holds import HoldBook
+    from node.ledger_cli import report_swept
     from node.payments import Payments
 
     with _ledger(st) as ledger:
         async with open_client(st.identity, st.bootstrap) as (host, disc), \
                 open_gossip(host, on_receipt=recorder(ledger)) as gossip:
             pay = Payments(ledger, host, emit=show, publish=gossip.publish,
-                           holds=HoldBook.load(st.home))
-            await pay.settle_holds(time.time(), peers.trust.strikes)
+                           holds=HoldBook.load(st.home), lease=Lease.open(st.home))
             session = _Session(host=host, disc=disc, pay=pay)
             try:
+                report_swept(await pay.sweep(st.home))
+                await pay.settle_holds(time.time(), peers.trust.strikes)
                 yield session
             finally:
                 await pay.settle_all()
                 session.suspect = await pay.settle_holds(time.time(), peers.trust.strikes)
+                pay.close()
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -291,6 +295,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from node.client import open_client
+    from node.ledger_cli import report_swept
+    from node.payments import Payments
     from node.peers import PeerBook
     from node.placement import job_estimate
     from node.plan import local_capacity, make_plan, plan_json, script_hints
@@ -305,13 +311,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         local = await local_capacity(st.home)
-        async with open_client(st.identity, st.bootstrap) as (_, disc):
-            ads = [a.message for a in await disc.find_ads("cpu", limit=50)]
-            now_ms = int(disc.clock() * 1000)
+        with _ledger(st) as ledger:
+            async with open_client(st.identity, st.bootstrap) as (host, disc):
+                report_swept(await Payments(ledger, host).sweep(st.home))
+                ads = [a.message for a in await disc.find_ads("cpu", limit=50)]
+                now_ms = int(disc.clock() * 1000)
+            reputation = ledger.reputations()
         ads = [a for a in ads if meets(a, st.requirements, now_ms=now_ms)
                and not peers.trust.is_blacklisted(a.peer_id, now_ms / 1000)]
-        with _ledger(st) as ledger:
-            reputation = ledger.reputations()
         return make_plan(job_estimate(st.request, gflop=st.gflop), local, ads,
                          peers.observations(reputation), items=items, now_ms=now_ms)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+
+from node.errors import RemoteError, UserError
 
 _patched = False
 
@@ -27,6 +29,7 @@ def patch_libp2p() -> None:
     import libp2p.network.swarm as swarm
 
     swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    exclusive_tcp_listeners()
     for name in ("libp2p", "libp2p.kad_dht", "libp2p.kad_dht.kad_dht"):
         logging.getLogger(name).addFilter(_DropNoise())
     root = logging.getLogger("libp2p")
@@ -55,11 +58,39 @@ def new_host(seed: bytes) -> Any:
 
     key_pair = create_new_key_pair(seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)
-    return _new_host(
+    host = _new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_ID): noise},
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
+        connection_config=quiet_connections(),
     )
+    no_auto_connect(host)
+    return host
+
+
+def no_auto_connect(host: Any) -> None:
+    """See quiet_connections: the AutoConnector aims between the low and the high watermark
+    (150 with ours), and a high watermark of 0 would make the pruner close everything, so
+    switch the dialling itself off."""
+    async def _never() -> None:
+        return None
+
+    host.get_network().auto_connector.maybe_connect = _never
+
+
+def quiet_connections() -> Any:
+    """0.8.1's AutoConnector keeps 50-100 connections by dialling every peer in the
+    peerstore every 30 s and at each disconnect: a provider re-dials every requester it
+    ever met, and 50 clients cut off at a per-IP cap dial back in a storm. We open the
+    connections we need. Several processes of one home share its peer id, each with its
+    own connection: allow a few per peer (libp2p's 3 refused the 4th requester)."""
+    from libp2p.network.config import ConnectionConfig
+
+    return ConnectionConfig(min_connections=0, low_watermark=0,
+                            max_connections_per_peer=MAX_CONNECTIONS_PER_PEER)
+
+
+MAX_CONNECTIONS_PER_PEER = 8
 
 
 @asynccontextmanager
@@ -69,10 +100,145 @@ async def running_host(host: Any, listen: Sequence[str]) -> AsyncIterator[None]:
 
     try:
         async with host.run([Multiaddr(a) for a in listen]):
-            yield
+            failed = listen_failure(host, listen)
+            if failed is None:
+                try:
+                    yield
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(3):
+                        await close_connections(host)
+                return
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(3):
             await host.close()
+    raise failed  # outside host.run, whose nursery would wrap it in an ExceptionGroup
+
+
+async def close_connections(host: Any) -> int:
+    """Bug 5 again: leaving `host.run()` stops the swarm's tasks before `host.close()`
+    closes its connections, and some sockets then stay open for good (the peer sees an
+    idle connection that never ends; 30 hosts left 9 behind). Close them while the swarm
+    still runs."""
+    n = 0
+    for conns in list(host.get_network().connections.values()):
+        for conn in list(conns) if isinstance(conns, list | tuple | set) else [conns]:
+            try:
+                await conn.close()
+                n += 1
+            except Exception:
+                logging.getLogger(__name__).debug("closing a connection failed",
+                                                  exc_info=True)
+    return n
+
+
+def _socket_of(conn: Any) -> trio.SocketStream | None:
+    """The TCP stream under a swarm connection (muxer -> security -> raw -> trio)."""
+    seen: set[int] = set()
+    todo = [conn]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, trio.SocketStream):
+            return obj
+        if id(obj) in seen or len(seen) > 32:
+            continue
+        seen.add(id(obj))
+        for name in ("muxed_conn", "secured_conn", "conn", "read_writer", "stream", "_stream"):
+            inner = getattr(obj, name, None)
+            if inner is not None:
+                todo.append(inner)
+    return None
+
+
+async def drop_connection(conn: Any) -> None:
+    """Close a connection for good: `SwarmConn.close()` waits on the muxer and its
+    streams, and a cancelled close (a flood closes many) left the socket open. Shut the
+    socket down first, so whatever libp2p does next, the descriptor goes."""
+    import socket
+
+    sock = _socket_of(conn)
+    if sock is not None:
+        try:
+            sock.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    with trio.move_on_after(2):
+        try:
+            await conn.close()
+        except Exception:
+            logging.getLogger(__name__).debug("closing a connection failed", exc_info=True)
+    if sock is not None and sock.socket.fileno() != -1:
+        sock.socket.close()
+
+
+def watch_connections(host: Any, *, on_connected: Callable[[Any], None],
+                      on_disconnected: Callable[[Any], None]) -> None:
+    """Tell us of every connection opened and closed (libp2p's notifee interface)."""
+    from libp2p.abc import INotifee
+
+    class _Watcher(INotifee):
+        async def opened_stream(self, network: Any, stream: Any) -> None:
+            pass
+
+        async def closed_stream(self, network: Any, stream: Any) -> None:
+            pass
+
+        async def connected(self, network: Any, conn: Any) -> None:
+            on_connected(conn)
+
+        async def disconnected(self, network: Any, conn: Any) -> None:
+            on_disconnected(conn)
+
+        async def listen(self, network: Any, multiaddr: Any) -> None:
+            pass
+
+        async def listen_close(self, network: Any, multiaddr: Any) -> None:
+            pass
+
+    host.get_network().register_notifee(_Watcher())
+
+
+_listen_errors: dict[tuple[str | None, int], str] = {}
+
+
+def exclusive_tcp_listeners() -> None:
+    """py-libp2p binds its TCP listeners with SO_REUSEPORT (for DCUtR dials from the listen
+    port, which we do not use), so a second node could bind a port already in use and take
+    part of its connections. Listen as trio does instead: SO_REUSEADDR only, so a taken
+    port is refused with EADDRINUSE. Revisit when hole punching needs port reuse."""
+    import libp2p.transport.tcp.tcp as tcp
+    from libp2p.transport.exceptions import OpenConnectionError
+
+    async def _exclusive(host: str | None, port: int) -> list[trio.SocketListener]:
+        try:
+            listeners = list(await trio.open_tcp_listeners(port, host=host))
+        except OSError as exc:
+            _listen_errors[(host, port)] = exc.strerror or str(exc)
+            raise OpenConnectionError(f"Failed to listen on {host}:{port}: {exc}") from exc
+        _listen_errors.pop((host, port), None)
+        return listeners
+
+    tcp._open_reuseport_listeners = _exclusive
+
+
+def listen_failure(host: Any, listen: Sequence[str]) -> UserError | None:
+    """Swarm.listen drops an address it fails to bind (logged at debug) and the host runs
+    listening on nothing: the error to raise instead, naming the address and the reason."""
+    from multiaddr import Multiaddr
+
+    bound = set(host.get_network().listeners)
+    for addr in listen:
+        if str(Multiaddr(addr)) in bound:
+            continue
+        maddr = Multiaddr(addr)
+        try:
+            key = (maddr.value_for_protocol("ip4") or maddr.value_for_protocol("ip6"),
+                   int(maddr.value_for_protocol("tcp")))
+            why = _listen_errors.get(key, "the address is not available on this host")
+        except Exception:
+            why = "not a TCP address this node can listen on"
+        return UserError(f"cannot listen on {addr}: {why}; stop what listens there or pick "
+                         "another port (tcp/0 picks a free one)")
+    return None
 
 
 def forget_failed_dial(host: Any, peer_id: Any) -> None:
@@ -126,3 +292,256 @@ def announce_existing_peers(pubsub: Any, host: Any) -> int:
     for peer_id in peers:
         pubsub.manager.run_task(pubsub._handle_new_peer_with_retry, peer_id)
     return len(peers)
+
+
+# --- The DHT under load (issue #11, item 6) -----------------------------------------------
+# libp2p's find_providers / get_value swallow every per-peer failure (a reset reads as "no
+# record"), return local provider records without asking the network once any are cached,
+# and count duplicates toward `count` (bug 7), so under load a lookup silently comes back
+# short. These one-peer requests raise instead; node/discovery.py retries and walks.
+
+MAX_KAD_RESPONSE = 256 * 1024   # an ad is <= 16 KiB; 20 providers and 20 peers fit easily
+MAX_KAD_PEERS = 32              # provider or closer-peer entries read from one answer
+MAX_KAD_ADDRS = 8               # addresses kept per peer entry
+
+
+class DhtRequestFailed(RemoteError):
+    """One DHT request to one peer failed; `retryable` if it reset, closed or timed out
+    (a busy server), not if the peer is unreachable or does not serve the DHT."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A dial that failed or a peer without /ipfs/kad/1.0.0: asking again will not help."""
+    from libp2p.network.exceptions import SwarmException
+    from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, (SwarmException, ProtocolNotSupportedError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def kad_request(dht: Any, peer_id: Any, message: Any, *, timeout: float) -> Any:
+    """One Kademlia request on a fresh stream, answer capped at MAX_KAD_RESPONSE bytes."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.kad_dht.common import PROTOCOL_ID
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.kad_dht.utils import maybe_consume_signed_record
+    from libp2p.peer.peerstore import env_to_send_in_RPC
+    from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+
+    host, who = dht.host, str(peer_id)[:16]
+    response = Message()
+    connected, opened = peer_id in host.get_network().connections, False
+    with trio.move_on_after(max(timeout, 0.0)) as scope:
+        try:
+            stream = await host.new_stream(peer_id, [TProtocol(PROTOCOL_ID)])
+        except Exception as exc:
+            raise DhtRequestFailed(f"no DHT stream to {who}: {exc}",
+                                   retryable=not _permanent(exc)) from exc
+        opened = True
+        try:
+            message.senderRecord = env_to_send_in_RPC(host)[0]
+            await stream.write(encode_varint_prefixed(message.SerializeToString()))
+            response.ParseFromString(
+                await read_varint_prefixed_bytes_limited(stream, MAX_KAD_RESPONSE))
+        except Exception as exc:
+            raise DhtRequestFailed(f"DHT request to {who} failed: {exc!r}",
+                                   retryable=True) from exc
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+    if scope.cancelled_caught:  # a dial that timed out is not retried: the peer is gone
+        raise DhtRequestFailed(f"no DHT answer from {who} within {timeout:.1f} s",
+                               retryable=opened or connected)
+    if response.type != message.type:
+        raise DhtRequestFailed(f"{who} answered a DHT request of another type",
+                               retryable=False)
+    # a signed peer record is only an address-book update; an older one is not an error
+    maybe_consume_signed_record(response, host, peer_id)
+    return response
+
+
+def _closer_peers(dht: Any, response: Any) -> list[Any]:
+    """Closer peers of an answer, their addresses kept for 10 min so we can dial them."""
+    from libp2p.peer.id import ID
+    from multiaddr import Multiaddr
+
+    out = []
+    for entry in list(response.closerPeers)[:MAX_KAD_PEERS]:
+        try:
+            peer = ID(entry.id)
+            addrs = [Multiaddr(a) for a in list(entry.addrs)[:MAX_KAD_ADDRS]]
+        except Exception:
+            continue
+        if peer == dht.local_peer_id:
+            continue
+        if addrs:
+            dht.host.get_peerstore().add_addrs(peer, addrs, 600)
+        out.append(peer)
+    return out
+
+
+async def kad_get_providers(dht: Any, peer_id: Any, key: str, *,
+                            timeout: float) -> tuple[list[Any], list[Any]]:
+    """GET_PROVIDERS to one peer: (its provider records for the CID `key`, closer peers)."""
+    from libp2p.kad_dht.kad_dht import _encode_key
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.kad_dht.utils import maybe_consume_signed_record
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+    from multiaddr import Multiaddr
+
+    message = Message()
+    message.type = Message.MessageType.GET_PROVIDERS
+    message.key = _encode_key(key)
+    response = await kad_request(dht, peer_id, message, timeout=timeout)
+    providers = []
+    for entry in list(response.providerPeers)[:MAX_KAD_PEERS]:
+        try:
+            # kept even when its signed record is older than ours (libp2p drops it then)
+            maybe_consume_signed_record(entry, dht.host)
+            addrs = []
+            for raw in list(entry.addrs)[:MAX_KAD_ADDRS]:
+                try:
+                    addrs.append(Multiaddr(raw))
+                except Exception:
+                    pass
+            providers.append(PeerInfo(ID(entry.id), addrs))
+        except Exception:
+            continue
+    return providers, _closer_peers(dht, response)
+
+
+async def kad_get_value(dht: Any, peer_id: Any, key: str, *, timeout: float) -> bytes | None:
+    """GET_VALUE to one peer: the value it holds under `key`, or None if it has none."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+    message = Message()
+    message.type = Message.MessageType.GET_VALUE
+    message.key = key.encode("utf-8")
+    response = await kad_request(dht, peer_id, message, timeout=timeout)
+    if response.HasField("record") and response.record.value:
+        return bytes(response.record.value)
+    return None
+
+
+def kad_seed_peers(dht: Any, key: str, count: int = 20) -> list[Any]:
+    """Where a provider lookup for the CID `key` starts: the routing table's closest peers,
+    and the connected ones when the table is nearly empty (as libp2p's own lookup does)."""
+    from libp2p.kad_dht.kad_dht import _encode_key
+
+    target = _encode_key(key)
+    peers = list(dht.routing_table.find_local_closest_peers(target, count))
+    if len(peers) < 5:
+        peers += [p for p in dht.host.get_connected_peers() if p not in peers]
+    return [p for p in kad_by_distance(dht, key, peers) if p != dht.local_peer_id][:count]
+
+
+def kad_by_distance(dht: Any, key: str, peers: Sequence[Any]) -> list[Any]:
+    """Peers sorted by XOR distance to the CID `key`, closest first."""
+    from libp2p.kad_dht.kad_dht import _encode_key
+    from libp2p.kad_dht.utils import sort_peer_ids_by_distance
+
+    return list(sort_peer_ids_by_distance(_encode_key(key), list(dict.fromkeys(peers))))
+
+
+def kad_local_providers(dht: Any, key: str) -> list[Any]:
+    """Provider records this node holds itself (a server's own, and those sent to it)."""
+    from libp2p.kad_dht.kad_dht import _encode_key
+
+    return list(dht.provider_store.get_providers(_encode_key(key)))
+
+
+class FairDhtInbound:
+    """libp2p's DHT server serves 12 inbound streams at once and resets the 13th at once
+    (kad_dht.py handle_stream, `_inbound_limiter`), so a burst of lookups fails even on an
+    idle machine, and 12 silent streams of one peer lock everyone out (a stream is served
+    until its peer closes it). Here: more slots, a short FIFO wait for one instead of an
+    instant reset, a cap per peer, a bound on waiters and on each stream's lifetime."""
+
+    def __init__(self, dht: Any, *, slots: int = 32, per_peer: int = 8, wait_s: float = 3.0,
+                 max_waiting: int = 256, stream_s: float = 30.0) -> None:
+        self.dht = dht
+        self.slots = trio.CapacityLimiter(slots)
+        self.per_peer, self.wait_s, self.stream_s = per_peer, wait_s, stream_s
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self.open: dict[str, int] = {}
+        self.refused = 0
+
+    async def handle(self, stream: Any) -> None:
+        try:
+            peer = str(stream.muxed_conn.peer_id)
+        except Exception:
+            peer = "?"
+        if self.open.get(peer, 0) >= self.per_peer or self.waiting >= self.max_waiting:
+            await self._refuse(stream)
+            return
+        self.open[peer] = self.open.get(peer, 0) + 1
+        try:
+            await self._serve(stream)
+        finally:
+            self.open[peer] -= 1
+            if not self.open[peer]:
+                del self.open[peer]
+
+    async def _serve(self, stream: Any) -> None:
+        got = False
+        self.waiting += 1
+        try:
+            with trio.move_on_after(self.wait_s):
+                await self.slots.acquire()
+                got = True
+        finally:
+            self.waiting -= 1
+        if not got:
+            await self._refuse(stream)
+            return
+        try:
+            with trio.move_on_after(self.stream_s) as scope:
+                await self.dht._do_handle_stream(stream)
+            if scope.cancelled_caught:
+                await self._refuse(stream)
+        except Exception:
+            logging.getLogger(__name__).debug("DHT stream handler failed", exc_info=True)
+            await self._refuse(stream)
+        finally:
+            self.slots.release()
+
+    async def _refuse(self, stream: Any) -> None:
+        self.refused += 1
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+
+
+def fair_dht_inbound(dht: Any, **limits: Any) -> FairDhtInbound:
+    """Serve a server-mode DHT's inbound streams through FairDhtInbound (see there), and
+    keep peers that identified without the DHT protocol out of its routing table (bug 9:
+    libp2p adds every peer that opens a DHT stream, requesters in client mode included)."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.kad_dht.common import PROTOCOL_ID
+
+    fair = FairDhtInbound(dht, **limits)
+    dht.host.set_stream_handler(TProtocol(PROTOCOL_ID), fair.handle)
+    add_peer = dht.add_peer
+
+    async def add_server_peer(peer_id: Any, *, skip_server_mode_check: bool = False) -> bool:
+        return bool(await add_peer(peer_id))
+
+    dht.add_peer = add_server_peer
+    return fair

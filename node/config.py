@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from node.errors import UserError
+from node.limits import Limits
 from protocol import Price
 
 SandboxChoice = Literal["auto", "A", "B"]
@@ -38,6 +39,8 @@ PROVIDER_LAYOUT: dict[str, tuple[str, ...]] = {
     "price": PRICE_KEYS,
     "cache": ("dir", "max_gb"),
     "operations": ("metrics_listen", "benchmark_interval_s", "drain_timeout_s"),
+    "limits": ("streams_per_peer", "streams_per_ip", "connections_per_ip", "exempt",
+               "jobs_per_peer"),
 }
 REQUESTER_LAYOUT: dict[str, tuple[str, ...]] = {
     "network": ("bootstrap",),
@@ -83,6 +86,9 @@ class ProviderSettings:
     metrics_listen: str = "127.0.0.1:0"   # port 0: a free port, shown by `offload status`
     benchmark_interval_s: int = 86400
     drain_timeout_s: float = 60.0
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    jobs_per_peer: int = 0
+    """Jobs one requester may hold here at once (running or queued); 0: slots + queue/4."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +128,9 @@ def load_provider(path: Path | None) -> ProviderSettings:
         benchmark_interval_s=r.benchmark_interval(d.benchmark_interval_s),
         drain_timeout_s=r.number("operations", "drain_timeout_s", d.drain_timeout_s, 0, 3600,
                                  unit="seconds"),
+        limits=r.limits(d.limits),
+        jobs_per_peer=r.integer("limits", "jobs_per_peer", d.jobs_per_peer, 0, 1024,
+                                unit="jobs"),
     )
 
 
@@ -289,6 +298,22 @@ class _Reader:
             raise self.error(f"{section}.{key}", f"{len(value)} characters is too long",
                              f"use at most {max_len}")
         return value
+
+    def limits(self, d: Limits) -> Limits:
+        exempt = self.strings("limits", "exempt", '["127.0.0.0/8", "::1/128"]')
+        try:
+            return Limits(
+                streams_per_peer=self.integer("limits", "streams_per_peer", d.streams_per_peer,
+                                              1, 100_000, unit="streams"),
+                streams_per_ip=self.integer("limits", "streams_per_ip", d.streams_per_ip,
+                                            1, 100_000, unit="streams"),
+                connections_per_ip=self.integer("limits", "connections_per_ip",
+                                                d.connections_per_ip, 1, 100_000,
+                                                unit="connections"),
+                exempt=d.exempt if exempt is None else exempt)
+        except UserError as exc:
+            raise ConfigError(self.path, "limits", str(exc), "see configs/provider.toml"
+                              ) from None
 
     def strings(self, section: str, key: str, example: str) -> tuple[str, ...] | None:
         value = self.get(section, key)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import trio
 
 from node import compat
+from node.compat import DhtRequestFailed
 from node.errors import NoProviders, RemoteError
 from node.host import Host
 from protocol import CapacityAd, ProtocolError, Signed, check_ad_fresh, open_signed
@@ -22,8 +26,17 @@ AD_REFRESH_S = 60
 AD_LIFETIME_S = 120
 MAX_AD_SIZE = 16 * 1024
 CAPABILITY_CLASSES = ("cpu", "gpu")
+K_CLOSEST = 20            # Kademlia k: provider records live on the k closest servers
+LOOKUP_CONCURRENCY = 4    # GET_PROVIDERS in flight at once (Kademlia alpha)
+FETCH_CONCURRENCY = 8     # ads fetched at once
+REQUEST_TIMEOUT_S = 5.0   # one DHT request to one peer
+LOOKUP_SHARE = 0.6        # of a search's time, the most the provider lookup may take
+MAX_CANDIDATES = 100      # peers a lookup keeps in view (a hostile answer cannot grow it)
+MAX_FOUND = 200           # provider entries a lookup keeps
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+Miss = Literal["invalid", "gone", "unreachable"]
 
 
 def ad_key(peer_id: str) -> str:
@@ -60,13 +73,16 @@ def _make_validator(clock: Clock) -> Any:
             except (ProtocolError, RemoteAdError) as exc:
                 log.debug("rejecting ad under %s: %s", key, exc)
                 raise ValueError(f"invalid offload ad: {exc}") from exc
+            except Exception as exc:  # a bug of ours: refuse the record, keep serving
+                log.error("validating an ad under %s failed", key, exc_info=exc)
+                raise ValueError("invalid offload ad") from exc
 
         def select(self, key: str, values: list[bytes]) -> int:
             best, best_seq = 0, -1
             for i, value in enumerate(values):
                 try:
                     seq = open_ad(key, value, now_ms=int(clock() * 1000)).message.seq
-                except (ProtocolError, RemoteAdError):
+                except Exception:  # what validate() refuses is never the best
                     continue
                 if seq > best_seq:
                     best, best_seq = i, seq
@@ -75,13 +91,83 @@ def _make_validator(clock: Clock) -> Any:
     return AdValidator()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Jittered exponential backoff: wait n is base * factor**n capped at cap, its upper half
+    random, so a burst of requesters that were refused together does not return together."""
+
+    base_s: float = 0.05
+    factor: float = 2.0
+    cap_s: float = 1.0
+    attempts: int = 6
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.cap_s, self.base_s * self.factor ** attempt)
+        return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
+
+
+async def retry(op: Callable[[float], Awaitable[T]], *, policy: Backoff, deadline: float,
+                rng: random.Random, what: str, clock: Callable[[], float] = trio.current_time,
+                sleep: Callable[[float], Awaitable[None]] = trio.sleep) -> T:
+    """`op(seconds_left)` until it succeeds; a retryable DhtRequestFailed (the peer reset,
+    closed or timed out) is tried again after a backoff, never past `deadline` nor more than
+    `policy.attempts` times; the last failure is raised."""
+    last: DhtRequestFailed | None = None
+    for attempt in range(policy.attempts):
+        left = deadline - clock()
+        if left <= 0:
+            break
+        try:
+            return await op(left)
+        except DhtRequestFailed as exc:
+            if not exc.retryable:
+                raise
+            last = exc
+        pause = policy.delay(attempt, rng)
+        if attempt + 1 == policy.attempts or clock() + pause >= deadline:
+            break
+        await sleep(pause)
+    raise last or DhtRequestFailed(f"{what}: no time left before the deadline", retryable=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Search:
+    """What one provider search found: verified ads and what it could not reach."""
+
+    ads: list[Signed[CapacityAd]]
+    found: int                      # providers the DHT named (other than this node)
+    unreachable: tuple[str, ...]    # of those, whose ad requests kept failing: retry later
+    gone: int                       # of those, whose ad nobody holds (expired, or dead)
+    invalid: int                    # of those, whose ad failed verification (dropped)
+    dht_failed: int                 # DHT servers that reset or timed out in the lookup
+    lookup_cut: bool                # the lookup ran out of time
+
+    def shortfall(self) -> str | None:
+        """None if the search saw everything it asked about, else one line saying what
+        it missed (ads of providers it could not reach, or an unfinished lookup)."""
+        parts = []
+        if self.unreachable:
+            parts.append(f"{len(self.unreachable)} of {self.found} providers found in the DHT "
+                         "could not be reached (their ads could not be fetched)")
+        if self.dht_failed or self.lookup_cut:
+            parts.append("the provider lookup did not finish ("
+                         + (f"{self.dht_failed} DHT peers busy or slow" if self.dht_failed
+                            else "out of time") + ")")
+        if not parts:
+            return None
+        return "; ".join(parts) + "; offers may be missing, try again"
+
+
 class Discovery:
     """A KadDHT in server mode (providers) or client mode (requesters)."""
 
-    def __init__(self, host: Host, dht: Any, *, clock: Clock) -> None:
+    def __init__(self, host: Host, dht: Any, *, clock: Clock, rng: random.Random | None = None,
+                 backoff: Backoff = Backoff()) -> None:
         self.host = host
         self.dht = dht
         self.clock = clock
+        self.rng = rng or random.Random()
+        self.backoff = backoff
         self.dropped = 0
 
     async def bootstrap(self, maddrs: Sequence[str]) -> list[str]:
@@ -107,47 +193,151 @@ class Discovery:
     async def find_ads(self, capability: str = "cpu", *, limit: int = 20,
                        timeout: float = 15.0) -> list[Signed[CapacityAd]]:
         """Verified, fresh ads of providers of `capability`, each re-checked after reading."""
-        ads: list[Signed[CapacityAd]] = []
-        with trio.move_on_after(timeout):
-            infos = compat.dedupe_peers(
-                await self.dht.find_providers(rendezvous_key(capability), limit))
-            for info in infos:
-                peer = str(info.peer_id)
-                if peer == self.host.peer_id:
-                    continue
-                self.host.remember(peer, [str(a) for a in info.addrs])
-                ad = await self._read_ad(peer)
-                if ad is not None:
-                    ads.append(ad)
-        return ads
+        return (await self.search(capability, limit=limit, timeout=timeout)).ads
 
-    async def _read_ad(self, peer_id: str) -> Signed[CapacityAd] | None:
-        key = ad_key(peer_id)
+    async def search(self, capability: str = "cpu", *, limit: int = 20,
+                     timeout: float = 15.0) -> Search:
+        """Find up to `limit` providers of `capability` and fetch their ads, within `timeout`:
+        the lookup gets LOOKUP_SHARE of it, the ads (fetched FETCH_CONCURRENCY at a time)
+        the rest; refused or reset requests are retried with backoff inside that time."""
+        start = trio.current_time()
+        deadline = start + timeout
+        infos, dht_failed, cut = await self._lookup(rendezvous_key(capability), limit,
+                                                    start + timeout * LOOKUP_SHARE)
+        results: dict[str, Signed[CapacityAd] | Miss] = {}
+        slots = trio.CapacityLimiter(FETCH_CONCURRENCY)
+
+        async def fetch(info: Any) -> None:
+            async with slots:
+                results[str(info.peer_id)] = await self._fetch_ad(info.peer_id, deadline)
+
+        with trio.move_on_after(max(deadline - trio.current_time(), 0.0)):
+            async with trio.open_nursery() as nursery:
+                for info in infos:
+                    self.host.remember(str(info.peer_id), [str(a) for a in info.addrs])
+                    nursery.start_soon(fetch, info)
+        got = [results.get(str(i.peer_id), "unreachable") for i in infos]  # cut: unreachable
+        ads = [r for r in got if isinstance(r, Signed)]
+        unreachable = tuple(str(i.peer_id) for i, r in zip(infos, got, strict=True)
+                            if r == "unreachable")
+        if unreachable or dht_failed:
+            log.info("provider search: %d found, %d ads, %d unreachable, %d DHT peers failed",
+                     len(infos), len(ads), len(unreachable), dht_failed)
+        return Search(ads=ads, found=len(infos), unreachable=unreachable,
+                      gone=got.count("gone"), invalid=got.count("invalid"),
+                      dht_failed=dht_failed, lookup_cut=cut)
+
+    async def _lookup(self, key: str, limit: int,
+                      deadline: float) -> tuple[list[Any], int, bool]:
+        """Iterative GET_PROVIDERS over the closest peers to `key` (Kademlia), counting
+        distinct providers; it ends when the K_CLOSEST closest peers that answered have all
+        been asked, `limit` providers are known, or at `deadline`."""
+        me = self.host.peer_id
+        found: dict[str, Any] = {}
+        for info in compat.kad_local_providers(self.dht, key):
+            found.setdefault(str(info.peer_id), info)
+        candidates = compat.kad_seed_peers(self.dht, key, K_CLOSEST)
+        known, asked = set(candidates), set()
+        failed = 0
+
+        def enough() -> bool:
+            return len([p for p in found if p != me]) >= limit
+
+        send, receive = trio.open_memory_channel[tuple[Any, Any]](math.inf)
+        with trio.move_on_after(max(deadline - trio.current_time(), 0.0)) as scope:
+            async with trio.open_nursery() as nursery:
+                inflight = 0
+                while not enough():
+                    for peer in candidates[:K_CLOSEST]:
+                        if inflight >= LOOKUP_CONCURRENCY:
+                            break
+                        if peer not in asked:
+                            asked.add(peer)
+                            inflight += 1
+                            nursery.start_soon(self._ask_providers, peer, key, deadline, send)
+                    if not inflight:
+                        break
+                    peer, answer = await receive.receive()
+                    inflight -= 1
+                    if answer is None or answer is False:
+                        failed += answer is None
+                        if peer in candidates:  # it may have dropped out of view meanwhile
+                            candidates.remove(peer)
+                        continue
+                    providers, closer = answer
+                    for info in providers:
+                        if len(found) < MAX_FOUND:
+                            found.setdefault(str(info.peer_id), info)
+                    fresh = [p for p in closer if p not in known]
+                    known.update(fresh)
+                    candidates = compat.kad_by_distance(self.dht, key,
+                                                        candidates + fresh)[:MAX_CANDIDATES]
+                nursery.cancel_scope.cancel()
+        infos = [i for p, i in found.items() if p != me][:limit]
+        return infos, failed, scope.cancelled_caught
+
+    async def _ask_providers(self, peer: Any, key: str, deadline: float,
+                             send: trio.MemorySendChannel[tuple[Any, Any]]) -> None:
+        answer: tuple[list[Any], list[Any]] | bool | None
         try:
-            value = await compat.fresh_get_value(self.dht, key)
-        except Exception as exc:
-            log.debug("get_value(%s) failed: %s", key, exc)
-            value = None
+            answer = await retry(
+                lambda left: compat.kad_get_providers(
+                    self.dht, peer, key, timeout=min(REQUEST_TIMEOUT_S, left)),
+                policy=self.backoff, deadline=deadline, rng=self.rng,
+                what=f"providers from {str(peer)[:16]}")
+        except DhtRequestFailed as exc:
+            log.debug("provider lookup: %s", exc)
+            answer = None if exc.retryable else False  # None: busy or slow; False: gone
+        send.send_nowait((peer, answer))
+
+    async def _fetch_ad(self, peer: Any, deadline: float) -> Signed[CapacityAd] | Miss:
+        """The provider's ad, asked of the provider itself (it holds the freshest copy, and
+        this spreads the load over providers), else of the DHT. A miss says why: the ad
+        failed verification ("invalid", counted in `dropped`), nobody holds one ("gone":
+        the provider is unreachable for good or its ad expired), or requests kept failing
+        until the deadline ("unreachable": the provider may well be there)."""
+        peer_id, key = str(peer), ad_key(str(peer))
+        value: bytes | None = None
+        transient = False  # a request reset, closed or timed out: the answer may be wrong
+        try:
+            value = await retry(
+                lambda left: compat.kad_get_value(
+                    self.dht, peer, key, timeout=min(REQUEST_TIMEOUT_S, left)),
+                policy=self.backoff, deadline=deadline, rng=self.rng,
+                what=f"ad of {peer_id[:16]}")
+        except DhtRequestFailed as exc:
+            log.debug("ad of %s from itself: %s", peer_id[:16], exc)
+            transient = exc.retryable
+        if value is None:
+            with trio.move_on_after(max(deadline - trio.current_time(), 0.0)) as scope:
+                try:
+                    value = await compat.fresh_get_value(self.dht, key)
+                except Exception as exc:
+                    log.debug("get_value(%s) failed: %s", key, exc)
+            transient = transient or scope.cancelled_caught
         if value is None:
             log.debug("no ad found for provider %s", peer_id[:16])
-            return None
+            return "unreachable" if transient else "gone"
         try:
             signed = open_ad(key, value, now_ms=int(self.clock() * 1000))
         except (ProtocolError, RemoteAdError) as exc:
             self.dropped += 1
             log.debug("dropping ad of %s: %s", peer_id[:16], exc)
-            return None
+            return "invalid"
         if signed.message.peer_id != peer_id:
             self.dropped += 1
-            return None
+            return "invalid"
         return signed
 
     async def require_ads(self, capability: str = "cpu", **kw: Any) -> list[Signed[CapacityAd]]:
-        ads = await self.find_ads(capability, **kw)
-        if not ads:
-            raise NoProviders("no provider with a valid ad was found; check --bootstrap and "
-                              "that a provider is running")
-        return ads
+        found = await self.search(capability, **kw)
+        if found.ads:
+            return found.ads
+        shortfall = found.shortfall()
+        if shortfall:
+            raise NoProviders(f"no provider with a valid ad was reached: {shortfall}")
+        raise NoProviders("no provider with a valid ad was found; check --bootstrap and "
+                          "that a provider is running")
 
 
 @asynccontextmanager
@@ -157,5 +347,7 @@ async def open_discovery(host: Host, *, server: bool, clock: Clock) -> AsyncIter
 
     dht = KadDHT(host.raw, DHTMode.SERVER if server else DHTMode.CLIENT)
     dht.register_validator(NAMESPACE, _make_validator(clock))
+    if server:
+        compat.fair_dht_inbound(dht)
     async with background_trio_service(dht):
         yield Discovery(host, dht, clock=clock)

@@ -2,7 +2,8 @@
 
 Every step that can take time says so: which offers were found, a provider's quote,
 each upload and download, heartbeats while the job runs, live output lines, the
-verification verdict, a provider replaced, and the money that moved.
+verification verdict, a busy provider to ask again, a provider replaced, and the
+money that moved.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ class Verified(Event):
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Retried(Event):
     error: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BusyRetry(Event):
+    """The provider answered `busy`: it is asked again after `retry_in_s` (jitter
+    included) unless another candidate takes the job first."""
+
+    retry_in_s: float
+    tries: int
+    """Busy answers from this provider so far, this one included."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

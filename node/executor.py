@@ -4,6 +4,7 @@ the operator passed --unsafe-no-sandbox. Both give the provider the same `Slot` 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import sys
@@ -18,14 +19,15 @@ from node import runner
 from node.sandbox import runtime as runtime_mod
 from node.sandbox import users as users_mod
 from node.sandbox.check import CheckReport
-from node.sandbox.errors import SandboxUnavailable
+from node.sandbox.errors import SandboxError, SandboxUnavailable
 from node.sandbox.gpu import Gpu
 from node.sandbox.pool import WarmPool, warm_pool
-from node.sandbox.runner import JobLimits, Sandbox, SandboxJob, job_env
+from node.sandbox.runner import SANDBOX_ROOT, JobLimits, Sandbox, SandboxJob, job_env
 from protocol import JobSpec, Runtime, SandboxProfile
 from protocol.messages import Limit, SandboxTier
 
 PIDS_LIMIT = 256
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,13 +211,16 @@ def plain_runtime() -> Runtime:
 
 
 async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
-                     runtime_name: str, tiers: Sequence[Literal["A", "B"]]
+                     runtime_name: str, tiers: Sequence[Literal["A", "B"]],
+                     home_lock: Path | None = None, root: Path = SANDBOX_ROOT
                      ) -> tuple[Sandbox | None, CheckReport | None, str]:
-    """The first of `tiers` whose quick escape self-test passes on this host."""
+    """The first of `tiers` whose quick escape self-test passes on this host, after reaping
+    what a previous run with this cgroup base left (the caller holds `home_lock`)."""
     from node.sandbox.cgroups import CgroupError, detect_usable
     from node.sandbox.check import check
     from node.sandbox.errors import SandboxError
     from node.sandbox.gpu import discover
+    from node.sandbox.reap import reap_stale
 
     reasons = []
     try:
@@ -224,7 +229,7 @@ async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
                                      "every job to a dedicated user)")
         user_list = users_mod.lookup(slots + warm)
         cgroups = await trio.to_thread.run_sync(lambda: detect_usable(base=cgroup_base))
-        await trio.to_thread.run_sync(cgroups.cleanup_stale)
+        await trio.to_thread.run_sync(reap_stale, cgroups, root)
         info = runtime_mod.describe(runtime_name)
         gpus = await trio.to_thread.run_sync(discover)
     except (SandboxError, CgroupError, OSError) as exc:
@@ -235,7 +240,7 @@ async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
             reasons.append("tier A: bubblewrap is missing (apt-get install bubblewrap)")
             continue
         sandbox = Sandbox(users=users_mod.UserPool(user_list), cgroups=cgroups, runtime=info,
-                          gpus=gpus, tier=tier)
+                          gpus=gpus, tier=tier, root=root, home_lock=home_lock)
         try:
             report = await check(sandbox, key_file=key_file, quick=True)
         except (SandboxError, CgroupError, OSError) as exc:
@@ -251,20 +256,34 @@ async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
 async def open_executor(*, jobs_dir: Path, key_file: Path, slots: int, warm: int,
                         unsafe_no_sandbox: bool, cgroup_base: str,
                         runtime_name: str = "python3",
-                        tiers: Sequence[Literal["A", "B"]] = ("A", "B")
+                        tiers: Sequence[Literal["A", "B"]] = ("A", "B"),
+                        home_lock: Path | None = None
                         ) -> AsyncIterator[ExecutorSetup]:
-    """Prove the best tier with the quick escape self-test; else fall back as allowed."""
+    """Prove the best tier with the quick escape self-test; else fall back as allowed.
+
+    Hold the home lock (`home_lock` is its file) around this: at start it reaps what a
+    previous run left, and at exit it removes our job groups, job dirs and base folders."""
+    from node.sandbox.reap import remove_own
+
     sandbox, report, reason = await prove_tier(
         key_file=key_file, slots=slots, warm=warm, cgroup_base=cgroup_base,
-        runtime_name=runtime_name, tiers=tiers)
+        runtime_name=runtime_name, tiers=tiers, home_lock=home_lock)
     if sandbox is not None:
         runtime = Runtime(name=sandbox.runtime.name, version=sandbox.runtime.python,
                           packages=sandbox.runtime.packages, digest=sandbox.runtime.digest)
-        if warm > 0:
-            async with warm_pool(sandbox, warm) as pool:
-                yield ExecutorSetup(SandboxExecutor(sandbox, pool), runtime, report, reason)
-            return
-        yield ExecutorSetup(SandboxExecutor(sandbox, None), runtime, report, reason)
+        try:
+            if warm > 0:
+                async with warm_pool(sandbox, warm) as pool:
+                    yield ExecutorSetup(SandboxExecutor(sandbox, pool), runtime, report,
+                                        reason)
+            else:
+                yield ExecutorSetup(SandboxExecutor(sandbox, None), runtime, report, reason)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(remove_own, sandbox.cgroups, sandbox.root)
+                except (SandboxError, OSError) as exc:
+                    log.warning("could not remove every cgroup and job dir: %s", exc)
         return
     if unsafe_no_sandbox:
         yield ExecutorSetup(PlainExecutor(jobs_dir), plain_runtime(), report,

@@ -19,6 +19,7 @@ import trio
 from ledger import Ledger, LedgerError
 from node import compat
 from node.host import Host
+from node.limits import PeerErrors
 from protocol import ProtocolError, check_receipt
 
 log = logging.getLogger(__name__)
@@ -29,21 +30,24 @@ MAX_MESSAGE = 4096
 class Gossip:
     """A joined receipts topic: `publish(raw_receipt)`; `dropped` counts refused messages."""
 
-    def __init__(self, pubsub: Any, clock: Callable[[], float]) -> None:
+    def __init__(self, pubsub: Any, clock: Callable[[], float],
+                 errors: PeerErrors | None = None) -> None:
         self._pubsub = pubsub
         self._clock = clock
+        self.errors = errors or PeerErrors()
         self.dropped = 0
         self.received = 0
 
-    def validate(self, _peer: Any, msg: Any) -> bool:
-        data = bytes(msg.data)
+    def validate(self, peer: Any, msg: Any) -> bool:
+        """Never raises: anything but a valid receipt is dropped and counted."""
         try:
+            data = bytes(msg.data)
             if len(data) > MAX_MESSAGE:
                 raise ProtocolError(f"{len(data)} bytes, above {MAX_MESSAGE}")
             check_receipt(data, int(self._clock() * 1000))
-        except ProtocolError as exc:
+        except Exception as exc:
             self.dropped += 1
-            log.debug("dropping a gossiped receipt: %s", exc)
+            self.errors.failed("receipt gossip validator", str(peer), exc)
             return False
         return True
 
@@ -55,15 +59,22 @@ class Gossip:
             log.info("could not gossip a receipt: %s", exc)
 
 
-def recorder(ledger: Ledger | None) -> Callable[[bytes], Awaitable[None]]:
-    """`on_receipt` that keeps each gossiped receipt in `ledger` as reputation evidence."""
+def recorder(ledger: Ledger | None, errors: PeerErrors | None = None
+             ) -> Callable[[bytes], Awaitable[None]]:
+    """`on_receipt` that keeps each gossiped receipt in `ledger` as reputation evidence;
+    never raises (a receipt the ledger refuses is counted and dropped)."""
+    counted = errors or PeerErrors()
+
     async def record(raw: bytes) -> None:
         if ledger is None:
             return
         try:
             await trio.to_thread.run_sync(ledger.record_receipt, raw)
         except (ProtocolError, LedgerError) as exc:
+            counted.count("protocol")
             log.debug("not recording a gossiped receipt: %s", exc)
+        except Exception as exc:
+            counted.failed("receipt recorder", "gossip", exc)
 
     return record
 
@@ -81,7 +92,7 @@ async def open_gossip(host: Host, *, on_receipt: Callable[[bytes], Awaitable[Non
                        max_messages_per_topic_per_second=200.0, min_mesh_diversity_ips=1)
     pubsub = Pubsub(host.raw, router, msg_id_constructor=ContentAddressedMessageIDGenerator(),
                     max_inbound_rpc_size=64 * 1024)
-    gossip = Gossip(pubsub, clock)
+    gossip = Gossip(pubsub, clock, host.peer_errors)
     async with background_trio_service(pubsub), background_trio_service(router):
         await pubsub.wait_until_ready()
         compat.announce_existing_peers(pubsub, host.raw)
@@ -92,8 +103,12 @@ async def open_gossip(host: Host, *, on_receipt: Callable[[bytes], Awaitable[Non
                 while True:
                     msg = await sub.get()
                     gossip.received += 1
-                    if on_receipt is not None:
+                    if on_receipt is None:
+                        continue
+                    try:
                         await on_receipt(bytes(msg.data))
+                    except Exception as exc:
+                        gossip.errors.failed("receipt delivery", "gossip", exc)
 
             nursery.start_soon(deliver)
             yield gossip

@@ -11,14 +11,18 @@ and end of every requester session.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 FILE = "holds.json"
+MAX_HOLDS = 100_000
 DEFAULT_HOLD_S = 600.0
 """How long `verify="adaptive"` holds a payment no second provider checked."""
 
@@ -36,6 +40,9 @@ class Hold:
 
 
 class HoldBook:
+    """The holds of a home. Several processes may use one home at once: every change is a
+    read-merge-write of the file under an `flock`, and `all()` reads it afresh."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._holds: dict[str, Hold] = {}
@@ -43,37 +50,73 @@ class HoldBook:
     @classmethod
     def load(cls, home: Path) -> HoldBook:
         book = cls(home / FILE)
+        book._holds = book._read()
+        return book
+
+    def _read(self) -> dict[str, Hold]:
+        if self.path is None:
+            return dict(self._holds)
+        holds: dict[str, Hold] = {}
         try:
-            for doc in json.loads((home / FILE).read_text()):
+            for doc in json.loads(self.path.read_text())[:MAX_HOLDS]:
                 hold = Hold(job_id=str(doc["job_id"]), provider=str(doc["provider"]),
                             charge=int(doc["charge"]), result_digest=str(doc["result_digest"]),
                             until=float(doc["until"]), strikes=int(doc.get("strikes", 0)))
-                book._holds[hold.job_id] = hold
+                holds[hold.job_id] = hold
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.error("cannot read %s (%s): held escrows stay locked until it is fixed",
-                      home / FILE, exc)
+                      self.path, exc)
             raise
-        return book
+        return holds
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        assert self.path is not None
+        fd = os.open(self.path.with_name(FILE + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def __len__(self) -> int:
         return len(self._holds)
 
     def add(self, hold: Hold) -> None:
-        self._holds[hold.job_id] = hold
-        self.save()
+        self._change(hold.job_id, hold)
 
     def remove(self, job_id: str) -> None:
-        if self._holds.pop(job_id, None) is not None:
-            self.save()
+        self._change(job_id, None)
 
     def all(self) -> list[Hold]:
+        """Every hold of the home, as the file says now (other processes add some)."""
+        if self.path is not None:
+            with self._locked():
+                self._holds = self._read()
         return list(self._holds.values())
 
-    def save(self) -> None:
+    def _change(self, job_id: str, hold: Hold | None) -> None:
         if self.path is None:
+            self._apply(self._holds, job_id, hold)
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([dataclasses.asdict(h) for h in self._holds.values()]))
-        os.replace(tmp, self.path)
+        with self._locked():
+            holds = self._read()
+            self._apply(holds, job_id, hold)
+            tmp = self.path.with_name(f".{FILE}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps([dataclasses.asdict(h) for h in holds.values()]))
+                os.replace(tmp, self.path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            self._holds = holds
+
+    @staticmethod
+    def _apply(holds: dict[str, Hold], job_id: str, hold: Hold | None) -> None:
+        if hold is None:
+            holds.pop(job_id, None)
+        else:
+            holds[job_id] = hold

@@ -5,18 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
 
 from node import compat
 from node.errors import PeerGone, PeerTimeout, UserError
+from node.limits import ConnectionShares, Limits, PeerErrors, StreamShares
 from protocol import wire
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from protocol.identity import Identity
 
 log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
+SEND_STALL_S = 30.0
 
 
 class Stream:
@@ -26,12 +29,20 @@ class Stream:
         self._raw = raw
         self._decoder = FrameDecoder(max_size=max_frame)
         self.remote_peer = str(raw.muxed_conn.peer_id)
+        self.remote_ip = remote_ip(raw.muxed_conn)
 
-    async def send(self, frame: wire.Frame) -> None:
-        try:
-            await self._raw.write(wire.encode(frame))
-        except Exception as exc:
-            raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream: {exc!r}") from exc
+    async def send(self, frame: wire.Frame, *, stall_s: float = SEND_STALL_S) -> None:
+        """Write one frame; PeerTimeout if the peer takes none of it for `stall_s` (a peer
+        that stops reading must not hold a slot or a task)."""
+        with trio.move_on_after(stall_s) as scope:
+            try:
+                await self._raw.write(wire.encode(frame))
+            except Exception as exc:
+                raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream: "
+                               f"{exc!r}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"peer {self.remote_peer[:16]} read nothing for "
+                              f"{stall_s:.0f} s")
 
     async def receive(self) -> wire.Frame:
         """The next frame; PeerGone if the stream ends first. Decoding errors propagate."""
@@ -69,6 +80,16 @@ class Stream:
 
 
 Handler = Callable[[Stream], Awaitable[None]]
+Refuser = Callable[[Stream, str], Awaitable[None]]
+
+
+def remote_ip(conn: Any) -> str:
+    """The IP a muxed connection comes from ("" when the transport does not say)."""
+    try:
+        addr = conn.get_remote_address()
+    except Exception:
+        return ""
+    return str(addr[0]) if addr else ""
 
 
 def split_peer_addr(maddr: str) -> tuple[str, str]:
@@ -83,25 +104,55 @@ def split_peer_addr(maddr: str) -> tuple[str, str]:
 class Host:
     """A running libp2p host with our identity."""
 
-    def __init__(self, raw: Any, identity: Identity) -> None:
+    def __init__(self, raw: Any, identity: Identity, *, limits: Limits | None = None) -> None:
         self.raw = raw
         self.identity = identity
         self.peer_id = identity.peer_id
+        self.limits = limits or Limits()
+        self.shares = StreamShares(self.limits)
+        self.connections = ConnectionShares(self.limits)
+        self.peer_errors = PeerErrors()
 
     def addrs(self) -> list[str]:
         return [str(a) for a in self.raw.get_addrs()]
 
-    def handle(self, protocol: str, handler: Handler, *,
-               max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def handle(self, protocol: str, handler: Handler, *, max_frame: int = DEFAULT_MAX_FRAME,
+               refuse: Refuser | None = None) -> None:
+        """Serve `protocol`: each peer (and IP) gets its share of open streams, over which
+        `refuse` answers (or the stream is reset); nothing a handler raises escapes."""
         async def _on_stream(raw_stream: Any) -> None:
-            stream = Stream(raw_stream, max_frame=max_frame)
+            try:
+                stream = Stream(raw_stream, max_frame=max_frame)
+            except Exception as exc:
+                self.peer_errors.failed(protocol, "?", exc)
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await raw_stream.reset()
+                    except Exception:
+                        pass
+                return
+            peer, ip = stream.remote_peer, stream.remote_ip
+            why = self.shares.try_open(protocol, peer, ip)
+            if why is not None:
+                self.peer_errors.count("limit")
+                log.debug("refusing a %s stream from %s (%s): %s", protocol, peer[:16], ip, why)
+                try:
+                    if refuse is not None:
+                        with trio.move_on_after(2):
+                            await refuse(stream, why)
+                except Exception as exc:
+                    self.peer_errors.failed(protocol, peer, exc)
+                await stream.close()  # a reset could overtake the answer
+                return
             try:
                 await handler(stream)
-            except Exception:
-                log.exception("handler for %s failed", protocol)
+            except Exception as exc:
+                self.peer_errors.failed(f"handler for {protocol}", peer, exc)
                 await stream.reset()
             else:
                 await stream.close()
+            finally:
+                self.shares.close(protocol, peer, ip)
 
         from libp2p.custom_types import TProtocol
 
@@ -182,8 +233,45 @@ class Host:
 
 
 @asynccontextmanager
-async def open_host(identity: Identity, listen: Sequence[str]) -> AsyncIterator[Host]:
-    """Start a host listening on `listen`; it is closed, listener included, on exit."""
+async def open_host(identity: Identity, listen: Sequence[str], *,
+                    limits: Limits | None = None) -> AsyncIterator[Host]:
+    """Start a host listening on `listen`; it is closed, listener and connections
+    included, on exit. Connections from an IP above its share are closed at once."""
     raw = compat.new_host(identity.seed)
-    async with compat.running_host(raw, listen):
-        yield Host(raw, identity)
+    host = Host(raw, identity, limits=limits)
+    send, receive = trio.open_memory_channel[Any](64)
+    compat.watch_connections(raw, on_connected=partial(_admit, host, send),
+                             on_disconnected=partial(_release, host))
+    async with compat.running_host(raw, listen), trio.open_nursery() as nursery:
+        nursery.start_soon(_close_excess, host, receive)
+        try:
+            yield host
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _admit(host: Host, excess: trio.MemorySendChannel[Any], conn: Any) -> None:
+    ip = remote_ip(conn.muxed_conn)
+    if host.connections.admit(ip):
+        conn._offload_admitted_ip = ip
+        return
+    host.peer_errors.count("limit")
+    log.debug("closing a connection from %s: more than %d from that IP", ip,
+              host.limits.connections_per_ip)
+    try:
+        excess.send_nowait(conn)
+    except trio.WouldBlock:  # a flood: the backlog closes them in turn
+        log.debug("connection close backlog full")
+
+
+def _release(host: Host, conn: Any) -> None:
+    ip = getattr(conn, "_offload_admitted_ip", None)
+    if ip is not None:
+        conn._offload_admitted_ip = None
+        host.connections.release(ip)
+
+
+async def _close_excess(host: Host, receive: trio.MemoryReceiveChannel[Any]) -> None:
+    async with trio.open_nursery() as nursery:
+        async for conn in receive:
+            nursery.start_soon(compat.drop_connection, conn)

@@ -15,13 +15,20 @@ from node.cache import CacheError, InputCache, PartialFile
 from node.executor import Slot
 from node.host import Stream
 from node.metrics import ProviderMetrics
-from node.transfer import TransferFailed, file_sha256, receive_file, receive_into
-from protocol import JobSpec, OutputFile, wire
+from node.transfer import (
+    STALL_S,
+    TransferFailed,
+    file_sha256,
+    receive_file,
+    receive_into,
+    transfer_deadline,
+)
+from protocol import InputFile, JobSpec, OutputFile, wire
 from protocol.messages import MAX_OUTPUTS
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT_S = 30.0
+IDLE_TIMEOUT_S = STALL_S
 MAX_OUTPUT_FILES = MAX_OUTPUTS
 MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
 
@@ -30,7 +37,9 @@ async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot,
                          cache: InputCache | None, metrics: ProviderMetrics,
                          on_cached: Callable[[], None]) -> None:
     """Inputs the cache holds are not sent again; interrupted ones resume where they
-    stopped; each lands read-only in the job's inputs."""
+    stopped; each lands read-only in the job's inputs. The whole upload must average
+    transfer.MIN_RATE_BPS (after its grace), so a trickling peer is cut with
+    TransferTimeout and its slot freed; a resumed upload is allowed for what is left."""
     by_digest = {f.sha256: f for f in spec.inputs}
     digests = list(by_digest)
     partials: dict[str, PartialFile] = {}
@@ -50,25 +59,14 @@ async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot,
     if resume:
         log.info("job %s: resuming %d input(s) already partly held", job_id[:12],
                  len(resume))
+    left = sum(by_digest[d].size - resume.get(d, 0) for d in need)
     try:
-        await stream.send(wire.Accepted(job_id=job_id, need=need, resume=resume))
-        for d in need:
-            f = by_digest[d]
-            if d in partials:
-                got = await receive_into(stream, partials[d], name=f.name,
-                                         idle_timeout=IDLE_TIMEOUT_S)
-                try:
-                    await trio.to_thread.run_sync(partials.pop(d).commit)
-                except CacheError as exc:
-                    raise TransferFailed(str(exc)) from exc
-                held.add(d)
-                on_cached()
-            else:
-                await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
-                                   dest=slot.input_path(f.name),
-                                   idle_timeout=IDLE_TIMEOUT_S)
-                got = f.size
-            metrics.bytes_in_total.inc(got)
+        with transfer_deadline(left, f"the inputs of job {job_id[:12]} from "
+                                     f"{stream.remote_peer[:16]}"):
+            await stream.send(wire.Accepted(job_id=job_id, need=need, resume=resume))
+            for d in need:
+                await _receive_one(stream, by_digest[d], partials, held, slot,
+                                   metrics=metrics, on_cached=on_cached)
     finally:
         for p in partials.values():
             p.abort(keep=True)
@@ -80,6 +78,26 @@ async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot,
         elif not dest.exists():
             shutil.copyfile(slot.input_path(by_digest[f.sha256].name), dest)
         slot.expose_input(f.name)
+
+
+async def _receive_one(stream: Stream, f: InputFile, partials: dict[str, PartialFile],
+                       held: set[str], slot: Slot, *, metrics: ProviderMetrics,
+                       on_cached: Callable[[], None]) -> None:
+    """One needed input: into the cache (resumable) when it has room, else straight in."""
+    d = f.sha256
+    if d in partials:
+        got = await receive_into(stream, partials[d], name=f.name, idle_timeout=IDLE_TIMEOUT_S)
+        try:
+            await trio.to_thread.run_sync(partials.pop(d).commit)
+        except CacheError as exc:
+            raise TransferFailed(str(exc)) from exc
+        held.add(d)
+        on_cached()
+    else:
+        await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
+                           dest=slot.input_path(f.name), idle_timeout=IDLE_TIMEOUT_S)
+        got = f.size
+    metrics.bytes_in_total.inc(got)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -11,6 +11,7 @@ import csv
 import datetime
 import decimal
 import json
+import logging
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -20,8 +21,11 @@ from typing import Any
 from ledger import Entry, Job, Ledger, LedgerError, LocalLedgerError
 from node.errors import NodeError, UserError
 from node.home import init_identity, resolve_home
+from node.payments import Swept
+from protocol.identity import Identity
 from scheduler.pricing import MICRO, credits
 
+log = logging.getLogger(__name__)
 LEDGER_FILE = "ledger.db"
 EXAMPLES = {
     "ledger": "offload ledger balance --json",
@@ -31,6 +35,7 @@ EXAMPLES = {
     "verify": "offload ledger verify",
     "export": "offload ledger export --json > ledger.json",
     "jobs": "offload jobs --json",
+    "refund": "offload ledger refund 3f2a9c01b7e4",
 }
 
 
@@ -49,11 +54,15 @@ def register(sub: Any) -> None:
             ("verify", "check every hash link, signature and balance; exit 1 naming the "
                        "first bad entry"),
             ("export", "every entry with its hash and signature: CSV, or one JSON document "
-                       "with jobs and receipts")):
+                       "with jobs and receipts"),
+            ("refund", "give back now the escrow of a job whose process died (JOB: its id "
+                       "or a unique prefix, see `offload jobs`)")):
         a = actions.add_parser(name, help=help_, description=help_,
                                epilog=f"example: {EXAMPLES[name]}", formatter_class=raw)
         if name == "deposit":
             a.add_argument("amount", metavar="AMOUNT", help="credits, e.g. 25 or 0.125")
+        if name == "refund":
+            a.add_argument("job", metavar="JOB", help="job id or a unique prefix of it")
         if name == "history":
             a.add_argument("--limit", type=int, metavar="N", help="only the latest N entries")
         a.add_argument("--json", action="store_true")
@@ -83,17 +92,70 @@ def ledger_path(home: str | Path | None) -> Path:
     return resolve_home(home) / LEDGER_FILE
 
 
-def _open(args: argparse.Namespace) -> Ledger:
-    home = resolve_home(args.home)
-    identity, _ = init_identity(home)
+def open_ledger(home: Path, identity: Identity) -> Ledger:
+    """The home's ledger. LedgerUnavailable names a disk that is full or read-only or a
+    file another process holds locked; only a file that is not an SQLite ledger at all
+    gets the advice to move it aside."""
     path = home / LEDGER_FILE
     try:
         return Ledger.open(path, identity)
     except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path} is not a ledger ({exc}); move it aside and run the "
-                        "command again") from None
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise UserError(f"{path} is not a ledger ({exc}); move it aside and run the "
+                            "command again") from None
+        raise NodeError(f"ledger {path} cannot be opened ({exc}); run `offload ledger "
+                        "verify`") from None
     except LocalLedgerError as exc:
         raise UserError(str(exc)) from None
+
+
+def sweep_orphans(ledger: Ledger, home: Path, identity: Identity) -> Swept:
+    """Settle escrows that dead processes on this home left locked (node/escrows.py),
+    asking their providers on a short-lived host only when there are some."""
+    import trio
+
+    from node.escrows import find_orphans
+    from node.payments import Payments
+
+    async def go() -> Swept:
+        if not await trio.to_thread.run_sync(lambda: find_orphans(ledger, home)):
+            return Swept()
+        from node.client import CLIENT_LISTEN
+        from node.host import open_host
+
+        try:
+            async with open_host(identity, CLIENT_LISTEN) as host:
+                return await Payments(ledger, host).sweep(home)
+        except (OSError, NodeError) as exc:
+            log.warning("cannot ask providers about orphaned escrows now: %s", exc)
+            return await Payments(ledger, None).sweep(home)
+
+    swept = trio.run(go)
+    report_swept(swept)
+    return swept
+
+
+def report_swept(swept: Swept) -> None:
+    """One stderr line per orphaned escrow settled (stdout stays one document)."""
+    for job_id in swept.released:
+        print(f"offload: job {job_id[:12]}: its process had died; the provider proved a "
+              "verified result, so its charge was paid and the rest refunded", file=sys.stderr)
+    for job_id in swept.refunded:
+        print(f"offload: job {job_id[:12]}: its process had died; escrow refunded",
+              file=sys.stderr)
+
+
+def _open(args: argparse.Namespace) -> Ledger:
+    home = resolve_home(args.home)
+    identity, _ = init_identity(home)
+    ledger = open_ledger(home, identity)
+    try:
+        sweep_orphans(ledger, home, identity)
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger
 
 
 def _run(args: argparse.Namespace, body: Callable[[Ledger], int]) -> int:
@@ -192,6 +254,40 @@ def _export(args: argparse.Namespace, ledger: Ledger) -> int:
     return 0
 
 
+def _refund(args: argparse.Namespace, ledger: Ledger) -> int:
+    from node.escrows import live_owner
+    from node.holds import HoldBook
+
+    home = resolve_home(args.home)
+    want = args.job.strip().lower()
+    if len(want) < 6:
+        raise UserError("JOB must be a job id or at least 6 of its first characters; see "
+                        "`offload jobs`")
+    found = [j for j in ledger.jobs() if j.job_id.startswith(want)]
+    if not found:
+        raise UserError(f"no job {want} in this ledger; see `offload jobs`")
+    if len(found) > 1:
+        raise UserError(f"{want} names {len(found)} jobs; give more of the id")
+    job = found[0]
+    if job.state != "locked":
+        raise UserError(f"job {job.job_id[:12]} is already {_status(job)}; nothing is left "
+                        "in escrow")
+    pid = live_owner(home, job.job_id)
+    if pid is not None:
+        raise UserError(f"job {job.job_id[:12]} belongs to a running process (pid {pid}) "
+                        "on this home; it settles the escrow itself, or stop it first")
+    if any(h.job_id == job.job_id for h in HoldBook.load(home).all()):
+        raise UserError(f"job {job.job_id[:12]} is a payment held for a result already "
+                        "returned; it is paid or refused when its hold ends")
+    ledger.refund(job.job_id, "cancelled", detail="refunded by `offload ledger refund`")
+    available = ledger.balance().available
+    _emit(args, {"job_id": job.job_id, "refunded": credits(job.amount),
+                 "available": credits(available)},
+          f"refunded {credits(job.amount)} credits of job {job.job_id[:12]}; available "
+          f"{credits(available)}")
+    return 0
+
+
 def _status(j: Job) -> str:
     return j.state if j.state != "refunded" else f"refunded ({j.reason})"
 
@@ -213,7 +309,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 _ACTIONS: dict[str, Callable[[argparse.Namespace, Ledger], int]] = {
     "balance": _balance, "history": _history, "deposit": _deposit, "verify": _verify,
-    "export": _export,
+    "export": _export, "refund": _refund,
 }
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -2,8 +2,9 @@
 
 scheduler.mapping decides who runs what; this module runs it: `per_provider` worker
 tasks per provider run its items. A provider that fails, refuses or vanishes is
-dropped and its items move to the others; a straggler gets a second copy on an idle
-provider and the slower copy is cancelled (it is never accepted, so never paid).
+dropped and its items move to the others (one that is only `busy` is asked again a
+few times first); a straggler gets a second copy on an idle provider and the slower
+copy is cancelled (it is never accepted, so never paid).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import random
 import shutil
 import time
 from collections.abc import Sequence
@@ -19,11 +21,12 @@ from pathlib import Path
 import trio
 
 from node import events
-from node.errors import RemoteError, ResultRejected
+from node.errors import PeerRefused, RemoteError, ResultRejected
 from node.events import Emit, ignore
 from node.host import Host
 from node.payments import Payments
 from node.peers import PeerBook
+from node.placement import BUSY_TRIES, busy_delay
 from node.requester import JobOutcome, JobRequest, run_job
 from protocol import CapacityAd
 from scheduler.mapping import ItemState, MapScheduler
@@ -49,6 +52,23 @@ class MapReport:
     retries: int
 
 
+async def _run_unless_busy(host: Host, ad: CapacityAd, request: JobRequest, dest: Path, *,
+                           emit: Emit, payments: Payments, rng: random.Random) -> JobOutcome:
+    tries = 0
+    while True:
+        try:
+            return await run_job(host, ad, request, dest, emit=emit, payments=payments)
+        except PeerRefused as exc:
+            tries += 1
+            if exc.code != "busy" or tries > BUSY_TRIES:
+                raise
+            delay = busy_delay(exc.retry_after_s, tries, rng)
+            emit(events.BusyRetry(provider=ad.peer_id, retry_in_s=round(delay, 3),
+                                  tries=tries))
+            shutil.rmtree(dest, ignore_errors=True)
+            await trio.sleep(delay)
+
+
 def rates(ranked: Sequence[tuple[CapacityAd, ScoreParts]]) -> dict[str, float]:
     """Expected jobs per second of each provider, from its score's run-time estimate."""
     out: dict[str, float] = {}
@@ -64,9 +84,12 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                   requests: Sequence[JobRequest], out_root: Path, *, peers: PeerBook,
                   max_workers: int = 4, per_provider: int = 2, max_attempts: int = 3,
                   straggler_factor: float = 3.0, min_straggler_s: float = 5.0,
-                  emit: Emit = ignore, payments: Payments | None = None) -> MapReport:
+                  emit: Emit = ignore, payments: Payments | None = None,
+                  rng: random.Random | None = None) -> MapReport:
     """Run every request, up to `per_provider` at a time on each of at most `max_workers`
-    providers; item i's files land in out_root/i."""
+    providers; item i's files land in out_root/i. A provider that answers `busy` is asked
+    again after its retry_after_s (placement.busy_delay), a few times, before it is dropped."""
+    rng = rng or random.Random()
     usable = [(ad, p) for ad, p in ranked if math.isfinite(p.total)][:max_workers]
     ads = {ad.peer_id: ad for ad, _ in usable}
     sched = MapScheduler(len(requests), rates(usable), max_attempts=max_attempts,
@@ -98,8 +121,8 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
             failure: RemoteError | None = None
             with scope:
                 try:
-                    outcome = await run_job(host, ads[peer], requests[item], dest, emit=emit,
-                                            payments=pay)
+                    outcome = await _run_unless_busy(host, ads[peer], requests[item], dest,
+                                                     emit=emit, payments=pay, rng=rng)
                 except RemoteError as exc:
                     failure = exc
             scopes.pop((peer, item), None)

@@ -16,6 +16,8 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from node.limits import KINDS as PEER_ERROR_KINDS
+
 log = logging.getLogger(__name__)
 
 OUTCOMES: Final = ("ok", "failed", "timeout", "killed", "error", "refused", "busy", "price")
@@ -52,6 +54,15 @@ class ProviderMetrics:
                                 "Pre-started sandboxed interpreters ready for a job", registry=r)
         self.info = Info("offload_provider", "Provider identity (peer_id, tier, version)",
                          registry=r)
+        self.peer_errors_total = Counter(
+            "offload_peer_errors", "Refused or failed exchanges with peers, by kind "
+            "(unexpected: a bug of ours, logged with the peer id)", ["kind"], registry=r)
+        for kind in PEER_ERROR_KINDS:
+            self.peer_errors_total.labels(kind=kind)
+
+    def count_peer_error(self, kind: str) -> None:
+        self.peer_errors_total.labels(
+            kind=kind if kind in PEER_ERROR_KINDS else "unexpected").inc()
 
     def render(self) -> bytes:
         """Everything in the Prometheus text exposition format 0.0.4."""

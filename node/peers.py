@@ -1,11 +1,15 @@
 """The requester's memory of peers: measured RTTs, its Vivaldi coordinate, trust and bans.
 
 Kept in `<home>/peers.json` (small, rewritten atomically) so that a ban outlives the
-command that imposed it and adaptive replication remembers who earned trust.
+command that imposed it and adaptive replication remembers who earned trust. Several
+processes may share a home: a save merges under an `flock`, so what this process
+changed since it loaded wins and what others saved meanwhile is kept, not overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -31,41 +35,94 @@ class PeerBook:
         self.rtt_ms: dict[str, float] = {}
         self.coord: Coord = ORIGIN
         self.trust = TrustTracker()
+        self._seen_rtt: dict[str, float] = {}
+        self._seen_trust: dict[str, tuple[int, int, float]] = {}
+        """What the file said at load (or the last save): changes since are ours."""
 
     @classmethod
     def load(cls, home: Path) -> PeerBook:
         book = cls(home / FILE)
-        try:
-            doc = json.loads((home / FILE).read_text())
-            book._restore(doc)
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("ignoring unreadable %s (%s); starting with no peer history",
-                        home / FILE, exc)
-            book = cls(home / FILE)
+        doc = book._read()
+        if doc is not None:
+            try:
+                book._restore(doc)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("ignoring unreadable %s (%s); starting with no peer history",
+                            home / FILE, exc)
+                book = cls(home / FILE)
+        book._remember()
         return book
 
+    def _read(self) -> dict[str, Any] | None:
+        assert self.path is not None
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s (%s)", self.path, exc)
+            return None
+        return doc if isinstance(doc, dict) else None
+
     def _restore(self, doc: dict[str, Any]) -> None:
-        self.rtt_ms = {str(p): float(v) for p, v in doc["rtt_ms"].items()
-                       if math.isfinite(float(v)) and float(v) > 0}
-        coord = from_ad(tuple(float(x) for x in doc["coord"]))
-        self.coord = coord if coord is not None else ORIGIN
-        for peer, (cv, strikes, banned) in doc["trust"].items():
-            self.trust._peers[str(peer)] = _Trust(
-                cv=int(cv), strikes=int(strikes),
-                banned_until=-math.inf if banned is None else float(banned))
+        rtt, coord, trust = _parse(doc)
+        self.rtt_ms = rtt
+        self.coord = coord
+        for peer, t in trust.items():
+            self.trust._peers[peer] = t
+
+    def _remember(self) -> None:
+        self._seen_rtt = dict(self.rtt_ms)
+        self._seen_trust = {p: _key(t) for p, t in self.trust._peers.items()}
 
     def save(self) -> None:
+        """Merge this process's changes into the file (never fatal: a full disk costs
+        peer history, not the job)."""
         if self.path is None:
             return
-        trust = {p: [t.cv, t.strikes, t.banned_until if math.isfinite(t.banned_until) else None]
-                 for p, t in list(self.trust._peers.items())[-MAX_PEERS:]}
-        doc = {"rtt_ms": dict(list(self.rtt_ms.items())[-MAX_PEERS:]),
-               "coord": list(to_ad(self.coord)), "trust": trust}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.path)
+        try:
+            self._save()
+        except OSError as exc:
+            log.warning("could not save %s: %s", self.path, exc)
+
+    def _save(self) -> None:
+        assert self.path is not None
+        fd = os.open(self.path.with_name(FILE + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._merge(self._read())
+            trust = {p: [t.cv, t.strikes,
+                         t.banned_until if math.isfinite(t.banned_until) else None]
+                     for p, t in list(self.trust._peers.items())[-MAX_PEERS:]}
+            doc = {"rtt_ms": dict(list(self.rtt_ms.items())[-MAX_PEERS:]),
+                   "coord": list(to_ad(self.coord)), "trust": trust}
+            tmp = self.path.with_name(f".{FILE}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, self.path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            self._remember()
+        finally:
+            os.close(fd)
+
+    def _merge(self, doc: dict[str, Any] | None) -> None:
+        """Take in what other processes saved for peers this one did not change."""
+        if doc is None:
+            return
+        try:
+            rtt, _, trust = _parse(doc)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return
+        for peer, value in rtt.items():
+            if self.rtt_ms.get(peer) == self._seen_rtt.get(peer):
+                self.rtt_ms[peer] = value
+        for peer, t in trust.items():
+            mine = self.trust._peers.get(peer)
+            if (None if mine is None else _key(mine)) == self._seen_trust.get(peer):
+                self.trust._peers[peer] = t
 
     def record_rtt(self, peer: str, rtt_ms: float, their_coords: tuple[float, ...]) -> None:
         """A measured round trip: smooth it, and move our coordinate."""
@@ -81,3 +138,18 @@ class PeerBook:
     def observations(self, reputation: dict[str, float] | None = None) -> Observations:
         return Observations(rtt_ms=dict(self.rtt_ms), reputation=reputation or {},
                             local_coord=self.coord)
+
+
+def _key(t: _Trust) -> tuple[int, int, float]:
+    return (t.cv, t.strikes, t.banned_until)
+
+
+def _parse(doc: dict[str, Any]) -> tuple[dict[str, float], Coord, dict[str, _Trust]]:
+    rtt = {str(p): float(v) for p, v in list(doc["rtt_ms"].items())[-MAX_PEERS:]
+           if math.isfinite(float(v)) and float(v) > 0}
+    coord = from_ad(tuple(float(x) for x in doc["coord"])) or ORIGIN
+    trust = {}
+    for peer, (cv, strikes, banned) in list(doc["trust"].items())[-MAX_PEERS:]:
+        trust[str(peer)] = _Trust(cv=int(cv), strikes=int(strikes),
+                                  banned_until=-math.inf if banned is None else float(banned))
+    return rtt, coord, trust

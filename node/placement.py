@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import shutil
 import tempfile
@@ -43,14 +44,15 @@ from node.payments import Payments
 from node.peers import PeerBook
 from node.proximity import measure
 from node.requester import JobOutcome, JobRequest, run_job
-from node.transfer import file_sha256
+from node.transfer import TransferFailed, file_sha256
 from protocol import CapacityAd, Resources
 from scheduler import Requirements, meets
 from scheduler.scoring import JobEstimate, ScoreParts, rank
 from scheduler.verification import Mode, Policy, TrustTracker, Verdict
 
 log = logging.getLogger(__name__)
-RETRYABLE = (PeerGone, PeerTimeout, PeerRefused, PriceRefused, ResultRejected)
+RETRYABLE = (PeerGone, PeerTimeout, PeerRefused, PriceRefused, ResultRejected,
+             TransferFailed)
 CANARY_RESOURCES = Resources(cpus=1, memory_mb=256, disk_mb=64, max_seconds=60)
 
 
@@ -131,20 +133,55 @@ async def find_candidates(disc: Discovery, requirements: Requirements, job: JobE
     return rank(allowed, job, peers.observations(reputation), now_ms=int(now * 1000))
 
 
+BUSY_TRIES = 4
+"""`busy` answers one provider may give one job before it counts as a failed attempt."""
+BUSY_DEFAULT_S = 2.0
+"""The first wait when a busy provider names no `retry_after_s`; doubled each time."""
+BUSY_MAX_WAIT_S = 30.0
+"""The longest one wait for a busy provider, whatever it asks."""
+BUSY_JITTER = 0.5
+"""Waits are stretched by a random 0 to 50 %, so a burst of requesters spreads out."""
+
+
+def busy_delay(retry_after_s: float | None, tries: int, rng: random.Random) -> float:
+    """How long to wait before asking a provider again after its `tries`-th busy: its
+    `retry_after_s` (else BUSY_DEFAULT_S doubled per try), capped, plus jitter."""
+    if retry_after_s is None or not math.isfinite(retry_after_s) or retry_after_s <= 0:
+        base = BUSY_DEFAULT_S * 2.0 ** max(0, tries - 1)
+    else:
+        base = retry_after_s
+    return float(min(base, BUSY_MAX_WAIT_S) * (1.0 + BUSY_JITTER * rng.random()))
+
+
 class Pool:
-    """Ranked candidates handed out once each: replicas never share a provider."""
+    """Ranked candidates handed out once each: replicas never share a provider. A busy
+    provider can be put back with a time before which it is not handed out."""
 
     def __init__(self, ranked: Sequence[tuple[CapacityAd, ScoreParts]]) -> None:
         self._ads = [ad for ad, _ in ranked]
+        self._later: list[tuple[float, CapacityAd]] = []
 
     def peek(self) -> CapacityAd | None:
         return self._ads[0] if self._ads else None
 
-    def take(self) -> CapacityAd | None:
-        return self._ads.pop(0) if self._ads else None
+    def take(self, now: float = -math.inf) -> CapacityAd | None:
+        """The best fresh candidate, else a deferred one whose time has come."""
+        if self._ads:
+            return self._ads.pop(0)
+        if self._later and self._later[0][0] <= now:
+            return self._later.pop(0)[1]
+        return None
+
+    def defer(self, ad: CapacityAd, until: float) -> None:
+        self._later.append((until, ad))
+        self._later.sort(key=lambda x: x[0])
+
+    def wake_at(self) -> float | None:
+        """When the next deferred candidate may be taken (None: none is deferred)."""
+        return self._later[0][0] if self._later else None
 
     def __len__(self) -> int:
-        return len(self._ads)
+        return len(self._ads) + len(self._later)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -167,6 +204,8 @@ class Placer:
     hold_s: float = 0.0
     """Hold the payment of a result no second provider checked (adaptive; see holds.py)."""
     held_until: float | None = None
+    busy: dict[str, int] = dataclasses.field(default_factory=dict)
+    """`busy` answers per provider so far."""
 
     async def place(self, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                     request: JobRequest, out_dir: Path, *, deadline_s: float) -> Placement:
@@ -249,11 +288,15 @@ class Placer:
 
     async def run_one(self, pool: Pool, request: JobRequest, out_dir: Path,
                       deadline: float) -> JobOutcome:
-        """The next candidates in turn until one returns a (signed, checked) result."""
+        """The next candidates in turn until one returns a (signed, checked) result; a
+        busy one is asked again after its retry_after_s while the deadline allows."""
         while True:
-            ad = pool.take()
+            ad = pool.take(trio.current_time())
+            if ad is None and (wake := pool.wake_at()) is not None:
+                await trio.sleep_until(wake)  # only busy ones are left; defer() checked
+                continue
             if ad is None:
-                if len(self.attempts) == 1 and self.last_error is not None:
+                if len(self.attempts) <= 1 and self.last_error is not None:
                     raise self.last_error  # one provider, one reason: say it as it was
                 tried = "; ".join(f"{a.provider[:16]}: {a.error}" for a in self.attempts)
                 raise NoProviders("every candidate provider failed"
@@ -269,13 +312,34 @@ class Placer:
                 raise PeerTimeout("the job's deadline passed before any provider "
                                   "delivered") from None
             except RETRYABLE as exc:
+                shutil.rmtree(out_dir, ignore_errors=True)
+                if isinstance(exc, PeerRefused) and exc.code == "busy" and \
+                        self._retry_later(pool, ad, exc, deadline):
+                    continue
                 if isinstance(exc, ResultRejected):
                     self.peers.trust.record_mismatch(ad.peer_id, time.time())
                 log.info("provider %s failed (%s); trying the next one", ad.peer_id[:16], exc)
                 self.attempts.append(Attempt(ad.peer_id, str(exc)))
                 self.last_error = exc
                 self.emit(events.Retried(provider=ad.peer_id, error=str(exc)))
-                shutil.rmtree(out_dir, ignore_errors=True)
+
+    def _retry_later(self, pool: Pool, ad: CapacityAd, exc: PeerRefused,
+                     deadline: float) -> bool:
+        """Put a busy provider back for later if its tries and the deadline allow."""
+        tries = self.busy[ad.peer_id] = self.busy.get(ad.peer_id, 0) + 1
+        if tries > BUSY_TRIES:
+            return False
+        delay = busy_delay(exc.retry_after_s, tries, self.rng)
+        at = trio.current_time() + delay
+        if at >= deadline - 1.0:
+            return False
+        pool.defer(ad, at)
+        log.info("provider %s is busy; asking again in %.1f s unless another is free",
+                 ad.peer_id[:16], delay)
+        self.last_error = exc
+        self.emit(events.BusyRetry(provider=ad.peer_id, retry_in_s=round(delay, 3),
+                                   tries=tries))
+        return True
 
     async def _try(self, ad: CapacityAd, request: JobRequest, out_dir: Path) -> JobOutcome:
         await measure(self.host, self.peers, ad)  # RTT and our Vivaldi coordinate

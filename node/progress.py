@@ -34,6 +34,8 @@ def describe(ev: events.Event) -> str | None:
         return f"{who}: result of job {job} verified ({ev.status}{agreed})"
     if isinstance(ev, events.Retried):
         return f"{who}: failed ({ev.error}); trying another provider"
+    if isinstance(ev, events.BusyRetry):
+        return f"{who}: busy; asking again in {ev.retry_in_s:.0f} s"
     if isinstance(ev, events.Paid):
         return f"{who}: paid {credits(ev.amount)} credits for job {job}"
     if isinstance(ev, events.Refunded):
@@ -91,5 +93,5 @@ class Reporter:
             self._tasks[key] = self._bar.add_task(line, total=None)
         else:
             self._bar.update(self._tasks[key], description=line)
-        if isinstance(ev, events.Paid | events.Refunded | events.Retried):
+        if isinstance(ev, events.Paid | events.Refunded | events.Retried | events.BusyRetry):
             self._bar.console.print(f"offload: {line}")

@@ -19,27 +19,30 @@ from typing import Any, Literal
 import trio
 
 from ledger import Ledger, ReceiptRefused, RemoteLedgerError
-from node.admission import Admission, Busy
+from node.admission import Admission, Busy, Ticket
 from node.benchmark import BenchmarkFailed, BenchmarkReport, benchmark_forever
 from node.benchmark import summary as benchmark_summary
 from node.cache import InputCache
 from node.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, ad_key, open_discovery
-from node.errors import RemoteError
 from node.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
 from node.gossip import Gossip, recorder, run_gossip
-from node.home import KEY_FILE
+from node.home import KEY_FILE, HomeLock
 from node.host import Host, Stream, open_host
 from node.jobio import collect_outputs, receive_inputs
 from node.ledger_cli import LEDGER_FILE
+from node.limits import Limits, PeerErrors
 from node.live import LIVE_BACKLOG, forward_output, offer
 from node.metrics import ProviderMetrics, serve_metrics
 from node.peers import PeerBook
 from node.proximity import probe_forever
+from node.replies import REFUSAL_OUTCOME, busy_stream, error_code, error_text, refuse, try_send
+from node.results import FOLDER as RESULTS_FOLDER
+from node.results import RecentResults
 from node.runner import output_sink
 from node.sandbox.errors import LaunchFailed
 from node.status import publish_forever
 from node.telemetry import HostSample, Telemetry
-from node.transfer import TransferFailed, send_file
+from node.transfer import send_file, transfer_deadline
 from protocol import (
     BadSignature,
     CapacityAd,
@@ -53,6 +56,7 @@ from protocol import (
     Quote,
     Replayed,
     Usage,
+    ValueOutOfRange,
     check_receipt,
     check_spec_fresh,
     open_signed,
@@ -71,7 +75,8 @@ MAX_INPUT_BYTES = 512 * 1024 * 1024
 HEARTBEAT_S = 2.0
 SETTLE_IDLE_S = 10.0
 VERSION = importlib.metadata.version("offload")
-IDLE_TIMEOUT_S = 30.0
+FIRST_FRAME_S = 10.0
+"""A stream that sends no job spec within this is closed (silent streams hold shares)."""
 SPEC_WINDOW_MS = 5 * 60 * 1000
 
 
@@ -97,6 +102,8 @@ class ProviderConfig:
     cache_max_bytes: int = 10 * 10**9
     unsafe_no_sandbox: bool = False
     sandbox_tiers: tuple[Literal["A", "B"], ...] = ("A", "B")
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    jobs_per_peer: int | None = None
 
 
 def cpu_model() -> str:
@@ -125,7 +132,8 @@ class Provider:
         self.clock = clock
         self.replay = ReplayGuard(window_ms=2 * SPEC_WINDOW_MS + 60_000)
         self.admission = Admission(slots=config.slots, queue=config.queue,
-                                   max_streams=config.slots + config.queue + 16)
+                                   max_streams=config.slots + config.queue + 64,
+                                   per_peer=config.jobs_per_peer)
         self.running = 0
         self.last_job_end = 0.0
         self.draining = False
@@ -140,6 +148,8 @@ class Provider:
         self.peers = PeerBook.load(config.home)
         self.ledger: Ledger | None = None
         self.gossip: Gossip | None = None
+        self.peer_errors = PeerErrors()
+        self.results = RecentResults(config.home / RESULTS_FOLDER)  # for handle_settle
 
     def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:
         """One Device per GPU jobs here can be given (none without a sandbox), with its
@@ -221,10 +231,14 @@ class Provider:
             self.readvertise = trio.Event()
 
     async def handle_settle(self, stream: Stream) -> None:
-        """A requester's receipt for one of our jobs, and its cheque when it paid."""
+        """A requester's receipt for one of our jobs, and its cheque when it paid; or its
+        question for the signed result of a job it lost (`result_query`)."""
         try:
-            frame = wire.expect(await stream.receive_within(SETTLE_IDLE_S, "a settle frame"),
-                                wire.Settle)
+            frame = await stream.receive_within(SETTLE_IDLE_S, "a settle frame")
+            if isinstance(frame, wire.ResultQuery):
+                await self.results.answer(stream, frame.job_id)
+                return
+            frame = wire.expect(frame, wire.Settle)
             receipt = check_receipt(frame.receipt, self.now_ms())
             if receipt.provider != self.identity.peer_id or \
                     receipt.requester != stream.remote_peer:
@@ -237,25 +251,25 @@ class Provider:
             if self.gossip is not None:  # the requester gossips it too; we stay online
                 await self.gossip.publish(frame.receipt)
         except (ProtocolError, RemoteLedgerError) as exc:
-            await _refuse(stream, "payment", str(exc))
+            await refuse(stream, "payment", str(exc))
             return
         log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
                  receipt.requester[:16], receipt.outcome, credits(receipt.charge))
-        await _try_send(stream, wire.SettleAck(job_id=receipt.job_id))
+        await try_send(stream, wire.SettleAck(job_id=receipt.job_id))
 
     async def handle_job(self, stream: Stream) -> None:
+        """One job exchange; every failure ends in a named error frame, never a traceback."""
         if not self.admission.open_stream():
-            await _try_send(stream, wire.ErrorReply(
+            await try_send(stream, wire.ErrorReply(
                 code="busy", message="too many open job streams",
                 retry_after_s=self.admission.retry_after_s))
             return
         try:
             await self._serve(stream)
-        except (ProtocolError, RemoteError) as exc:
-            log.info("job exchange with %s ended: %s", stream.remote_peer[:16], exc)
-            code: wire.ErrorCode = ("transfer_failed" if isinstance(exc, TransferFailed)
-                                    else "bad_request")
-            await _try_send(stream, wire.ErrorReply(code=code, message=str(exc)[:1000]))
+        except Exception as exc:  # the boundary: the peer hears a named error, we go on
+            self.peer_errors.failed("job exchange", stream.remote_peer, exc)
+            await try_send(stream, wire.ErrorReply(code=error_code(exc),
+                                                    message=error_text(exc)))
         finally:
             self.admission.close_stream()
 
@@ -271,11 +285,11 @@ class Provider:
             "draining": self.draining, "metrics_url": self.metrics_url}
 
     async def _serve(self, stream: Stream) -> None:
-        frame = wire.expect(await stream.receive_within(IDLE_TIMEOUT_S, "job"), wire.SubmitJob)
+        frame = wire.expect(await stream.receive_within(FIRST_FRAME_S, "job"), wire.SubmitJob)
         try:
             signed = open_signed(frame.spec, JobSpec)
         except ProtocolError as exc:
-            await _refuse(stream, "bad_signature" if isinstance(exc, BadSignature)
+            await refuse(stream, "bad_signature" if isinstance(exc, BadSignature)
                           else "bad_request", str(exc))
             return
         spec, job_id = signed.message, signed.digest
@@ -283,37 +297,40 @@ class Provider:
         if refusal:
             self.metrics.jobs_total.labels(outcome=REFUSAL_OUTCOME.get(refusal[0],
                                                                       "refused")).inc()
-            await _refuse(stream, *refusal)
+            await refuse(stream, *refusal)
             return
         try:
             check_spec_fresh(spec, now_ms=self.now_ms())
             self.replay.check_and_remember(job_id, now_ms=self.now_ms())
         except Expired as exc:
-            await _refuse(stream, "expired", str(exc))
+            await refuse(stream, "expired", str(exc))
             return
         except Replayed as exc:
-            await _refuse(stream, "replayed", str(exc))
+            await refuse(stream, "replayed", str(exc))
             return
         if self.draining:
-            await _refuse(stream, "draining", "this provider is shutting down; use another")
+            await refuse(stream, "draining", "this provider is shutting down; use another")
             return
-        quote = self.quote(spec, job_id)
+        try:
+            quote = self.quote(spec, job_id)
+        except ValueOutOfRange:
+            await refuse(stream, "price", "price: this job could cost more than any ledger "
+                         "holds; ask for less time or fewer resources")
+            return
         if spec.max_price is not None and quote.max_charge > spec.max_price:
             self.metrics.jobs_total.labels(outcome="price").inc()
-            await _refuse(stream, "price", f"price: this job can cost up to "
+            await refuse(stream, "price", f"price: this job can cost up to "
                           f"{credits(quote.max_charge)} credits here, above your cap of "
                           f"{credits(spec.max_price)}")
             return
-        reserved = self.admission.try_reserve()
         try:
-            if not reserved:
-                try:
-                    self.admission.check_queue()
-                except Busy as exc:
-                    self.metrics.jobs_total.labels(outcome="busy").inc()
-                    await stream.send(wire.ErrorReply(code="busy", message=str(exc),
-                                                      retry_after_s=exc.retry_after_s))
-                    return
+            ticket = self.admission.admit(stream.remote_peer)
+        except Busy as exc:
+            self.metrics.jobs_total.labels(outcome="busy").inc()
+            await try_send(stream, wire.ErrorReply(code="busy", message=str(exc),
+                                                    retry_after_s=exc.retry_after_s))
+            return
+        try:
             await stream.send(wire.QuoteOffer(quote=sign(quote, self.identity).raw))
             answer = await stream.receive_within(self.config.quote_hold_s, "quote acceptance")
             if isinstance(answer, wire.ErrorReply):
@@ -321,40 +338,37 @@ class Provider:
                 return
             if wire.expect(answer, wire.QuoteAccept).job_id != job_id:
                 raise MalformedMessage("the quote acceptance names another job")
-            if not reserved:
-                await self._queue(stream)
-                reserved = True
+            await self._queue(stream, ticket)
             self.running += 1
             try:
                 await self._run(stream, spec, job_id, quote)
             except* LaunchFailed as group:  # e.g. EAGAIN from the kernel: try elsewhere
                 self.metrics.jobs_total.labels(outcome="busy").inc()
-                await _refuse(stream, "busy", f"the job's sandbox could not start here "
+                await refuse(stream, "busy", f"the job's sandbox could not start here "
                               f"({group.exceptions[0]}); try again or another provider")
             finally:
                 self.running -= 1
                 self.last_job_end = time.monotonic()
         finally:
-            if reserved:
-                self.admission.release()
+            self.admission.release(ticket)
 
-    async def _queue(self, stream: Stream) -> None:
-        """Wait for a slot, telling the requester its place every few seconds."""
-        position = 0
+    async def _queue(self, stream: Stream, ticket: Ticket) -> None:
+        """Wait for the ticket's slot, telling the requester its place every few seconds."""
+        if ticket.has_slot:
+            return
 
         async def tell(pos: int) -> None:
-            nonlocal position
-            position = pos
             await stream.send(wire.Queued(position=pos))
 
         async with trio.open_nursery() as nursery:
             async def keep_telling() -> None:
                 while True:
                     await trio.sleep(HEARTBEAT_S)
-                    await stream.send(wire.Queued(position=max(1, position)))
+                    await stream.send(wire.Queued(position=max(1, self.admission.position(
+                        ticket))))
 
             nursery.start_soon(keep_telling)
-            await self.admission.wait_for_slot(tell)
+            await self.admission.wait(ticket, tell)
             nursery.cancel_scope.cancel()
 
     async def benchmark_forever(self) -> None:
@@ -450,8 +464,9 @@ class Provider:
                         finally:
                             output_sink.reset(token)
                     forwarding.cancel_scope.deadline = trio.current_time() + 2.0
+                # heartbeats go on while outputs are hashed (large outputs, slow disks)
+                outputs = await trio.to_thread.run_sync(collect_outputs, slot.out_dir)
                 nursery.cancel_scope.cancel()
-            outputs = collect_outputs(slot.out_dir)
             proc = ex.process
             price_charged = charge(
                 self.config.price, spec.resources, cpu_s=proc.cpu_s, wall_s=proc.wall_s,
@@ -469,14 +484,17 @@ class Provider:
                             gpu_s=0.0, peak_memory_mb=proc.peak_memory_mb),
                 sandbox=ex.profile, price_charged=price_charged, finished_at=self.now_ms())
             signed = sign(result, self.identity)
+            await trio.to_thread.run_sync(self.results.put, job_id, signed.raw)
             m = self.metrics
             m.jobs_total.labels(outcome=proc.status).inc()
             m.job_seconds.observe(proc.wall_s)
             m.earnings_total.inc(price_charged)
             await stream.send(wire.ResultReady(result=signed.raw))
-            for out, path in outputs:
-                await send_file(stream, out.name, path)
-                m.bytes_out_total.inc(out.size)
+            with transfer_deadline(sum(o.size for o, _ in outputs), f"the outputs of job "
+                                   f"{job_id[:12]}"):
+                for out, path in outputs:
+                    await send_file(stream, out.name, path)
+                    m.bytes_out_total.inc(out.size)
         log.info("job %s: %s (exit %d%s) in %.2f s", job_id[:12], proc.status, proc.exit_code,
                  f", hit {','.join(ex.limits_hit)}" if ex.limits_hit else "", proc.wall_s)
 
@@ -492,31 +510,20 @@ def _throughput(m: tuple[float, float, float, float]) -> dict[str, Any]:
     return {"gflops": m[0], "fp16_gflops": m[1], "bf16_gflops": m[2], "mem_gbps": m[3]}
 
 
-REFUSAL_OUTCOME = {"busy": "busy", "price": "price"}
-
-
-async def _refuse(stream: Stream, code: wire.ErrorCode, message: str) -> None:
-    log.info("refusing job from %s: %s: %s", stream.remote_peer[:16], code, message)
-    await _try_send(stream, wire.ErrorReply(code=code, message=message[:1000]))
-
-
-async def _try_send(stream: Stream, frame: wire.Frame) -> None:
-    try:
-        await stream.send(frame)
-    except RemoteError:
-        pass
-
-
 async def serve(config: ProviderConfig, identity: Identity, *,
                 clock: Callable[[], float] = time.time) -> None:
-    """Run until SIGINT/SIGTERM: listen, bootstrap, advertise, serve jobs."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Run until SIGINT/SIGTERM: lock the home, reap what a previous run left, listen,
+    bootstrap, advertise, serve jobs."""
+    # the lock comes first: nothing touches the sandbox, cgroups or warm pool without it
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
+            HomeLock(config.home) as home_lock:
         async with open_executor(jobs_dir=config.home / "jobs", key_file=config.home / KEY_FILE,
                                  slots=config.slots, warm=config.warm,
                                  unsafe_no_sandbox=config.unsafe_no_sandbox,
                                  cgroup_base=f"offload-{identity.peer_id[-12:]}",
-                                 tiers=config.sandbox_tiers) as setup, \
-                open_host(identity, config.listen) as host, \
+                                 tiers=config.sandbox_tiers,
+                                 home_lock=home_lock.path) as setup, \
+                open_host(identity, config.listen, limits=config.limits) as host, \
                 open_discovery(host, server=True, clock=clock) as disc:
             provider = Provider(config, identity, clock=clock, setup=setup)
             pool = getattr(setup.executor, "pool", None)
@@ -528,14 +535,17 @@ async def serve(config: ProviderConfig, identity: Identity, *,
                           "--unsafe-no-sandbox to run jobs without isolation", setup.reason)
             else:
                 log.info("sandbox tier %s (%s)", tier, setup.reason)
-            host.handle(wire.JOB_PROTOCOL, provider.handle_job)
-            host.handle(wire.SETTLE_PROTOCOL, provider.handle_settle)
+            provider.peer_errors = host.peer_errors
+            host.peer_errors.on_count = provider.metrics.count_peer_error
+            host.handle(wire.JOB_PROTOCOL, provider.handle_job, refuse=busy_stream)
+            host.handle(wire.SETTLE_PROTOCOL, provider.handle_settle, refuse=busy_stream)
             provider.ledger = Ledger.open(config.home / LEDGER_FILE, identity)
             await disc.bootstrap(config.bootstrap)
             async with trio.open_nursery() as nursery:
                 ads = trio.CancelScope()
                 provider.gossip = await nursery.start(
-                    partial(run_gossip, host, on_receipt=recorder(provider.ledger)))
+                    partial(run_gossip, host, on_receipt=recorder(provider.ledger,
+                                                                   host.peer_errors)))
                 if setup.executor is not None:
                     await nursery.start(_in_scope, ads, provider.advertise_forever, host, disc)
                 provider.addrs = host.addrs()

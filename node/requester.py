@@ -6,7 +6,8 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -19,13 +20,21 @@ from node.errors import (
     PeerRefused,
     PeerTimeout,
     PriceRefused,
+    RemoteError,
     ResultRejected,
     UserError,
 )
 from node.events import Emit, ignore
 from node.host import Host, Stream
 from node.payments import Payments
-from node.transfer import file_sha256, receive_file, send_file
+from node.transfer import (
+    STALL_S,
+    file_sha256,
+    receive_file,
+    send_file,
+    transfer_deadline,
+    transfer_seconds,
+)
 from node.verify import RESULT_FILE, safe_join, verify_result_bytes
 from protocol import (
     CapacityAd,
@@ -47,8 +56,41 @@ from scheduler.pricing import credits, over_caps
 
 log = logging.getLogger(__name__)
 
-TRANSFER_IDLE_S = 30.0
+QUOTE_S = 30.0
+"""The longest wait for a provider's quote (or its named refusal)."""
 HEARTBEAT_GRACE_S = 15.0
+"""The longest silence while queued or running: providers send a heartbeat every 2 s."""
+GRACE_S = 30.0
+"""Fixed grace on the job's timeout: waiting for a slot, and running until the result,
+may each take at most `timeout + GRACE_S` (README, "Deadlines")."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Phases:
+    """Deadlines of one job exchange, in seconds, from the job's timeout (max_seconds).
+
+    Uploads and downloads are bounded by transfer.transfer_seconds of their bytes (and
+    transfer.STALL_S per chunk); within every phase no heartbeat may be later than
+    HEARTBEAT_GRACE_S."""
+
+    max_seconds: int
+
+    @property
+    def quote_s(self) -> float:
+        return QUOTE_S
+
+    @property
+    def slot_s(self) -> float:
+        return self.max_seconds + GRACE_S
+
+    @property
+    def run_s(self) -> float:
+        return self.max_seconds + GRACE_S
+
+    def total_s(self, upload_bytes: int, download_bytes: int) -> float:
+        """The longest a whole attempt may take, every phase at its limit."""
+        return (self.quote_s + self.slot_s + transfer_seconds(upload_bytes) + self.run_s
+                + transfer_seconds(download_bytes))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +155,8 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
                   payments: Payments | None = None) -> JobOutcome:
     """Send the job to `ad`'s provider and return its verified result; outputs land in out_dir.
 
+    Every phase has its own deadline (see `Phases`): a provider that freezes, trickles or
+    stops answering fails the attempt with PeerTimeout, in one line, within its phase.
     With `payments`, the quote is escrowed before inputs move; any failure refunds it
     (timeout, rejection, cancellation named as such). A returned result's escrow stays
     locked: the caller accepts (pays) or rejects it once it has judged the result."""
@@ -126,20 +170,15 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
         created_at=int(clock() * 1000))
     signed_spec = sign(spec, host.identity)
     job_id = signed_spec.digest
-    deadline = request.resources.max_seconds + 2 * TRANSFER_IDLE_S
     pay = payments or Payments(None, host)
     seen: list[str] = []  # the result's digest, once one arrived
     try:
-        with trio.move_on_after(deadline) as scope:
-            stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
-            try:
-                signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
-                                                out_dir, host.peer_id, request, emit, pay, seen)
-            finally:
-                await stream.close()
-        if scope.cancelled_caught:
-            raise PeerTimeout(f"job {job_id[:12]} got no result from {ad.peer_id[:16]} "
-                              f"within {deadline:.0f} s")
+        stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+        try:
+            signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
+                                            out_dir, host.peer_id, request, emit, pay, seen)
+        finally:
+            await stream.close()
     except BaseException as exc:
         if isinstance(exc, ResultRejected) and seen:
             await pay.refund(job_id, "rejected", detail=str(exc), result_digest=seen[0])
@@ -175,39 +214,69 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
                     files: list[tuple[InputFile, Path]], out_dir: Path,
                     requester: str, request: JobRequest, emit: Emit, pay: Payments,
                     seen: list[str]) -> tuple[Signed[JobResult], Quote]:
-    await stream.send(wire.SubmitJob(spec=spec_raw))
-    reply = await stream.receive_within(TRANSFER_IDLE_S, "a quote")
+    phases = Phases(request.resources.max_seconds)
+    who = f"provider {ad.peer_id[:16]}"
+    with _within(phases.quote_s, f"{who} sent no quote for job {job_id[:12]}"):
+        await stream.send(wire.SubmitJob(spec=spec_raw))
+        reply = await stream.receive()
     _raise_if_error(reply)
     offer = wire.expect(reply, wire.QuoteOffer)
     try:
         quote = check_quote(offer.quote, job_id=job_id, ad=ad, requester=requester,
                             request=request)
     except PriceRefused as exc:
-        await stream.send(wire.ErrorReply(code="price", message=str(exc)[:1000]))
+        await _tell(stream, wire.ErrorReply(code="price", message=str(exc)[:1000]))
         raise
     emit(events.Quoted(job_id=job_id, provider=ad.peer_id, max_charge=quote.max_charge))
     try:
         await pay.lock(job_id, ad.peer_id, quote.max_charge)
     except LedgerError as exc:
-        await stream.send(wire.ErrorReply(code="price", message=f"requester: {exc}"[:1000]))
+        await _tell(stream, wire.ErrorReply(code="price", message=f"requester: {exc}"[:1000]))
         raise
-    await stream.send(wire.QuoteAccept(job_id=job_id))
-    while True:
-        reply = await stream.receive_within(HEARTBEAT_GRACE_S, "a slot")
-        _raise_if_error(reply)
-        if not isinstance(reply, wire.Queued):
-            break
+    with _within(phases.slot_s, f"{who} gave job {job_id[:12]} no slot"):
+        await _send(stream, wire.QuoteAccept(job_id=job_id), "the quote acceptance")
+        while True:
+            reply = await stream.receive_within(HEARTBEAT_GRACE_S, "slot or place in line")
+            _raise_if_error(reply)
+            if not isinstance(reply, wire.Queued):
+                break
     accepted = wire.expect(reply, wire.Accepted)
     if accepted.job_id != job_id:
         raise ResultRejected("the provider acknowledged a different job id")
     by_digest = {f.sha256: (f, p) for f, p in files}
-    for digest in accepted.need:
-        if digest not in by_digest:
-            raise ResultRejected("the provider asked for a file that is not part of the job")
-        f, path = by_digest[digest]
-        emit(events.Uploading(job_id=job_id, provider=ad.peer_id, name=f.name, size=f.size,
-                              offset=accepted.resume.get(digest, 0)))
-        await send_file(stream, f.name, path, offset=accepted.resume.get(digest, 0))
+    if any(d not in by_digest for d in accepted.need):
+        raise ResultRejected("the provider asked for a file that is not part of the job")
+    sending = [(by_digest[d], accepted.resume.get(d, 0)) for d in accepted.need]
+    with transfer_deadline(sum(f.size - offset for (f, _), offset in sending),
+                           f"the inputs of job {job_id[:12]} to {who}"):
+        for (f, path), offset in sending:
+            emit(events.Uploading(job_id=job_id, provider=ad.peer_id, name=f.name,
+                                  size=f.size, offset=offset))
+            await send_file(stream, f.name, path, offset=offset)
+    with _within(phases.run_s, f"{who} returned no result for job {job_id[:12]}"):
+        ready = await _await_result(stream, job_id, ad, emit)
+    signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
+                                 requester=requester)
+    seen.append(signed.digest)
+    if signed.message.price_charged > quote.max_charge:
+        raise ResultRejected(f"the provider charged {credits(signed.message.price_charged)} "
+                             f"credits, above its quote of {credits(quote.max_charge)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = signed.message.outputs
+    with transfer_deadline(sum(o.size for o in outputs),
+                           f"the outputs of job {job_id[:12]} from {who}"):
+        for out in outputs:
+            emit(events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
+                                    size=out.size))
+            await receive_file(stream, name=out.name, size=out.size, sha256=out.sha256,
+                               dest=safe_join(out_dir, out.name))
+    (out_dir / RESULT_FILE).write_bytes(signed.raw)
+    return signed, quote
+
+
+async def _await_result(stream: Stream, job_id: str, ad: CapacityAd,
+                        emit: Emit) -> wire.ResultReady:
+    """Heartbeats and live output until the provider says the result is ready."""
     while True:
         try:
             frame = await stream.receive_within(HEARTBEAT_GRACE_S, "heartbeat or result")
@@ -222,23 +291,33 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
             emit(events.LogLine(job_id=job_id, provider=ad.peer_id, stream=frame.stream,
                                 text=frame.text))
             continue
-        ready = wire.expect(frame, wire.ResultReady)
-        break
-    signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
-                                 requester=requester)
-    seen.append(signed.digest)
-    if signed.message.price_charged > quote.max_charge:
-        raise ResultRejected(f"the provider charged {credits(signed.message.price_charged)} "
-                             f"credits, above its quote of {credits(quote.max_charge)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for out in signed.message.outputs:
-        emit(events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
-                                size=out.size))
-        await receive_file(stream, name=out.name, size=out.size, sha256=out.sha256,
-                           dest=safe_join(out_dir, out.name), idle_timeout=TRANSFER_IDLE_S)
-    (out_dir / RESULT_FILE).write_bytes(signed.raw)
-    return signed, quote
+        return wire.expect(frame, wire.ResultReady)
 
+
+@contextmanager
+def _within(seconds: float, what: str) -> Iterator[None]:
+    """Bound one phase of the exchange; PeerTimeout naming it when it runs out."""
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise PeerTimeout(f"{what} within {seconds:.0f} s")
+
+
+async def _send(stream: Stream, frame: wire.Frame, what: str) -> None:
+    with trio.move_on_after(STALL_S) as scope:
+        await stream.send(frame)
+    if scope.cancelled_caught:
+        raise PeerTimeout(f"{stream.remote_peer[:16]} did not take {what} within "
+                          f"{STALL_S:.0f} s")
+
+
+async def _tell(stream: Stream, frame: wire.Frame) -> None:
+    """A last word before giving up: bounded, and its failure is not the story."""
+    with trio.move_on_after(STALL_S):
+        try:
+            await stream.send(frame)
+        except RemoteError:
+            pass
 
 
 def _refund_reason(exc: BaseException) -> RefundReason:

@@ -129,15 +129,17 @@ def decode_return(path: Path, *, max_bytes: int = MAX_RETURN_BYTES) -> Returned:
 
 
 def decode_return_bytes(data: bytes) -> Returned:
+    """Decode a provider's return bytes; any flaw is a ReturnValueRejected, nothing else."""
     try:
         doc = _unpack(data, depth=0)
     except ReturnValueRejected:
         raise
-    except (ValueError, TypeError, OverflowError, RecursionError,
-            msgpack.UnpackException) as exc:
+    except Exception as exc:  # msgpack, numpy and torch raise what they like on hostile input
         raise ReturnValueRejected(f"the return value is not valid msgpack ({exc}); "
                                   "nothing of it was used") from None
-    if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("ok"), bool):
+    # exact types: an array's `!=` is elementwise and `1.0 == True == 1` in Python
+    if (not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != 1
+            or type(doc.get("ok")) is not bool):
         raise ReturnValueRejected("the return value lacks its header (v=1, ok)")
     if doc["ok"]:
         if set(doc) != {"v", "ok", "value"}:

@@ -3,7 +3,8 @@
 errors.py     one error root; local (misuse) vs remote (a peer's bad bytes)
 codec.py      the one canonical msgpack codec, strict and size-capped
 identity.py   Ed25519 keys, libp2p-compatible peer ids, signature checks
-schema.py     frozen message dataclasses that check their fields; strict wire mapping
+limits.py     the range of every integer on the wire (MAX_AMOUNT, times, sizes, counters)
+schema.py     frozen message dataclasses that check their fields and ranges; strict mapping
 messages.py   CapacityAd, JobSpec, JobResult and their parts
 signing.py    signed envelopes with a domain tag per message type; freshness checks
 receipts.py   Receipt and Cheque (payment evidence) and check_receipt for gossip
@@ -25,11 +26,13 @@ from protocol.errors import (
     MalformedMessage,
     MissingField,
     NonCanonical,
+    OutOfRange,
     ProtocolError,
     RemoteProtocolError,
     Replayed,
     UnknownField,
     UnsupportedVersion,
+    ValueOutOfRange,
     WrongMessageType,
 )
 from protocol.identity import Identity, sha256_hex
@@ -52,10 +55,11 @@ from protocol.signing import Signed, check_ad_fresh, check_spec_fresh, open_sign
 
 __all__ = [
     "BadSignature", "CapacityAd", "Cheque", "DecodeError", "Device", "Expired",
-    "FieldTypeError", "FrameTooLarge", "Identity", "InputFile", "InvalidMessage", "JobResult",
-    "JobSpec", "LocalProtocolError", "MalformedMessage", "MissingField", "NonCanonical",
-    "OutputFile", "Price", "ProtocolError", "Quote", "Receipt", "RemoteProtocolError",
-    "Replayed", "Resources", "Runtime", "SandboxProfile", "Signed", "UnknownField",
-    "UnsupportedVersion", "Usage", "WrongMessageType", "check_ad_fresh", "check_receipt",
-    "check_spec_fresh", "open_signed", "sha256_hex", "sign",
+    "FieldTypeError", "FrameTooLarge", "Identity", "InputFile", "InvalidMessage",
+    "JobResult", "JobSpec", "LocalProtocolError", "MalformedMessage", "MissingField",
+    "NonCanonical", "OutOfRange", "OutputFile", "Price", "ProtocolError", "Quote",
+    "Receipt", "RemoteProtocolError", "Replayed", "Resources", "Runtime", "SandboxProfile",
+    "Signed", "UnknownField", "UnsupportedVersion", "Usage", "ValueOutOfRange",
+    "WrongMessageType", "check_ad_fresh", "check_receipt", "check_spec_fresh",
+    "open_signed", "sha256_hex", "sign",
 ]

@@ -15,6 +15,10 @@ class InvalidMessage(LocalProtocolError, ValueError):
     """A message was constructed with a field that breaks its rules."""
 
 
+class ValueOutOfRange(InvalidMessage):
+    """A number is outside the range its field declares (protocol/limits.py)."""
+
+
 class RemoteProtocolError(ProtocolError):
     """Bytes from a peer failed validation; drop them and keep running."""
 
@@ -53,6 +57,10 @@ class FieldTypeError(RemoteProtocolError):
 
 class MalformedMessage(RemoteProtocolError):
     """A field has the right type but a value its message type forbids."""
+
+
+class OutOfRange(MalformedMessage):
+    """A peer sent a number outside its field's range (e.g. a charge above MAX_AMOUNT)."""
 
 
 class BadSignature(RemoteProtocolError):

@@ -7,6 +7,20 @@ from typing import ClassVar, Literal
 
 from protocol.errors import InvalidMessage
 from protocol.identity import public_key_from_peer_id
+from protocol.limits import (
+    INT32_MAX,
+    INT32_MIN,
+    MAX_AMOUNT,
+    MAX_COUNT,
+    MAX_CPUS,
+    MAX_DEVICES,
+    MAX_FILE_SIZE,
+    MAX_GPUS,
+    MAX_JOB_SECONDS,
+    MAX_MB,
+    MAX_SERIAL,
+    MAX_TIME_MS,
+)
 from protocol.schema import Message, field, message
 
 MAX_OUTPUT_TEXT = 64 * 1024
@@ -46,7 +60,7 @@ def check_rel_path(value: str, what: str) -> None:
         raise InvalidMessage(f"{what} {value!r} is not a safe relative path")
 
 
-def _non_negative(**values: int | float) -> None:
+def _non_negative(**values: float) -> None:
     for name, v in values.items():
         if v < 0:
             raise InvalidMessage(f"{name} must not be negative")
@@ -72,9 +86,9 @@ class Signable(Message):
 class Device(Message):
     kind: Literal["cpu", "cuda"]
     model: str = field(max_len=128)
-    memory_mb: int
+    memory_mb: int = field(ge=0, le=MAX_MB)
     compute_capability: str = field(max_len=16)
-    count: int
+    count: int = field(ge=1, le=MAX_DEVICES)
     gflops: float
     """Measured fp32 matmul throughput per device, GFLOP/s (0 until benchmarked)."""
     fp16_gflops: float = 0.0
@@ -86,30 +100,23 @@ class Device(Message):
     driver: str = field(max_len=32, default="")
 
     def validate(self) -> None:
-        _non_negative(memory_mb=self.memory_mb, gflops=self.gflops,
+        _non_negative(gflops=self.gflops,
                       fp16_gflops=self.fp16_gflops, bf16_gflops=self.bf16_gflops,
                       mem_gbps=self.mem_gbps, power_w=self.power_w)
         if not 0.0 <= self.utilization <= 1.0:
             raise InvalidMessage("utilization must be between 0 and 1")
-        if not 1 <= self.count <= 64:
-            raise InvalidMessage("device count must be between 1 and 64")
 
 
 @message
 class Price(Message):
     """Linear price in micro-credits: start fee plus per-unit rates, with a minimum charge."""
 
-    start: int = 0
-    per_cpu_second: int = 0
-    per_gpu_second: int = 0
-    per_gb_second: int = 0
-    per_gb_transfer: int = 0
-    minimum: int = 0
-
-    def validate(self) -> None:
-        _non_negative(start=self.start, per_cpu_second=self.per_cpu_second,
-                      per_gpu_second=self.per_gpu_second, per_gb_second=self.per_gb_second,
-                      per_gb_transfer=self.per_gb_transfer, minimum=self.minimum)
+    start: int = field(ge=0, le=MAX_AMOUNT, default=0)
+    per_cpu_second: int = field(ge=0, le=MAX_AMOUNT, default=0)
+    per_gpu_second: int = field(ge=0, le=MAX_AMOUNT, default=0)
+    per_gb_second: int = field(ge=0, le=MAX_AMOUNT, default=0)
+    per_gb_transfer: int = field(ge=0, le=MAX_AMOUNT, default=0)
+    minimum: int = field(ge=0, le=MAX_AMOUNT, default=0)
 
 
 @message
@@ -130,8 +137,8 @@ class CapacityAd(Signable):
     peer_id: str = field(max_len=64)
     addrs: tuple[str, ...] = field(max_len=16)
     devices: tuple[Device, ...] = field(max_len=16)
-    cpus: int
-    memory_mb: int
+    cpus: int = field(ge=0, le=MAX_CPUS)
+    memory_mb: int = field(ge=0, le=MAX_MB)
     runtimes: tuple[Runtime, ...] = field(max_len=16)
     price: Price
     sandbox_tier: SandboxTier
@@ -139,8 +146,8 @@ class CapacityAd(Signable):
     coords: tuple[float, ...] = field(max_len=8)
     cached: tuple[str, ...] = field(max_len=64)
     load: float
-    seq: int
-    expires: int
+    seq: int = field(ge=0, le=MAX_SERIAL)
+    expires: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
         check_peer_id(self.peer_id, "peer_id")
@@ -149,8 +156,6 @@ class CapacityAd(Signable):
                 raise InvalidMessage(f"addr {a!r} is not a multiaddr")
         for d in self.cached:
             check_sha256(d, "cached digest")
-        _non_negative(cpus=self.cpus, memory_mb=self.memory_mb, seq=self.seq,
-                      expires=self.expires)
         if not 0.0 <= self.load <= 1.0:
             raise InvalidMessage("load must be between 0 and 1")
 
@@ -166,42 +171,34 @@ class Quote(Signable):
     provider: str = field(max_len=64)
     requester: str = field(max_len=64)
     price: Price
-    max_charge: int
-    expires: int
+    max_charge: int = field(ge=0, le=MAX_AMOUNT)
+    expires: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
         check_sha256(self.job_id, "job_id")
         check_peer_id(self.provider, "provider")
         check_peer_id(self.requester, "requester")
-        _non_negative(max_charge=self.max_charge, expires=self.expires)
 
 
 @message
 class InputFile(Message):
     name: str = field(max_len=128)
     sha256: str = field(max_len=64)
-    size: int
+    size: int = field(ge=0, le=MAX_FILE_SIZE)
 
     def validate(self) -> None:
         check_file_name(self.name, "input name")
         check_sha256(self.sha256, "input sha256")
-        _non_negative(size=self.size)
 
 
 @message
 class Resources(Message):
-    gpus: int = 0
-    cpus: int = 1
-    memory_mb: int = 2048
-    disk_mb: int = 1024
-    max_seconds: int = 600
-
-    def validate(self) -> None:
-        _non_negative(gpus=self.gpus)
-        if self.cpus < 1 or self.memory_mb < 1 or self.disk_mb < 1 or self.max_seconds < 1:
-            raise InvalidMessage("cpus, memory_mb, disk_mb and max_seconds must be at least 1")
-        if self.max_seconds > 7 * 24 * 3600:
-            raise InvalidMessage("max_seconds must be at most one week")
+    gpus: int = field(ge=0, le=MAX_GPUS, default=0)
+    cpus: int = field(ge=1, le=MAX_CPUS, default=1)
+    memory_mb: int = field(ge=1, le=MAX_MB, default=2048)
+    disk_mb: int = field(ge=1, le=MAX_MB, default=1024)
+    max_seconds: int = field(ge=1, le=MAX_JOB_SECONDS, default=600)
+    """At most one week."""
 
 
 @message
@@ -219,10 +216,10 @@ class JobSpec(Signable):
     """At most 256 words and MAX_ARGS_BYTES in all, so a signed spec stays under its cap."""
     inputs: tuple[InputFile, ...] = field(max_len=256)
     resources: Resources
-    max_price: int | None
+    max_price: int | None = field(ge=0, le=MAX_AMOUNT)
     verification: Literal["none"]
     nonce: bytes = field(max_len=32)
-    created_at: int
+    created_at: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
         check_peer_id(self.requester, "requester")
@@ -236,21 +233,17 @@ class JobSpec(Signable):
             raise InvalidMessage("entrypoint must be one of the input files")
         if len(self.nonce) < 16:
             raise InvalidMessage("nonce must be at least 16 bytes")
-        if self.max_price is not None:
-            _non_negative(max_price=self.max_price)
-        _non_negative(created_at=self.created_at)
 
 
 @message
 class OutputFile(Message):
     name: str = field(max_len=255)
     sha256: str = field(max_len=64)
-    size: int
+    size: int = field(ge=0, le=MAX_FILE_SIZE)
 
     def validate(self) -> None:
         check_rel_path(self.name, "output name")
         check_sha256(self.sha256, "output sha256")
-        _non_negative(size=self.size)
 
 
 @message
@@ -258,11 +251,10 @@ class Usage(Message):
     wall_s: float
     cpu_s: float
     gpu_s: float
-    peak_memory_mb: int
+    peak_memory_mb: int = field(ge=0, le=MAX_MB)
 
     def validate(self) -> None:
-        _non_negative(wall_s=self.wall_s, cpu_s=self.cpu_s, gpu_s=self.gpu_s,
-                      peak_memory_mb=self.peak_memory_mb)
+        _non_negative(wall_s=self.wall_s, cpu_s=self.cpu_s, gpu_s=self.gpu_s)
 
 
 @message
@@ -270,11 +262,11 @@ class SandboxProfile(Message):
     """The isolation a job ran under, as enforced by the provider."""
 
     tier: SandboxTier
-    wall_limit_s: int
-    memory_limit_mb: int
+    wall_limit_s: int = field(ge=0, le=MAX_JOB_SECONDS)
+    memory_limit_mb: int = field(ge=0, le=MAX_MB)
     cpu_limit: float
-    pids_limit: int
-    disk_limit_mb: int
+    pids_limit: int = field(ge=0, le=MAX_COUNT)
+    disk_limit_mb: int = field(ge=0, le=MAX_MB)
     network: Literal["none", "host"]
     runtime: str = field(max_len=64)
     runtime_digest: str = field(max_len=64)
@@ -292,7 +284,7 @@ class JobResult(Signable):
     provider: str = field(max_len=64)
     requester: str = field(max_len=64)
     status: JobStatus
-    exit_code: int
+    exit_code: int = field(ge=INT32_MIN, le=INT32_MAX)
     stdout: str = field(max_len=MAX_OUTPUT_TEXT)
     stderr: str = field(max_len=MAX_OUTPUT_TEXT)
     stdout_truncated: bool
@@ -301,8 +293,8 @@ class JobResult(Signable):
     limits_hit: tuple[Limit, ...] = field(max_len=8)
     usage: Usage
     sandbox: SandboxProfile
-    price_charged: int
-    finished_at: int
+    price_charged: int = field(ge=0, le=MAX_AMOUNT)
+    finished_at: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
         check_sha256(self.job_id, "job_id")
@@ -314,7 +306,6 @@ class JobResult(Signable):
         for label, text in (("stdout", self.stdout), ("stderr", self.stderr)):
             if len(text.encode("utf-8", "surrogatepass")) > MAX_OUTPUT_TEXT:
                 raise InvalidMessage(f"{label} exceeds {MAX_OUTPUT_TEXT} UTF-8 bytes")
-        _non_negative(price_charged=self.price_charged, finished_at=self.finished_at)
 
 
 def clip_text(data: bytes, cap: int = MAX_OUTPUT_TEXT) -> tuple[str, bool]:

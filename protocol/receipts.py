@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from protocol.errors import Expired, InvalidMessage
+from protocol.limits import MAX_AMOUNT, MAX_SERIAL, MAX_TIME_MS
 from protocol.messages import Signable, check_peer_id, check_sha256
 from protocol.schema import field, message
 from protocol.signing import Signed, open_signed
@@ -36,10 +37,10 @@ class Receipt(Signable):
     provider: str = field(max_len=64)
     outcome: Outcome
     reason: str = field(max_len=MAX_REASON)
-    charge: int
+    charge: int = field(ge=0, le=MAX_AMOUNT)
     result_digest: str = field(max_len=64)
     """sha256 of the signed JobResult judged; "" for a timeout."""
-    issued_at: int
+    issued_at: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
         check_sha256(self.job_id, "job_id")
@@ -48,8 +49,6 @@ class Receipt(Signable):
         if self.requester == self.provider:
             raise InvalidMessage("a receipt about oneself is no evidence; requester must "
                                  "differ from provider")
-        if self.charge < 0 or self.issued_at < 0:
-            raise InvalidMessage("charge and issued_at must not be negative")
         if self.outcome != "accepted" and self.charge != 0:
             raise InvalidMessage(f"a {self.outcome} receipt releases nothing; charge must be 0")
         if self.outcome == "rejected" and not self.reason:
@@ -77,9 +76,9 @@ class Cheque(Signable):
     payer: str = field(max_len=64)
     payee: str = field(max_len=64)
     channel: str = field(max_len=64)
-    cumulative: int
-    serial: int
-    issued_at: int
+    cumulative: int = field(ge=0, le=MAX_AMOUNT)
+    serial: int = field(ge=1, le=MAX_SERIAL)
+    issued_at: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
         check_peer_id(self.payer, "payer")
@@ -89,10 +88,6 @@ class Cheque(Signable):
                                  "payee")
         if not self.channel:
             raise InvalidMessage("channel must name the settlement channel, e.g. 'local'")
-        if self.cumulative < 0 or self.issued_at < 0:
-            raise InvalidMessage("cumulative and issued_at must not be negative")
-        if self.serial < 1:
-            raise InvalidMessage("serial starts at 1")
 
 
 def check_receipt(raw: bytes, now_ms: int, *, max_age_ms: int = RECEIPT_MAX_AGE_MS,

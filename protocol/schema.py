@@ -6,6 +6,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 from protocol.errors import (
@@ -13,18 +14,36 @@ from protocol.errors import (
     InvalidMessage,
     MalformedMessage,
     MissingField,
+    OutOfRange,
     UnknownField,
+    ValueOutOfRange,
 )
+from protocol.limits import INT64_MAX, INT64_MIN
 
 DEFAULT_MAX_LEN = 4096
 DEFAULT_MAX_ITEMS = 256
 
 M = TypeVar("M", bound="Message")
+Meta = Mapping[str, Any]
 
 
-def field(*, max_len: int = DEFAULT_MAX_LEN, default: Any = dataclasses.MISSING) -> Any:
-    """A message field; `max_len` caps str/bytes length and tuple/dict item counts."""
-    return dataclasses.field(default=default, metadata={"max_len": max_len})
+def field(*, max_len: int = DEFAULT_MAX_LEN, ge: float | None = None,
+          le: float | None = None, default: Any = dataclasses.MISSING) -> Any:
+    """A message field; `max_len` caps str/bytes length and tuple/dict item counts;
+    `ge`/`le` bound an int or float (each one, inside a tuple or dict). An int field
+    without them is bounded to INT64_MIN..INT64_MAX, what SQLite stores."""
+    meta: dict[str, Any] = {"max_len": max_len}
+    if ge is not None:
+        meta["ge"] = ge
+    if le is not None:
+        meta["le"] = le
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def int_range(meta: Meta) -> tuple[int, int]:
+    """The bounds an int field declares, never wider than the signed 64-bit range."""
+    return (max(INT64_MIN, int(meta.get("ge", INT64_MIN))),
+            min(INT64_MAX, int(meta.get("le", INT64_MAX))))
 
 
 class Message:
@@ -36,8 +55,7 @@ class Message:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            checked = _check(_hints(type(self))[f.name], value, f.name,
-                             f.metadata.get("max_len", DEFAULT_MAX_LEN))
+            checked = _check(_hints(type(self))[f.name], value, f.name, f.metadata)
             if checked is not value:
                 object.__setattr__(self, f.name, checked)
         self.validate()
@@ -77,15 +95,16 @@ def _is_union(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType)
 
 
-def _check(tp: Any, value: Any, path: str, max_len: int) -> Any:
+def _check(tp: Any, value: Any, path: str, meta: Meta) -> Any:
     """Type-check a constructor argument; ints become floats where a float is declared."""
     origin = get_origin(tp)
+    max_len = int(meta.get("max_len", DEFAULT_MAX_LEN))
     if _is_union(tp):
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _check(inner[0], value, path, max_len)
+        return _check(inner[0], value, path, meta)
     if origin is Literal:
         if value not in get_args(tp):
             raise InvalidMessage(f"{path} must be one of {get_args(tp)}, not {value!r}")
@@ -96,7 +115,8 @@ def _check(tp: Any, value: Any, path: str, max_len: int) -> Any:
         if len(value) > max_len:
             raise InvalidMessage(f"{path} has {len(value)} items, more than {max_len}")
         (item_tp, _) = get_args(tp)
-        return tuple(_check(item_tp, v, f"{path}[{i}]", DEFAULT_MAX_LEN)
+        items = _item_meta(meta)
+        return tuple(_check(item_tp, v, f"{path}[{i}]", items)
                      for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
@@ -107,7 +127,8 @@ def _check(tp: Any, value: Any, path: str, max_len: int) -> Any:
         for k in value:
             if not isinstance(k, str) or len(k) > DEFAULT_MAX_LEN:
                 raise InvalidMessage(f"{path} keys must be short strings")
-        return {k: _check(val_tp, v, f"{path}.{k}", DEFAULT_MAX_LEN) for k, v in value.items()}
+        items = _item_meta(meta)
+        return {k: _check(val_tp, v, f"{path}.{k}", items) for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Message):
         if not isinstance(value, tp):
             raise InvalidMessage(f"{path} must be a {tp.__name__}")
@@ -119,8 +140,9 @@ def _check(tp: Any, value: Any, path: str, max_len: int) -> Any:
     if tp is int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidMessage(f"{path} must be an int")
-        if not -(2**63) <= value < 2**64:
-            raise InvalidMessage(f"{path} is out of the 64-bit range")
+        lo, hi = int_range(meta)
+        if not lo <= value <= hi:
+            raise ValueOutOfRange(f"{path} is {value}, outside its range {lo}..{hi}")
         return value
     if tp is float:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -129,6 +151,9 @@ def _check(tp: Any, value: Any, path: str, max_len: int) -> Any:
             raise InvalidMessage(f"{path} must be a float")
         if not math.isfinite(value):
             raise InvalidMessage(f"{path} must be finite")
+        lo_f, hi_f = meta.get("ge", -math.inf), meta.get("le", math.inf)
+        if not lo_f <= value <= hi_f:
+            raise ValueOutOfRange(f"{path} is {value}, outside its range {lo_f}..{hi_f}")
         return value
     if tp in (str, bytes):
         if not isinstance(value, tp):
@@ -137,6 +162,11 @@ def _check(tp: Any, value: Any, path: str, max_len: int) -> Any:
             raise InvalidMessage(f"{path} is longer than {max_len}")
         return value
     raise TypeError(f"unsupported field type {tp!r} at {path}")  # pragma: no cover
+
+
+def _item_meta(meta: Meta) -> Meta:
+    """What a tuple's or dict's items inherit from their field: the range, not the length."""
+    return {k: v for k, v in meta.items() if k in ("ge", "le")}
 
 
 def _from_wire(tp: Any, value: Any, path: str) -> Any:
@@ -162,6 +192,8 @@ def _from_wire(tp: Any, value: Any, path: str) -> Any:
         kwargs = {n: _from_wire(hints[n], value[n], f"{path}.{n}") for n in names}
         try:
             return tp(**kwargs)
+        except ValueOutOfRange as exc:
+            raise OutOfRange(f"{path}: {exc}") from exc
         except InvalidMessage as exc:
             raise MalformedMessage(str(exc)) from exc
     if origin is tuple:

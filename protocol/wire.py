@@ -15,6 +15,7 @@ from protocol.errors import (
     WrongMessageType,
 )
 from protocol.framing import DEFAULT_MAX_FRAME, encode_frame
+from protocol.limits import MAX_COUNT, MAX_FILE_SIZE, MAX_JOB_SECONDS
 from protocol.messages import check_rel_path, check_sha256
 from protocol.schema import Message, field, message
 from protocol.signing import MAX_SIGNED_SIZE, VERSION, is_version
@@ -23,11 +24,13 @@ JOB_PROTOCOL = "/offload/job/1.0.0"
 SETTLE_PROTOCOL = "/offload/settle/1.0.0"
 MAX_OUTPUT_TEXT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
+MAX_RETRY_AFTER_S = float(MAX_JOB_SECONDS)
+"""The longest back-off a `busy` may ask for; a requester waits at most its own deadline."""
 
 ErrorCode = Literal[
     "bad_request", "bad_signature", "expired", "replayed", "wrong_provider",
     "busy", "no_sandbox", "too_large", "transfer_failed", "internal", "cancelled", "price",
-    "draining", "payment",
+    "draining", "payment", "timeout",
 ]
 
 
@@ -68,7 +71,7 @@ class Queued(Frame):
     """Provider -> requester: admitted, waiting for a slot (position in the queue)."""
 
     type_name: ClassVar[str] = "queued"
-    position: int
+    position: int = field(ge=0, le=MAX_COUNT)
 
 
 @message
@@ -78,16 +81,16 @@ class Accepted(Frame):
     type_name: ClassVar[str] = "accepted"
     job_id: str = field(max_len=64)
     need: tuple[str, ...] = field(max_len=256)
-    resume: dict[str, int] = field(max_len=256)
+    resume: dict[str, int] = field(max_len=256, ge=0, le=MAX_FILE_SIZE)
     """Byte offsets already held of some needed files: send only from there."""
 
     def validate(self) -> None:
         check_sha256(self.job_id, "job_id")
         for d in self.need:
             check_sha256(d, "needed digest")
-        for d, offset in self.resume.items():
-            if d not in self.need or offset < 0:
-                raise InvalidMessage("resume offsets must be for needed digests, >= 0")
+        for d in self.resume:
+            if d not in self.need:
+                raise InvalidMessage("resume offsets must be for needed digests")
 
 
 @message
@@ -96,14 +99,12 @@ class Chunk(Frame):
 
     type_name: ClassVar[str] = "chunk"
     name: str = field(max_len=1024)
-    offset: int
+    offset: int = field(ge=0, le=MAX_FILE_SIZE)
     data: bytes = field(max_len=CHUNK_SIZE)
     final: bool
 
     def validate(self) -> None:
         check_rel_path(self.name, "chunk name")
-        if self.offset < 0:
-            raise InvalidMessage("offset must not be negative")
 
 
 @message
@@ -129,7 +130,7 @@ class ErrorReply(Frame):
     type_name: ClassVar[str] = "error"
     code: ErrorCode
     message: str = field(max_len=1024)
-    retry_after_s: float | None = None
+    retry_after_s: float | None = field(ge=0.0, le=MAX_RETRY_AFTER_S, default=None)
 
 
 @message
@@ -162,11 +163,25 @@ class SettleAck(Frame):
         check_sha256(self.job_id, "job_id")
 
 
+@message
+class ResultQuery(Frame):
+    """Requester -> provider on `/offload/settle/1.0.0`: the signed result of this job,
+    please (the requester lost it, e.g. its process died). Answered by a `result` frame
+    if the provider still holds one, else by an error frame."""
+
+    type_name: ClassVar[str] = "result_query"
+    job_id: str = field(max_len=64)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
 F = TypeVar("F", bound=Frame)
 
 FRAME_TYPES: dict[str, type[Frame]] = {
     t.type_name: t for t in (SubmitJob, QuoteOffer, QuoteAccept, Queued, Accepted, Chunk,
-                             Running, ResultReady, ErrorReply, Output, Settle, SettleAck)
+                             Running, ResultReady, ErrorReply, Output, Settle, SettleAck,
+                             ResultQuery)
 }
 
 

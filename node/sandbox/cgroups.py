@@ -455,15 +455,19 @@ class CgroupManager:
             raise CgroupError(f"cannot move our processes into {leaf}: {exc.strerror}; "
                               f"{_HINT}") from exc
 
+    def stale_names(self) -> list[str]:
+        """The `job-*` groups now under our base dirs."""
+        return sorted({e.name for b in self.base_dirs if b.is_dir() for e in b.iterdir()
+                       if _NAME.fullmatch(e.name) and e.is_dir()})
+
     def cleanup_stale(self) -> int:
         """Kill and remove every `job-*` group under our base dirs; returns how many.
 
         Call at start. On v1 the pids/cpu groups of daemons on one host share `/`, so daemons
         that share a host must each pass their own `base` to detect().
         """
-        names = {e.name for b in self.base_dirs if b.is_dir() for e in b.iterdir()
-                 if _NAME.fullmatch(e.name) and e.is_dir()}
-        for name in sorted(names):
+        names = self.stale_names()
+        for name in names:
             job = self._job(name)
             job.v1 = {c: d for c, d in job.v1.items() if d.is_dir()}
             job.v2 = job.v2 if job.v2 is not None and job.v2.is_dir() else None

@@ -1,8 +1,10 @@
 """Tier-A job sandboxes: job user + bubblewrap + seccomp + cgroups + rlimits + wall timeout.
 
 A `SandboxJob` owns one job's host resources: a leased job user, a size-capped tmpfs work
-dir, a read-only inputs dir and a cgroup. It runs exactly one process tree, then everything
-is killed and removed. Warm workers are SandboxJobs started before their job is known.
+dir, a read-only inputs dir (both under `<root>/jobs/<cgroup base>/`, so a daemon's next
+start finds its own) and a cgroup. It runs exactly one process tree, then everything is
+killed and removed; if the daemon dies first, the launcher's watchdog does it (launch.py).
+Warm workers are SandboxJobs started before their job is known.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,13 +82,16 @@ class Sandbox:
 
     def __init__(self, *, users: UserPool, cgroups: CgroupManager, runtime: RuntimeInfo,
                  root: Path = SANDBOX_ROOT, gpus: Sequence[Gpu] = (),
-                 bwrap: str | None = None, tier: Literal["A", "B"] = "A") -> None:
+                 bwrap: str | None = None, tier: Literal["A", "B"] = "A",
+                 home_lock: Path | None = None) -> None:
         self.tier = tier
+        self.home_lock = home_lock  # the daemon's lock file, for the watchdogs (launch.py)
         self.bwrap = bwrap or shutil.which("bwrap") or BWRAP
         self.users = users
         self.cgroups = cgroups
         self.runtime = runtime
         self.root = root
+        self.jobs_dir = root / "jobs" / cgroups.base
         self.gpus = list(gpus)
         self.gpu_libraries = driver_libraries() if self.gpus else []
         self.seccomp_hex = build_filter().hex()
@@ -128,7 +133,7 @@ class SandboxJob:
         self.user = user
         self.limits = limits
         self.gpus = list(gpus)
-        self.dir = sandbox.root / "jobs" / name
+        self.dir = sandbox.jobs_dir / name
         self.inputs_dir = self.dir / "in"
         self.work_dir = self.dir / "work"
         self.cgroup: JobCgroup | None = None
@@ -141,7 +146,16 @@ class SandboxJob:
 
     # host side ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        self.dir.mkdir(mode=0o711)
+        jobs = self.sandbox.jobs_dir
+        for attempt in range(3):  # the last job's end removes `jobs` once empty
+            try:
+                self.dir.mkdir(mode=0o711)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                jobs.mkdir(mode=0o711, exist_ok=True)
+                os.chmod(jobs, 0o711)
         os.chmod(self.dir, 0o711)
         self.inputs_dir.mkdir(mode=0o755)
         os.chmod(self.inputs_dir, 0o755)
@@ -226,6 +240,8 @@ class SandboxJob:
             subprocess.run(["umount", "-l", str(self.work_dir)], capture_output=True)
             self._mounted = False
         subprocess.run(["rm", "-rf", "--one-file-system", str(self.dir)], capture_output=True)
+        with suppress(OSError):
+            self.sandbox.jobs_dir.rmdir()  # only once no other job of ours has a dir there
 
     # launching ---------------------------------------------------------------------------
     def view_env(self, env: Mapping[str, str]) -> dict[str, str]:
@@ -264,8 +280,18 @@ class SandboxJob:
         config = {"procs_files": list(self.cgroup.procs_files), "rlimits": self.rlimits(),
                   "argv": bw, "seccomp_hex": self.sandbox.seccomp_hex,
                   "seccomp_placeholder": SECCOMP_FD_PLACEHOLDER,
-                  "uid": self.user.uid, "gid": self.user.gid}
+                  "uid": self.user.uid, "gid": self.user.gid, **self.watchdog_config()}
         return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)]
+
+    def watchdog_config(self) -> dict[str, Any]:
+        """What the launcher's watchdog removes if the daemon dies before the job ends."""
+        assert self.cgroup is not None
+        lock = self.sandbox.home_lock
+        return {"daemon_pid": os.getpid(), "cgroup_dirs": [str(d) for d in self.cgroup.dirs],
+                "job_dir": str(self.dir), "work_dir": str(self.work_dir),
+                "home_lock": str(lock) if lock is not None else None,
+                "base_dirs": [str(d) for d in self.sandbox.cgroups.base_dirs],
+                "jobs_dir": str(self.sandbox.jobs_dir)}
 
     def _landlock_launcher(self, argv: Sequence[str], env: Mapping[str, str],
                            status_fd: int) -> list[str]:
@@ -274,7 +300,8 @@ class SandboxJob:
                   "rlimits": self.rlimits(), "argv": list(argv), "env": self.view_env(env),
                   "cwd": str(self.work_dir), "landlock": self.landlock_rules(),
                   "landlock_py": str(LANDLOCK), "seccomp_hex": self.sandbox.seccomp_hex,
-                  "uid": self.user.uid, "gid": self.user.gid, "status_fd": status_fd}
+                  "uid": self.user.uid, "gid": self.user.gid, "status_fd": status_fd,
+                  **self.watchdog_config()}
         return [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)]
 
     def rlimits(self) -> dict[str, tuple[int, int]]:

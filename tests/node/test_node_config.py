@@ -23,7 +23,7 @@ from protocol import Price
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PEER = "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
-SECTIONS = "(valid sections: network, capacity, sandbox, price, cache, operations)"
+SECTIONS = "(valid sections: network, capacity, sandbox, price, cache, operations, limits)"
 CAPACITY_KEYS = "(valid keys: slots, queue, warm, max_job_seconds, quote_hold_s)"
 LISTEN_FIX = 'use e.g. "/ip4/0.0.0.0/tcp/4001" or "/ip6/::/tcp/4001"'
 METRICS_FIX = 'use e.g. "127.0.0.1:9464" or "[::1]:9464", or "" to disable'
@@ -67,6 +67,9 @@ PROVIDER_FIELDS: dict[str, str] = {
     "operations.metrics_listen": "metrics_listen",
     "operations.benchmark_interval_s": "benchmark_interval_s",
     "operations.drain_timeout_s": "drain_timeout_s",
+    **{f"limits.{k}": f"limits.{k}" for k in ("streams_per_peer", "streams_per_ip",
+                                              "connections_per_ip", "exempt")},
+    "limits.jobs_per_peer": "jobs_per_peer",
 }
 REQUESTER_FIELDS: dict[str, str] = {
     "network.bootstrap": "bootstrap", "job.timeout_s": "timeout_s", "job.runtime": "runtime",

@@ -16,6 +16,7 @@ from protocol import (
     MalformedMessage,
     MissingField,
     NonCanonical,
+    OutOfRange,
     Price,
     Quote,
     UnknownField,
@@ -37,6 +38,7 @@ from protocol.wire import (
     Queued,
     QuoteAccept,
     QuoteOffer,
+    ResultQuery,
     ResultReady,
     Running,
     Settle,
@@ -72,6 +74,7 @@ def all_frames(build: Any) -> list[Frame]:
         Output(stream="stderr", text=""),
         Settle(receipt=b"r" * 100, cheque=b""),
         SettleAck(job_id=DIGEST),
+        ResultQuery(job_id=DIGEST),
     ]
 
 
@@ -137,8 +140,9 @@ CHUNK_BODY = {"name": "a.bin", "offset": 0, "data": b"x", "final": False}
                      id="chunk-absolute"),
         pytest.param(frame_doc("chunk", CHUNK_BODY | {"name": "a/../../b"}), MalformedMessage,
                      "chunk name 'a/../../b' is not a safe relative path", id="chunk-inner"),
-        pytest.param(frame_doc("chunk", CHUNK_BODY | {"offset": -1}), MalformedMessage,
-                     "offset must not be negative", id="chunk-negative-offset"),
+        pytest.param(frame_doc("chunk", CHUNK_BODY | {"offset": -1}), OutOfRange,
+                     "Chunk: offset is -1, outside its range 0..1099511627776",
+                     id="chunk-negative-offset"),
         pytest.param(frame_doc("chunk", CHUNK_BODY | {"final": 1}), FieldTypeError,
                      "Chunk.final must be a bool", id="chunk-final-int"),
         pytest.param(frame_doc("chunk", CHUNK_BODY | {"sha": "x"}), UnknownField,
@@ -222,5 +226,5 @@ def test_frame_version_must_be_the_integer_1(v: Any) -> None:
 def test_resume_offsets_must_name_needed_files() -> None:
     with pytest.raises(InvalidMessage, match="resume offsets must be for needed digests"):
         Accepted(job_id=DIGEST, need=(), resume={DIGEST: 10})
-    with pytest.raises(InvalidMessage, match="resume offsets must be for needed digests"):
+    with pytest.raises(InvalidMessage, match=r"resume\.[0-9a-f]{64} is -1, outside its range"):
         Accepted(job_id=DIGEST, need=(DIGEST,), resume={DIGEST: -1})

@@ -1,0 +1,135 @@
+"""A burst of submits at a 1-slot provider, and a connection flood: outcomes and descriptors.
+
+Usage (root, after `make setup`): .venv/bin/python bench/bench_hostile.py [--submits 40]
+    [--connections 50]
+
+Burst: `--submits` concurrent `offload submit` processes, each its own home (identity),
+at one provider with 1 slot and a queue of 8; every process must end in a result or a
+named `busy` (after its own retries), never a reset stream, a traceback or "no provider".
+Flood: `--connections` hosts with fresh identities connect to a provider whose per-IP cap
+is 8 (loopback not exempt); its descriptors are counted before, during and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from node.demo import stop_all, wait_ready
+from node.host import open_host
+from protocol.identity import Identity
+
+
+def start_provider(root: Path, name: str, config: str) -> tuple[subprocess.Popen[bytes],
+                                                                dict[str, Any]]:
+    (root / f"{name}.toml").write_text(config)
+    ready = root / f"{name}.ready"
+    cmd = [sys.executable, "-m", "node", "--home", str(root / name), "provide", "--listen",
+           "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready), "--no-benchmark",
+           "--config", str(root / f"{name}.toml")]
+    log = (root / f"{name}.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return proc, wait_ready(ready, proc, root / f"{name}.log")
+
+
+def outcome(done: subprocess.CompletedProcess[str]) -> str:
+    if done.returncode == 0:
+        return "result"
+    err = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    if "Traceback" in done.stderr:
+        return "traceback"
+    for key in ("busy", "no provider", "closed the stream", "timeout", "within"):
+        if key in err:
+            return key
+    return f"other: {err[:80]}"
+
+
+def burst(root: Path, n: int) -> dict[str, Any]:
+    proc, info = start_provider(root, "burst", "[capacity]\nslots = 1\nqueue = 8\n")
+    script = root / "burst.py"
+    script.write_text("print('done')\n")
+    try:
+        started = time.monotonic()
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "node", "--home", str(root / f"req{i}"), "submit",
+             str(script), "--bootstrap", info["addrs"][0], "--timeout", "60", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            results.append(outcome(subprocess.CompletedProcess(p.args, p.returncode, out, err)))
+        wall = time.monotonic() - started
+        log = (root / "burst.log").read_text(errors="replace")
+        return {"outcomes": dict(collections.Counter(results)), "wall_s": round(wall, 1),
+                "provider_alive": proc.poll() is None,
+                "provider_tracebacks": log.count("Traceback")}
+    finally:
+        stop_all([proc])
+
+
+def flood(root: Path, n: int) -> dict[str, Any]:
+    proc, info = start_provider(root, "flood", "[limits]\nconnections_per_ip = 8\nexempt = []\n")
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{proc.pid}/fd"))
+
+    time.sleep(2)
+    counts: dict[str, Any] = {"before": fds(), "self_before": len(os.listdir("/proc/self/fd"))}
+
+    async def run() -> None:
+        done = trio.Event()
+        up = 0
+
+        async def fresh() -> None:
+            nonlocal up
+            async with open_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) as h:
+                try:
+                    await h.connect(info["addrs"][0])
+                except Exception:
+                    pass
+                up += 1
+                await done.wait()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(fresh)
+            while up < n:
+                await trio.sleep(0.1)
+            await trio.sleep(2)
+            counts["during"] = fds()
+            done.set()
+
+    try:
+        trio.run(run)
+        time.sleep(3)
+        counts["after_3s"] = fds()
+        counts["self_after"] = len(os.listdir("/proc/self/fd"))
+        return counts
+    finally:
+        stop_all([proc])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--submits", type=int, default=40)
+    ap.add_argument("--connections", type=int, default=50)
+    ns = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
+    report = {"burst": burst(root, ns.submits), "flood": flood(root, ns.connections)}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
