@@ -29,6 +29,7 @@ def patch_libp2p() -> None:
     import libp2p.network.swarm as swarm
 
     swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    fresh_peer_records()
     exclusive_tcp_listeners()
     for name in ("libp2p", "libp2p.kad_dht", "libp2p.kad_dht.kad_dht"):
         logging.getLogger(name).addFilter(_DropNoise())
@@ -42,6 +43,36 @@ def patch_libp2p() -> None:
     else:
         root.addHandler(logging.NullHandler())
     _patched = True
+
+
+_RECORD_SENDERS = ("libp2p.peer.peerstore", "libp2p.identity.identify.identify",
+                   "libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub", "libp2p.pubsub.floodsub",
+                   "libp2p.kad_dht.provider_store", "libp2p.kad_dht.value_store",
+                   "libp2p.kad_dht.peer_routing", "libp2p.kad_dht.kad_dht",
+                   "libp2p.relay.circuit_v2.discovery")
+
+
+def fresh_peer_records() -> None:
+    """Every DHT, pubsub and identify message carries our signed peer record, issued once
+    per process with a timestamp as `seq`; a peer drops any message whose record is older
+    than the last it saw for that peer id ("invalid-signed-record, dropping the stream").
+    Several processes of one home share a peer id, so all but the newest were cut off (3
+    of 4 parallel `submit`s found no provider). Issue a fresh record for every message:
+    the newest always wins, at one signature per message."""
+    import importlib
+
+    from libp2p.peer.peerstore import issue_and_cache_local_record
+
+    def _fresh(host: Any) -> tuple[bytes, bool]:
+        return issue_and_cache_local_record(host), True
+
+    for name in _RECORD_SENDERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "env_to_send_in_RPC"):
+            module.env_to_send_in_RPC = _fresh
 
 
 def new_host(seed: bytes) -> Any:
@@ -335,8 +366,6 @@ async def kad_request(dht: Any, peer_id: Any, message: Any, *, timeout: float) -
     from libp2p.kad_dht.common import PROTOCOL_ID
     from libp2p.kad_dht.pb.kademlia_pb2 import Message
     from libp2p.kad_dht.utils import maybe_consume_signed_record
-    from libp2p.peer.peerstore import env_to_send_in_RPC
-    from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
     host, who = dht.host, str(peer_id)[:16]
     response = Message()
@@ -349,10 +378,7 @@ async def kad_request(dht: Any, peer_id: Any, message: Any, *, timeout: float) -
                                    retryable=not _permanent(exc)) from exc
         opened = True
         try:
-            message.senderRecord = env_to_send_in_RPC(host)[0]
-            await stream.write(encode_varint_prefixed(message.SerializeToString()))
-            response.ParseFromString(
-                await read_varint_prefixed_bytes_limited(stream, MAX_KAD_RESPONSE))
+            response = await _kad_exchange(host, stream, message)
         except Exception as exc:
             raise DhtRequestFailed(f"DHT request to {who} failed: {exc!r}",
                                    retryable=True) from exc
@@ -370,6 +396,19 @@ async def kad_request(dht: Any, peer_id: Any, message: Any, *, timeout: float) -
                                retryable=False)
     # a signed peer record is only an address-book update; an older one is not an error
     maybe_consume_signed_record(response, host, peer_id)
+    return response
+
+
+async def _kad_exchange(host: Any, stream: Any, message: Any) -> Any:
+    """One request and its answer on an open DHT stream (libp2p serves many per stream)."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.peer import peerstore
+    from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+
+    message.senderRecord = peerstore.env_to_send_in_RPC(host)[0]
+    await stream.write(encode_varint_prefixed(message.SerializeToString()))
+    response = Message()
+    response.ParseFromString(await read_varint_prefixed_bytes_limited(stream, MAX_KAD_RESPONSE))
     return response
 
 
@@ -435,6 +474,50 @@ async def kad_get_value(dht: Any, peer_id: Any, key: str, *, timeout: float) -> 
     if response.HasField("record") and response.record.value:
         return bytes(response.record.value)
     return None
+
+
+async def kad_get_values(dht: Any, peer_id: Any, keys: Sequence[str], *,
+                         timeout: float) -> dict[str, bytes | None]:
+    """GET_VALUE of each of `keys` to one peer, one after another on ONE stream (a stream
+    is much cheaper than a dial, and several requests on one stream cheaper than several
+    streams): {key: its value, or None if it has none} for the keys it answered before an
+    error or `timeout` ended the batch; a peer it cannot reach answers none. Never raises
+    for the peer's faults: whatever it did not answer is simply absent."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.kad_dht.common import PROTOCOL_ID
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.kad_dht.utils import maybe_consume_signed_record
+
+    host, who, log = dht.host, str(peer_id)[:16], logging.getLogger(__name__)
+    got: dict[str, bytes | None] = {}
+    with trio.move_on_after(max(timeout, 0.0)):
+        try:
+            stream = await host.new_stream(peer_id, [TProtocol(PROTOCOL_ID)])
+        except Exception as exc:
+            log.debug("no DHT stream to %s for %d values: %s", who, len(keys), exc)
+            return got
+        try:
+            for key in keys:
+                message = Message()
+                message.type = Message.MessageType.GET_VALUE
+                message.key = key.encode("utf-8")
+                response = await _kad_exchange(host, stream, message)
+                if response.type != message.type:
+                    log.debug("%s answered GET_VALUE with another type", who)
+                    break
+                maybe_consume_signed_record(response, host, peer_id)
+                got[key] = (bytes(response.record.value) if response.HasField("record")
+                            and response.record.value else None)
+        except Exception as exc:
+            log.debug("GET_VALUE batch to %s ended after %d of %d: %r", who, len(got),
+                      len(keys), exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+    return got
 
 
 def kad_seed_peers(dht: Any, key: str, count: int = 20) -> list[Any]:
