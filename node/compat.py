@@ -72,7 +72,7 @@ def fresh_peer_records() -> None:
         except ImportError:
             continue
         if hasattr(module, "env_to_send_in_RPC"):
-            module.env_to_send_in_RPC = _fresh
+            setattr(module, "env_to_send_in_RPC", _fresh)  # noqa: B010
 
 
 def new_host(seed: bytes) -> Any:

@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import platform
 import signal
 import sys
 import time
@@ -41,13 +40,14 @@ from node.results import RecentResults
 from node.runner import output_sink
 from node.sandbox.errors import LaunchFailed
 from node.status import publish_forever
-from node.telemetry import HostSample, Telemetry
+from node.telemetry import HostSample, Telemetry, cpu_model, memory_mb
 from node.transfer import send_file, transfer_deadline
 from protocol import (
     BadSignature,
     CapacityAd,
     Device,
     Expired,
+    FrameTooLarge,
     JobResult,
     JobSpec,
     MalformedMessage,
@@ -104,20 +104,6 @@ class ProviderConfig:
     sandbox_tiers: tuple[Literal["A", "B"], ...] = ("A", "B")
     limits: Limits = dataclasses.field(default_factory=Limits)
     jobs_per_peer: int | None = None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()[:128]
-    except OSError:
-        pass
-    return platform.processor()[:128] or "cpu"
-
-
-def memory_mb() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
 
 
 class Provider:
@@ -251,7 +237,14 @@ class Provider:
             if self.gossip is not None:  # the requester gossips it too; we stay online
                 await self.gossip.publish(frame.receipt)
         except (ProtocolError, RemoteLedgerError) as exc:
-            await refuse(stream, "payment", str(exc))
+            self.peer_errors.failed("settle exchange", stream.remote_peer, exc)
+            await refuse(stream, "too_large" if isinstance(exc, FrameTooLarge) else "payment",
+                         str(exc))
+            return
+        except Exception as exc:  # e.g. the ledger's disk: the peer hears a named error
+            self.peer_errors.failed("settle exchange", stream.remote_peer, exc)
+            await try_send(stream, wire.ErrorReply(code=error_code(exc),
+                                                   message=error_text(exc)))
             return
         log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
                  receipt.requester[:16], receipt.outcome, credits(receipt.charge))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,17 @@ def _shutdown(nvml: Any) -> None:
         nvml.nvmlShutdown()
     except Exception as exc:
         log.debug("nvmlShutdown failed: %s", exc)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()[:128]
+    except OSError:
+        pass
+    return platform.processor()[:128] or "cpu"
+
+
+def memory_mb() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))

@@ -241,3 +241,56 @@ async def test_a_burst_of_jobs_at_a_one_slot_provider_ends_in_results_or_busy(
         await serves_a_job(host, p, network.root, "after_burst")
     log = Path(p["log"]).read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+
+
+async def test_a_spec_whose_quote_would_overflow_the_ledger_is_refused_by_name(
+        network: Network) -> None:
+    (network.root / "p.toml").write_text("[price]\nper_gb_second = 1000000\n")
+    p = network.start_provider(extra=["--config", str(network.root / "p.toml")])
+    p["home"] = "p1"
+    script = network.root / "huge.py"
+    script.write_text("print('never')\n")
+    from protocol import Resources, sign
+
+    async with open_client(Identity.generate(), [p["addr"]]) as (host, _):
+        me = host.identity
+        for memory_mb, code in ((2**31 - 1, "price"), (1024, "quote")):  # canary: 1 GB
+            spec = spec_for(me, p["peer_id"], script,
+                            resources=Resources(memory_mb=memory_mb, max_seconds=3600))
+            stream = await host.open_stream(p["peer_id"], wire.JOB_PROTOCOL,
+                                            addrs=p["addrs"])
+            try:
+                await stream.send(wire.SubmitJob(spec=sign(spec, me).raw))
+                reply = await stream.receive_within(30, "a quote or a refusal")
+            finally:
+                await stream.close()
+            if code == "price":
+                assert isinstance(reply, wire.ErrorReply) and reply.code == "price", reply
+                assert "could cost more than any ledger holds" in reply.message
+            else:
+                assert isinstance(reply, wire.QuoteOffer), reply
+        assert peer_errors(p).get("unexpected", 0) == 0
+        assert p["proc"].poll() is None
+
+
+async def test_the_settle_protocol_names_what_it_refuses(
+        network: Network, provider: dict[str, Any]) -> None:
+    from protocol.framing import HEADER
+
+    p = provider
+    async with open_client(Identity.generate(), [p["addr"]]) as (host, _):
+        async def ask(payload: bytes) -> wire.Frame:
+            stream = await host.open_stream(p["peer_id"], wire.SETTLE_PROTOCOL,
+                                            addrs=p["addrs"])
+            try:
+                await stream._raw.write(payload)
+                return await stream.receive_within(15, "a settle answer")
+            finally:
+                await stream.close()
+
+        big = await ask(HEADER.pack(64 * 1024 * 1024) + b"x" * 100)
+        assert isinstance(big, wire.ErrorReply) and big.code == "too_large", big
+        junk = await ask(wire.encode(wire.Settle(receipt=b"\x80", cheque=b"")))
+        assert isinstance(junk, wire.ErrorReply) and junk.code == "payment", junk
+        assert peer_errors(p).get("unexpected", 0) == 0
+        await serves_a_job(host, p, network.root, "after_settle_junk")
