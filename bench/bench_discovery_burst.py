@@ -103,13 +103,16 @@ def worker(clients: int, boots: list[str], ready: Path, go: Path, repeat: int) -
                         found = await disc.search("cpu")
                         peers = [a.message.peer_id for a in found.ads]
                         said = found.shortfall() is not None
+                        why = {"found": found.found, "unreachable": len(found.unreachable),
+                               "dht_failed": found.dht_failed, "cut": found.lookup_cut}
                     else:  # an older tree
                         peers = [a.message.peer_id for a in await disc.find_ads("cpu")]
-                        said = False
+                        said, why = False, {}
                 except Exception as exc:  # a failed search is an outcome, not a crash
                     out.append({"error": repr(exc), "latency": time.monotonic() - t})
                     return
-                out.append({"peers": peers, "said": said, "latency": time.monotonic() - t})
+                out.append({"peers": peers, "said": said, "latency": time.monotonic() - t,
+                            **why})
 
             for _ in range(repeat):
                 async with trio.open_nursery() as nursery:
@@ -162,6 +165,17 @@ def cli_outcome(proc: subprocess.Popen[str], started: float,
             "said": "offload: warning" in err}
 
 
+def why_line(results: list[dict[str, Any]]) -> str:
+    """Where the incomplete answers of a burst of DHT clients lost providers."""
+    ok = [r for r in results if "found" in r]
+    if not ok:
+        return "no search detail (an older tree)"
+    return (f"providers named by the lookup: median {statistics.median(r['found'] for r in ok)}"
+            f"; lookups cut by their deadline {sum(r['cut'] for r in ok)}"
+            f"; DHT requests failed {sum(r['dht_failed'] for r in ok)}"
+            f"; ads unreachable {sum(r['unreachable'] for r in ok)}")
+
+
 def table_row(label: str, results: list[dict[str, Any]], everyone: set[str],
               idle: list[dict[str, Any]]) -> dict[str, Any]:
     def kind(r: dict[str, Any]) -> str:
@@ -203,6 +217,7 @@ def run(tree: Path, providers: int, burst: int, workers: int, cli: bool,
         idle = pool(net, boots, 1, 1, 5, "idle")  # baseline: one search at a time
         out = pool(net, boots, workers, burst // workers, 1, "burst")
         rows.append(table_row(f"{label}: {len(out)} DHT clients at once", out, everyone, idle))
+        print(f"[{label}] burst: " + why_line(out), file=sys.stderr, flush=True)
         if cli:
             start = time.monotonic()
             procs = [net.offers(boots[i % providers], f"r{i}") for i in range(burst)]

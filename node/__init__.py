@@ -1,6 +1,7 @@
 """Everything with I/O: libp2p host, DHT ads, stream handlers, provider, requester, CLI.
 
-compat.py      every py-libp2p 0.8.1 workaround, in one place
+compat.py      every py-libp2p 0.8.1 workaround but the DHT's, in one place
+compat_kad.py  the DHT's: one-peer Kademlia requests that raise, a fair DHT server
 host.py        our Host/Stream seam over libp2p: dial, listen, framed streams
 discovery.py   Kademlia: signed CapacityAds under short keys, provider records, re-checks
 home.py        OFFLOAD_HOME and the node's Ed25519 identity key

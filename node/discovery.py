@@ -13,8 +13,8 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
-from node import compat
-from node.compat import DhtRequestFailed
+from node import compat, compat_kad
+from node.compat_kad import DhtRequestFailed
 from node.errors import NoProviders, RemoteError
 from node.host import Host
 from protocol import CapacityAd, ProtocolError, Signed, check_ad_fresh, open_signed
@@ -28,7 +28,9 @@ MAX_AD_SIZE = 16 * 1024
 CAPABILITY_CLASSES = ("cpu", "gpu")
 K_CLOSEST = 20            # Kademlia k: provider records live on the k closest servers
 LOOKUP_CONCURRENCY = 4    # GET_PROVIDERS in flight at once (Kademlia alpha)
+LOOKUP_DIALS = 1          # of those, to peers not yet connected (a dial costs ~100 requests)
 FETCH_CONCURRENCY = 8     # ads fetched at once
+HOLDERS_ASKED = 3         # DHT servers asked for every ad (on one stream) before providers
 REQUEST_TIMEOUT_S = 5.0   # one DHT request to one peer
 LOOKUP_SHARE = 0.6        # of a search's time, the most the provider lookup may take
 MAX_CANDIDATES = 100      # peers a lookup keeps in view (a hostile answer cannot grow it)
@@ -198,13 +200,18 @@ class Discovery:
     async def search(self, capability: str = "cpu", *, limit: int = 20,
                      timeout: float = 15.0) -> Search:
         """Find up to `limit` providers of `capability` and fetch their ads, within `timeout`:
-        the lookup gets LOOKUP_SHARE of it, the ads (fetched FETCH_CONCURRENCY at a time)
-        the rest; refused or reset requests are retried with backoff inside that time."""
+        the lookup gets LOOKUP_SHARE of it, the ads the rest. Ads are first asked, all on
+        one stream each, of the DHT servers that answered the lookup (already connected; in
+        a small network every server holds every ad); only the ads they lack are fetched
+        from the providers themselves (a dial each), FETCH_CONCURRENCY at a time. Refused
+        or reset requests are retried with backoff inside that time."""
         start = trio.current_time()
         deadline = start + timeout
-        infos, dht_failed, cut = await self._lookup(rendezvous_key(capability), limit,
-                                                    start + timeout * LOOKUP_SHARE)
+        infos, holders, dht_failed, cut = await self._lookup(
+            rendezvous_key(capability), limit, start + timeout * LOOKUP_SHARE)
         results: dict[str, Signed[CapacityAd] | Miss] = {}
+        with trio.move_on_after(max(deadline - trio.current_time(), 0.0)):
+            await self._ads_from_holders(infos, holders, deadline, results)
         slots = trio.CapacityLimiter(FETCH_CONCURRENCY)
 
         async def fetch(info: Any) -> None:
@@ -214,8 +221,9 @@ class Discovery:
         with trio.move_on_after(max(deadline - trio.current_time(), 0.0)):
             async with trio.open_nursery() as nursery:
                 for info in infos:
-                    self.host.remember(str(info.peer_id), [str(a) for a in info.addrs])
-                    nursery.start_soon(fetch, info)
+                    if str(info.peer_id) not in results:
+                        self.host.remember(str(info.peer_id), [str(a) for a in info.addrs])
+                        nursery.start_soon(fetch, info)
         got = [results.get(str(i.peer_id), "unreachable") for i in infos]  # cut: unreachable
         ads = [r for r in got if isinstance(r, Signed)]
         unreachable = tuple(str(i.peer_id) for i, r in zip(infos, got, strict=True)
@@ -227,17 +235,55 @@ class Discovery:
                       gone=got.count("gone"), invalid=got.count("invalid"),
                       dht_failed=dht_failed, lookup_cut=cut)
 
+    async def _ads_from_holders(self, infos: Sequence[Any], holders: Sequence[Any],
+                                deadline: float,
+                                results: dict[str, Signed[CapacityAd] | Miss]) -> None:
+        """Verified ads of `infos` asked of DHT servers that answered the lookup (up to
+        HOLDERS_ASKED of them, first answer first), every ad still missing on one stream
+        per server; what they lack, or hold only as an invalid or expired copy, stays out
+        of `results` for the providers themselves to answer."""
+        for holder in holders[:HOLDERS_ASKED]:
+            missing = [ad_key(str(i.peer_id)) for i in infos if str(i.peer_id) not in results]
+            if not missing:
+                return
+            values = await compat_kad.kad_get_values(
+                self.dht, holder, missing, timeout=min(REQUEST_TIMEOUT_S,
+                                                       deadline - trio.current_time()))
+            for info in infos:
+                peer_id = str(info.peer_id)
+                value = values.get(ad_key(peer_id))
+                if value is None or peer_id in results:
+                    continue
+                try:
+                    signed = open_ad(ad_key(peer_id), value, now_ms=int(self.clock() * 1000))
+                except (ProtocolError, RemoteAdError) as exc:
+                    self.dropped += 1  # a stale or forged copy: the provider may have a good one
+                    log.debug("dropping ad of %s from %s: %s", peer_id[:16], str(holder)[:16],
+                              exc)
+                    continue
+                if signed.message.peer_id == peer_id:
+                    results[peer_id] = signed
+
     async def _lookup(self, key: str, limit: int,
-                      deadline: float) -> tuple[list[Any], int, bool]:
+                      deadline: float) -> tuple[list[Any], list[Any], int, bool]:
         """Iterative GET_PROVIDERS over the closest peers to `key` (Kademlia), counting
         distinct providers; it ends when the K_CLOSEST closest peers that answered have all
-        been asked, `limit` providers are known, or at `deadline`."""
+        been asked, `limit` providers are known, or at `deadline`. A peer already named as
+        a provider is not asked: it holds its own record, and asking it is a dial; in a
+        small network the bootstrap peer's answer then ends the lookup. Connected peers are
+        asked LOOKUP_CONCURRENCY at a time, but only LOOKUP_DIALS peers are dialled at once:
+        each answer may name the next ones as providers, sparing their dials. (Any provider
+        missing from all answers is a DHT server that is in view and gets asked, so the
+        lookup still finds every provider whose record its servers hold.) Returns the
+        providers, the servers that answered (first answer first), the failed requests,
+        and whether the deadline cut it."""
         me = self.host.peer_id
         found: dict[str, Any] = {}
-        for info in compat.kad_local_providers(self.dht, key):
+        for info in compat_kad.kad_local_providers(self.dht, key):
             found.setdefault(str(info.peer_id), info)
-        candidates = compat.kad_seed_peers(self.dht, key, K_CLOSEST)
+        candidates = compat_kad.kad_seed_peers(self.dht, key, K_CLOSEST)
         known, asked = set(candidates), set()
+        answered: list[Any] = []
         failed = 0
 
         def enough() -> bool:
@@ -246,42 +292,50 @@ class Discovery:
         send, receive = trio.open_memory_channel[tuple[Any, Any]](math.inf)
         with trio.move_on_after(max(deadline - trio.current_time(), 0.0)) as scope:
             async with trio.open_nursery() as nursery:
-                inflight = 0
+                inflight, dialing = 0, set[Any]()
                 while not enough():
                     for peer in candidates[:K_CLOSEST]:
                         if inflight >= LOOKUP_CONCURRENCY:
                             break
-                        if peer not in asked:
-                            asked.add(peer)
-                            inflight += 1
-                            nursery.start_soon(self._ask_providers, peer, key, deadline, send)
+                        if peer in asked or str(peer) in found:
+                            continue
+                        dial = not compat_kad.kad_connected(self.dht, peer)
+                        if dial and len(dialing) >= LOOKUP_DIALS:
+                            continue
+                        asked.add(peer)
+                        inflight += 1
+                        if dial:
+                            dialing.add(peer)
+                        nursery.start_soon(self._ask_providers, peer, key, deadline, send)
                     if not inflight:
                         break
                     peer, answer = await receive.receive()
                     inflight -= 1
+                    dialing.discard(peer)
                     if answer is None or answer is False:
                         failed += answer is None
                         if peer in candidates:  # it may have dropped out of view meanwhile
                             candidates.remove(peer)
                         continue
                     providers, closer = answer
+                    answered.append(peer)
                     for info in providers:
                         if len(found) < MAX_FOUND:
                             found.setdefault(str(info.peer_id), info)
                     fresh = [p for p in closer if p not in known]
                     known.update(fresh)
-                    candidates = compat.kad_by_distance(self.dht, key,
+                    candidates = compat_kad.kad_by_distance(self.dht, key,
                                                         candidates + fresh)[:MAX_CANDIDATES]
                 nursery.cancel_scope.cancel()
         infos = [i for p, i in found.items() if p != me][:limit]
-        return infos, failed, scope.cancelled_caught
+        return infos, answered, failed, scope.cancelled_caught
 
     async def _ask_providers(self, peer: Any, key: str, deadline: float,
                              send: trio.MemorySendChannel[tuple[Any, Any]]) -> None:
         answer: tuple[list[Any], list[Any]] | bool | None
         try:
             answer = await retry(
-                lambda left: compat.kad_get_providers(
+                lambda left: compat_kad.kad_get_providers(
                     self.dht, peer, key, timeout=min(REQUEST_TIMEOUT_S, left)),
                 policy=self.backoff, deadline=deadline, rng=self.rng,
                 what=f"providers from {str(peer)[:16]}")
@@ -301,7 +355,7 @@ class Discovery:
         transient = False  # a request reset, closed or timed out: the answer may be wrong
         try:
             value = await retry(
-                lambda left: compat.kad_get_value(
+                lambda left: compat_kad.kad_get_value(
                     self.dht, peer, key, timeout=min(REQUEST_TIMEOUT_S, left)),
                 policy=self.backoff, deadline=deadline, rng=self.rng,
                 what=f"ad of {peer_id[:16]}")
@@ -348,6 +402,8 @@ async def open_discovery(host: Host, *, server: bool, clock: Clock) -> AsyncIter
     dht = KadDHT(host.raw, DHTMode.SERVER if server else DHTMode.CLIENT)
     dht.register_validator(NAMESPACE, _make_validator(clock))
     if server:
-        compat.fair_dht_inbound(dht)
+        compat_kad.fair_dht_inbound(dht)
+    else:
+        compat_kad.kad_client_without_walks(dht)
     async with background_trio_service(dht):
         yield Discovery(host, dht, clock=clock)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import trio
 
-from node import compat
-from node.compat import DhtRequestFailed
+from node import compat_kad
+from node.compat_kad import DhtRequestFailed
 from node.discovery import (
     Backoff,
     RemoteAdError,
@@ -193,7 +193,7 @@ async def test_silent_dht_streams_neither_lock_out_others_nor_hold_slots_forever
     signed = sign(make_ad(me, expires=int(time.time() * 1000) + 120_000), me)
     async with open_host(me, ["/ip4/127.0.0.1/tcp/0"]) as server_host, \
             open_discovery(server_host, server=True, clock=time.time) as server:
-        fair = compat.fair_dht_inbound(server.dht, slots=16, per_peer=8, wait_s=3.0,
+        fair = compat_kad.fair_dht_inbound(server.dht, slots=16, per_peer=8, wait_s=3.0,
                                        stream_s=1.5)
         await server.dht.put_value(ad_key(me.peer_id), signed.raw)
         server_id = ID.from_base58(me.peer_id)
@@ -216,7 +216,7 @@ async def test_silent_dht_streams_neither_lock_out_others_nor_hold_slots_forever
             # another peer's request waits for a slot and is answered once the silent
             # streams' time is up
             with trio.fail_after(10):
-                value = await compat.kad_get_value(client.dht, server_id,
+                value = await compat_kad.kad_get_value(client.dht, server_id,
                                                    ad_key(me.peer_id), timeout=8)
             assert value == signed.raw
             with trio.fail_after(3):  # every silent stream lost its slot
