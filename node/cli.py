@@ -257,9 +257,8 @@ def _ad_json(ad: CapacityAd) -> dict[str, Any]:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    from ledger import Ledger
     from node.client import open_client
-    from node.ledger_cli import LEDGER_FILE
+    from node.ledger_cli import open_ledger, sweep_orphans
     from node.peers import PeerBook
     from scheduler.scoring import JobEstimate, rank
 
@@ -279,7 +278,8 @@ def cmd_offers(args: argparse.Namespace) -> int:
     ads = [a for a in ads if where is None or where(a, now_ms=now_ms)]
     job = JobEstimate(resources=Resources(cpus=args.cpus, gpus=args.gpus,
                                           max_seconds=args.timeout))
-    with Ledger.open(home / LEDGER_FILE, identity) as ledger:
+    with open_ledger(home, identity) as ledger:  # like every command: sweep dead escrows
+        sweep_orphans(ledger, home, identity)
         reputation = ledger.reputations()
     ranked = rank(ads, job, peers.observations(reputation), now_ms=now_ms)
     docs = []
