@@ -31,6 +31,8 @@ from node.demo import stop_all, wait_ready
 from node.host import open_host
 from protocol.identity import Identity
 
+FLOODS = 10
+
 
 def start_provider(root: Path, name: str, config: str) -> tuple[subprocess.Popen[bytes],
                                                                 dict[str, Any]]:
@@ -85,8 +87,15 @@ def flood(root: Path, n: int) -> dict[str, Any]:
     def fds() -> int:
         return len(os.listdir(f"/proc/{proc.pid}/fd"))
 
+    def rss_mb() -> float:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
     time.sleep(2)
-    counts: dict[str, Any] = {"before": fds(), "self_before": len(os.listdir("/proc/self/fd"))}
+    counts: dict[str, Any] = {"before": fds(), "self_before": len(os.listdir("/proc/self/fd")),
+                              "rss_mb_before": rss_mb()}
 
     async def run() -> None:
         done = trio.Event()
@@ -109,12 +118,19 @@ def flood(root: Path, n: int) -> dict[str, Any]:
                 await trio.sleep(0.1)
             await trio.sleep(2)
             counts["during"] = fds()
+            counts["rss_mb_during"] = rss_mb()
             done.set()
 
     try:
         trio.run(run)
         time.sleep(3)
         counts["after_3s"] = fds()
+        counts["rss_mb_after_3s"] = rss_mb()
+        for _ in range(FLOODS - 1):  # more floods: does memory keep growing?
+            trio.run(run)
+        time.sleep(3)
+        counts[f"after_{FLOODS}_floods"] = fds()
+        counts[f"rss_mb_after_{FLOODS}_floods"] = rss_mb()
         counts["self_after"] = len(os.listdir("/proc/self/fd"))
         return counts
     finally:
@@ -125,9 +141,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--submits", type=int, default=40)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--only", choices=("burst", "flood"))
     ns = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
-    report = {"burst": burst(root, ns.submits), "flood": flood(root, ns.connections)}
+    report: dict[str, Any] = {}
+    if ns.only != "flood":
+        report["burst"] = burst(root, ns.submits)
+    if ns.only != "burst":
+        report["flood"] = flood(root, ns.connections)
     print(json.dumps(report, indent=2))
 
 
