@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+RETRY_AFTER_S = 5.0
+"""What a provider tells a peer it refuses for now to wait before asking again."""
+
 
 class Busy(Exception):
     """No slot or queue place for this job now: come back after `retry_after_s`."""
@@ -38,7 +41,8 @@ class Admission:
     """Slots are handed over in FIFO order; the queue and each peer's share are capped."""
 
     def __init__(self, *, slots: int, queue: int, max_streams: int,
-                 per_peer: int | None = None, retry_after_s: float = 5.0) -> None:
+                 per_peer: int | None = None,
+                 retry_after_s: float = RETRY_AFTER_S) -> None:
         self.slots = slots
         self.queue_max = queue
         self.max_streams = max_streams

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from node.errors import PeerTimeout, RemoteError
+from node.admission import RETRY_AFTER_S
+from node.errors import RemoteError
 from node.host import Stream
+from node.limits import kind_of
 from node.transfer import TransferFailed
-from protocol import FrameTooLarge, ProtocolError, wire
+from protocol import ProtocolError, wire
 
 log = logging.getLogger("node.provider")
 
@@ -15,19 +17,20 @@ REFUSAL_OUTCOME = {"busy": "busy", "price": "price"}
 
 
 async def busy_stream(stream: Stream, why: str) -> None:
-    await stream.send(wire.ErrorReply(code="busy", message=why[:1000], retry_after_s=5.0))
+    await stream.send(wire.ErrorReply(code="busy", message=why[:1000],
+                                      retry_after_s=RETRY_AFTER_S))
+
+
+CODE_OF_KIND: dict[str, wire.ErrorCode] = {
+    "too_large": "too_large", "protocol": "bad_request", "timeout": "timeout",
+    "gone": "bad_request", "remote": "bad_request", "limit": "busy", "unexpected": "internal"}
 
 
 def error_code(exc: BaseException) -> wire.ErrorCode:
-    if isinstance(exc, FrameTooLarge):
-        return "too_large"
-    if isinstance(exc, TransferFailed):
+    """The frame code for a failure, from the same classification that counts it."""
+    if isinstance(exc, TransferFailed):  # a TransferTimeout too: the transfer is what failed
         return "transfer_failed"
-    if isinstance(exc, PeerTimeout):
-        return "timeout"
-    if isinstance(exc, ProtocolError | RemoteError):
-        return "bad_request"
-    return "internal"
+    return CODE_OF_KIND[kind_of(exc)]
 
 
 def error_text(exc: BaseException) -> str:
