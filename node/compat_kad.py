@@ -69,11 +69,7 @@ async def kad_request(dht: Any, peer_id: Any, message: Any, *, timeout: float) -
             raise DhtRequestFailed(f"DHT request to {who} failed: {exc!r}",
                                    retryable=True) from exc
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
+            await _close_quietly(stream)
     if scope.cancelled_caught:  # a dial that timed out is not retried: the peer is gone
         raise DhtRequestFailed(f"no DHT answer from {who} within {timeout:.1f} s",
                                retryable=opened or connected)
@@ -83,6 +79,14 @@ async def kad_request(dht: Any, peer_id: Any, message: Any, *, timeout: float) -
     # a signed peer record is only an address-book update; an older one is not an error
     maybe_consume_signed_record(response, host, peer_id)
     return response
+
+
+async def _close_quietly(stream: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await stream.close()
+        except Exception:
+            pass
 
 
 async def _kad_exchange(host: Any, stream: Any, message: Any) -> Any:
@@ -198,11 +202,7 @@ async def kad_get_values(dht: Any, peer_id: Any, keys: Sequence[str], *,
             log.debug("GET_VALUE batch to %s ended after %d of %d: %r", who, len(got),
                       len(keys), exc)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
+            await _close_quietly(stream)
     return got
 
 
