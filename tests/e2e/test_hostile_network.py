@@ -46,7 +46,7 @@ def receipts_held(home: Path) -> set[str]:
 
 
 def peer_errors(p: dict[str, Any]) -> dict[str, float]:
-    status = json.loads((Path(p["log"]).parent / p["home"] / "status.json").read_text())
+    status = json.loads((home_of(p) / "status.json").read_text())
     text = urllib.request.urlopen(status["metrics_url"], timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
@@ -73,15 +73,21 @@ async def serves_a_job(host: Host, p: dict[str, Any], root: Path, tag: str) -> N
     assert p["proc"].poll() is None, "the provider died"
 
 
-def home_of(network: Network, p: dict[str, Any]) -> Path:
-    return network.root / p["home"]
+def home_of(p: dict[str, Any]) -> Path:
+    """A provider's home: its log `pN.log` lies beside it (tests/e2e/conftest.py)."""
+    log = Path(p["log"])
+    return log.with_name(log.stem)
+
+
+def configured(network: Network, toml: str) -> dict[str, Any]:
+    """A provider started with `toml` as its provider.toml."""
+    (network.root / "p.toml").write_text(toml)
+    return network.start_provider(extra=["--config", str(network.root / "p.toml")])
 
 
 @pytest.fixture
 def provider(network: Network) -> dict[str, Any]:
-    p = network.start_provider()
-    p["home"] = "p1"
-    return p
+    return network.start_provider()
 
 
 async def test_a_forged_receipt_with_an_overflowing_charge_is_dropped_on_gossip(
@@ -95,7 +101,7 @@ async def test_a_forged_receipt_with_an_overflowing_charge_is_dropped_on_gossip(
         canary = forged_receipt(attacker, p["peer_id"])  # nothing wrong with this one
         await gossip.publish(canary)
         with trio.fail_after(30):
-            while len(receipts_held(home_of(network, p))) < 1:
+            while len(receipts_held(home_of(p))) < 1:
                 await trio.sleep(0.2)  # canary: this path reaches the provider's ledger
         for body in ({"charge": 2**63}, {"charge": 2**64 - 1}, {"issued_at": 2**63},
                      {"charge": 10**15 + 1}):
@@ -103,7 +109,7 @@ async def test_a_forged_receipt_with_an_overflowing_charge_is_dropped_on_gossip(
         with trio.fail_after(30):
             while peer_errors(p).get("protocol", 0) < 4:
                 await trio.sleep(0.2)
-        assert len(receipts_held(home_of(network, p))) == 1
+        assert len(receipts_held(home_of(p))) == 1
         assert peer_errors(p).get("unexpected", 0) == 0
         await serves_a_job(host, p, network.root, "after_forgery")
 
@@ -111,7 +117,6 @@ async def test_a_forged_receipt_with_an_overflowing_charge_is_dropped_on_gossip(
 async def test_two_hundred_silent_streams_from_one_peer_lock_nobody_else_out(
         network: Network) -> None:
     p = network.start_provider(extra=["--slots", "1", "--queue", "1"])
-    p["home"] = "p1"
     attacker, honest = Identity.generate(), Identity.generate()
     async with open_client(attacker, [p["addr"]]) as (bad, _), \
             open_client(honest, [p["addr"]]) as (good, _):
@@ -142,10 +147,7 @@ async def test_two_hundred_silent_streams_from_one_peer_lock_nobody_else_out(
 
 async def test_a_connection_flood_from_fresh_identities_leaves_no_descriptors(
         network: Network) -> None:
-    (network.root / "p.toml").write_text(
-        "[limits]\nconnections_per_ip = 8\nexempt = []\n")
-    p = network.start_provider(extra=["--config", str(network.root / "p.toml")])
-    p["home"] = "p1"
+    p = configured(network, "[limits]\nconnections_per_ip = 8\nexempt = []\n")
     pid = p["proc"].pid
 
     def fds(which: int | str) -> int:
@@ -188,10 +190,7 @@ async def test_a_connection_flood_from_fresh_identities_leaves_no_descriptors(
 
 async def test_a_burst_of_jobs_at_a_one_slot_provider_ends_in_results_or_busy(
         network: Network) -> None:
-    (network.root / "p.toml").write_text(
-        "[capacity]\nslots = 1\nqueue = 2\n[limits]\njobs_per_peer = 16\n")
-    p = network.start_provider(extra=["--config", str(network.root / "p.toml")])
-    p["home"] = "p1"
+    p = configured(network, "[capacity]\nslots = 1\nqueue = 2\n[limits]\njobs_per_peer = 16\n")
     script = network.root / "burst.py"
     script.write_text("import time; time.sleep(0.5); print('done')\n")
     outcomes: list[str] = []
@@ -245,9 +244,7 @@ async def test_a_burst_of_jobs_at_a_one_slot_provider_ends_in_results_or_busy(
 
 async def test_a_spec_whose_quote_would_overflow_the_ledger_is_refused_by_name(
         network: Network) -> None:
-    (network.root / "p.toml").write_text("[price]\nper_gb_second = 1000000\n")
-    p = network.start_provider(extra=["--config", str(network.root / "p.toml")])
-    p["home"] = "p1"
+    p = configured(network, "[price]\nper_gb_second = 1000000\n")
     script = network.root / "huge.py"
     script.write_text("print('never')\n")
     from protocol import Resources, sign
