@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -239,7 +240,8 @@ async def open_host(identity: Identity, listen: Sequence[str], *,
     included, on exit. Connections from an IP above its share are closed at once."""
     raw = compat.new_host(identity.seed)
     host = Host(raw, identity, limits=limits)
-    send, receive = trio.open_memory_channel[Any](64)
+    # unbounded: each item is a connection already open, closed as soon as it is taken
+    send, receive = trio.open_memory_channel[Any](math.inf)
     compat.watch_connections(raw, on_connected=partial(_admit, host, send),
                              on_disconnected=partial(_release, host))
     async with compat.running_host(raw, listen), trio.open_nursery() as nursery:
@@ -258,10 +260,7 @@ def _admit(host: Host, excess: trio.MemorySendChannel[Any], conn: Any) -> None:
     host.peer_errors.count("limit")
     log.debug("closing a connection from %s: more than %d from that IP", ip,
               host.limits.connections_per_ip)
-    try:
-        excess.send_nowait(conn)
-    except trio.WouldBlock:  # a flood: the backlog closes them in turn
-        log.debug("connection close backlog full")
+    excess.send_nowait(conn)
 
 
 def _release(host: Host, conn: Any) -> None:
