@@ -80,7 +80,7 @@ def worker(clients: int, boots: list[str], ready: Path, go: Path, repeat: int) -
     """One worker process: `clients` DHT clients, connected, then searching together."""
     import trio
 
-    from node.client import open_client
+    from node.net.client import open_client
     from protocol import Identity
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import trio
 
-from node.client import open_client
-from node.demo import provider_processes
-from node.requester import JobRequest, choose_provider, run_job
+from node.cli.demo import provider_processes
+from node.net.client import open_client
+from node.requester.exchange import JobRequest, choose_provider, run_job
 from protocol import Identity
 from scheduler import Requirements
 

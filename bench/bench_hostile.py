@@ -27,8 +27,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.demo import stop_all, wait_ready
-from node.host import open_host
+from node.cli.demo import stop_all, wait_ready
+from node.net.host import open_host
 from protocol.identity import Identity
 
 FLOODS = 10

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.demo import provider_processes
+from node.cli.demo import provider_processes
 
 ITEM = """import sys, time
 n = int(sys.argv[-1])

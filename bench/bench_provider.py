@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from node.client import open_client
-from node.host import Stream, open_host
-from node.requester import JobRequest, choose_provider, run_job
-from node.transfer import receive_file, send_file
+from node.net.client import open_client
+from node.net.host import Stream, open_host
+from node.net.transfer import receive_file, send_file
+from node.requester.exchange import JobRequest, choose_provider, run_job
 from protocol import Identity
 from scheduler import Requirements
 

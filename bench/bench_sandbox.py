@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from node.sandbox import runtime, users
-from node.sandbox.cgroups import detect_usable
-from node.sandbox.pool import WarmPool, warm_pool
-from node.sandbox.runner import JobLimits, Sandbox, job_env
+from node.provider.sandbox import runtime, users
+from node.provider.sandbox.cgroups import detect_usable
+from node.provider.sandbox.pool import WarmPool, warm_pool
+from node.provider.sandbox.runner import JobLimits, Sandbox, job_env
 
 TRIVIAL = "pass\n"
 TORCH = "import torch\nprint(float(torch.ones(64, 64).sum()))\n"

@@ -59,7 +59,7 @@ def telemetry() -> list[dict[str, Any]]:
 
 
 async def sandboxed(sandbox: Any, name: str, gpus: list[Any]) -> dict[str, Any]:
-    from node.sandbox.runner import JobLimits, job_env
+    from node.provider.sandbox.runner import JobLimits, job_env
 
     limits = JobLimits(wall_s=180, memory_mb=16384, cpus=4, pids=512)
     t = time.monotonic()
@@ -83,10 +83,10 @@ async def main(out: Path) -> None:
         out.write_text(json.dumps(doc, indent=1, default=str))
 
     try:
-        from node.sandbox import gpu, runtime, users
-        from node.sandbox.cgroups import detect_usable
-        from node.sandbox.check import check
-        from node.sandbox.runner import Sandbox
+        from node.provider.sandbox import gpu, runtime, users
+        from node.provider.sandbox.cgroups import detect_usable
+        from node.provider.sandbox.check import check
+        from node.provider.sandbox.runner import Sandbox
 
         gpus = gpu.discover()
         doc["gpus"] = [{"index": g.index, "minor": g.minor, "name": g.name,

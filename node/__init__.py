@@ -42,19 +42,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from node.api import Job, JobFailed, MapItemFailed, Offer, Requester, Result
-    from node.remote import RemoteFunction, remote
-    from node.sync import SyncRequester
-    from node.values import RemoteFunctionError, ReturnValueRejected
+    from node.api.remote import RemoteFunction, remote
+    from node.api.requester import Job, JobFailed, MapItemFailed, Offer, Requester, Result
+    from node.api.sync import SyncRequester
+    from node.api.values import RemoteFunctionError, ReturnValueRejected
 
 __all__ = ["Job", "JobFailed", "MapItemFailed", "Offer", "RemoteFunction",
            "RemoteFunctionError", "Requester", "Result", "ReturnValueRejected",
            "SyncRequester", "remote"]
-_LAZY = {"Job": "node.api", "JobFailed": "node.api", "MapItemFailed": "node.api",
-         "Offer": "node.api", "Requester": "node.api", "Result": "node.api",
-         "RemoteFunction": "node.remote", "remote": "node.remote",
-         "SyncRequester": "node.sync", "RemoteFunctionError": "node.values",
-         "ReturnValueRejected": "node.values"}
+_API = "node.api.requester"
+_LAZY = {"Job": _API, "JobFailed": _API, "MapItemFailed": _API, "Offer": _API,
+         "Requester": _API, "Result": _API,
+         "RemoteFunction": "node.api.remote", "remote": "node.api.remote",
+         "SyncRequester": "node.api.sync", "RemoteFunctionError": "node.api.values",
+         "ReturnValueRejected": "node.api.values"}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ bandwidth (a copy of a large tensor: bytes read plus bytes written over time).
   only tell a requester not to send half-precision work to a CPU.
 - CUDA: fp32 (IEEE, TF32 off), fp16 and bf16 (None where the card lacks native bf16 or the
   product fails), timed with `torch.cuda.synchronize`. Devices are numbered in PCI bus order,
-  like NVML (`node.sandbox.gpu`), so `cuda:N` is NVML's GPU N.
+  like NVML (`node.provider.sandbox.gpu`), so `cuda:N` is NVML's GPU N.
 
 The report is stored as JSON next to the node's state and re-taken when it is older than the
 configured interval or was taken with another runtime (`is_stale`); `benchmark_forever` is the

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from node.errors import UserError
-from node.limits import Limits
+from node.net.limits import Limits
 from protocol import Price
 
 SandboxChoice = Literal["auto", "A", "B"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ledger import Ledger, RemoteLedgerError
-from node.values import WRAPPER, WRAPPER_NAME, ReturnValueRejected, decode_return_bytes
+from node.api.values import WRAPPER, WRAPPER_NAME, ReturnValueRejected, decode_return_bytes
 from protocol import (
     CapacityAd,
     Cheque,

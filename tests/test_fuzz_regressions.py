@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ledger import ChequeRefused, Ledger, ReceiptRefused
-from node.values import ReturnValueRejected, decode_return_bytes
+from node.api.values import ReturnValueRejected, decode_return_bytes
 from protocol import Cheque, Receipt
 from tests.fuzz_targets import ALICE, BOB, DIGEST, JOB, NOW_MS
 

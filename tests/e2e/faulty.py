@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-import node.provider as provider
-from node.cli import main
+import node.provider.daemon as provider
+from node.cli.main import main
 
 
 def _shift(text: str) -> str:

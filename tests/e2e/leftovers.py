@@ -40,7 +40,7 @@ def provide(net: Network, home: str, *extra: str, tag: str) -> dict[str, Any]:
 
 
 def base_dirs(base: str) -> list[Path]:
-    from node.sandbox.cgroups import CgroupManager
+    from node.provider.sandbox.cgroups import CgroupManager
 
     return CgroupManager.detect(base=base).base_dirs
 
@@ -71,7 +71,7 @@ def carrying(marker: str, *, job_users: bool = True) -> list[tuple[int, str]]:
     """Live processes (pid, first argv word) with `marker` in their command line, run by a
     job user (the job, and the bubblewrap processes whose argv names the job's script), or
     with `job_users=False`, by root (the launcher and its watchdog carry it in their config)."""
-    from node.sandbox.users import lookup
+    from node.provider.sandbox.users import lookup
 
     uids = {u.uid for u in lookup()}
     found = []

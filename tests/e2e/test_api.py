@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from node import events
-from node.api import Job, JobFailed, Requester
-from node.remote import remote
-from node.values import RemoteFunctionError, ReturnValueRejected
+from node.api.remote import remote
+from node.api.requester import Job, JobFailed, Requester
+from node.api.values import RemoteFunctionError, ReturnValueRejected
+from node.requester import events
 from tests.e2e.conftest import REPO, Network, _env
 
 SQUARE = REPO / "examples" / "square.py"
@@ -53,7 +53,7 @@ def _seed_benchmark(home: Path, tflops: float = 0.05) -> None:
     """This node's speed for `plan`, as if measured (the measurement has its own tests and
     takes seconds of CPU that a loaded test host may not give it)."""
     from node import benchmark
-    from node.plan import BENCHMARK_FILE
+    from node.requester.plan import BENCHMARK_FILE
 
     cpu = benchmark.DeviceBenchmark(device="cpu", fp32_tflops=tflops, fp16_tflops=None,
                                     bf16_tflops=None, mem_gbps=5.0)

@@ -14,9 +14,9 @@ from typing import Any
 
 import trio
 
-from node.client import open_client
-from node.requester import GRACE_S, JobRequest, run_job
-from node.transfer import TRANSFER_GRACE_S
+from node.net.client import open_client
+from node.net.transfer import TRANSFER_GRACE_S
+from node.requester.exchange import GRACE_S, JobRequest, run_job
 from protocol import Identity, sign, wire
 from tests.e2e.conftest import Network
 from tests.e2e.test_hostile_peers import spec_for

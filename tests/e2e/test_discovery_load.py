@@ -10,8 +10,8 @@ from typing import Any
 
 import trio
 
-from node.discovery import open_discovery, rendezvous_key
-from node.host import open_host
+from node.net.discovery import open_discovery, rendezvous_key
+from node.net.host import open_host
 from protocol import Identity
 from tests.e2e.conftest import REPO, Network, _env
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import trio
 
-from node.client import open_client
-from node.gossip import RECEIPTS_TOPIC, open_gossip
-from node.host import Host, open_host
-from node.requester import JobRequest, run_job
+from node.net.client import open_client
+from node.net.gossip import RECEIPTS_TOPIC, open_gossip
+from node.net.host import Host, open_host
+from node.requester.exchange import JobRequest, run_job
 from protocol import Identity, Receipt, wire
 from protocol.codec import pack
 from protocol.signing import VERSION
@@ -217,7 +217,7 @@ async def test_a_burst_of_jobs_at_a_one_slot_provider_ends_in_results_or_busy(
                     if not isinstance(frame, wire.Queued):
                         break
                 assert isinstance(frame, wire.Accepted), frame
-                from node.transfer import send_file
+                from node.net.transfer import send_file
 
                 if frame.need:
                     await send_file(stream, script.name, script)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import trio
 
-from node.client import open_client
-from node.host import Host
-from node.requester import JobRequest, run_job
+from node.net.client import open_client
+from node.net.host import Host
+from node.requester.exchange import JobRequest, run_job
 from protocol import Identity, InputFile, JobSpec, Resources, sign, wire
 from protocol.framing import HEADER
 from tests.e2e.conftest import Network

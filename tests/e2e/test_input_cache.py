@@ -9,9 +9,9 @@ from pathlib import Path
 
 import trio
 
-from node.client import open_client
-from node.host import Host
-from node.requester import JobRequest, run_job
+from node.net.client import open_client
+from node.net.host import Host
+from node.requester.exchange import JobRequest, run_job
 from protocol import CapacityAd, Identity, wire
 from tests.e2e.conftest import Network
 from tests.e2e.test_hostile_peers import spec_for

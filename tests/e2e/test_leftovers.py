@@ -50,8 +50,8 @@ def test_kill_9_mid_job_leaves_nothing(network: Network, tier: str) -> None:
 
 def test_canary_the_probes_see_a_process_left_running(network: Network) -> None:
     """The same probes, on a process that does outlive its parent, in a cgroup of a base."""
-    from node.sandbox.cgroups import detect_usable
-    from node.sandbox.users import user_name
+    from node.provider.sandbox.cgroups import detect_usable
+    from node.provider.sandbox.users import user_name
 
     marker = f"canary_{uuid.uuid4().hex[:12]}.py"
     manager = detect_usable(base=f"offload-test-canary-{os.getpid()}")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from node.sandbox.errors import SandboxUnavailable
+from node.provider.sandbox.errors import SandboxUnavailable
 
 
 def sandbox_missing() -> str | None:
@@ -17,7 +17,7 @@ def sandbox_missing() -> str | None:
     if shutil.which("bwrap") is None:
         return "bubblewrap is not installed"
     try:
-        from node.sandbox import runtime, users
+        from node.provider.sandbox import runtime, users
 
         users.lookup()
         runtime.describe()
@@ -32,9 +32,9 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[object]:
     reason = sandbox_missing()
     if reason:
         pytest.skip(reason)
-    from node.sandbox import runtime, users
-    from node.sandbox.cgroups import detect_usable
-    from node.sandbox.runner import Sandbox
+    from node.provider.sandbox import runtime, users
+    from node.provider.sandbox.cgroups import detect_usable
+    from node.provider.sandbox.runner import Sandbox
 
     cgroups = detect_usable(base=f"offload-test-{os.getpid()}")
     yield Sandbox(users=users.UserPool(users.lookup()), cgroups=cgroups,

@@ -1,0 +1,398 @@
+"""`@remote`: a Python function that runs on a provider as if it were called here.
+
+    @remote(cpus=2, max_price=0.5)
+    def square(x: int) -> int:
+        return x * x
+
+    square.remote(7)              # 49, computed on a provider (sync facade, node.api.sync)
+    list(square.map(range(10)))   # split across providers, in input order
+    square.local(7)               # here; square(7) too
+    await square.remote.aio(7)    # in trio code (uses the open Requester, if any)
+    square.call(7).outputs        # the whole verified Result: files from ./out/, price...
+
+The function and its arguments are cloudpickled into input files that only the job's
+sandbox unpickles (node.api.values.WRAPPER is the entrypoint); the return value comes back
+as strict msgpack, never as a pickle. Session settings (home, bootstrap, config, out)
+come from the decorator's arguments, else OFFLOAD_* variables, else requester.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import operator
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+import cloudpickle
+import trio
+
+from node.api.requester import CURRENT, Job, Requester, Result, Verify
+from node.api.values import (
+    ARGS_FILE,
+    FUNCTION_FILE,
+    RETURN_FILE,
+    WRAPPER,
+    WRAPPER_NAME,
+    RemoteFunctionError,
+    decode_return,
+    remote_error,
+)
+from node.errors import RemoteError, UserError, sole_error
+from scheduler.decide import LOCAL
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """Per-function settings: the job's needs, and the session it runs in."""
+
+    gpus: int = 0
+    cpus: int = 1
+    memory_gb: float = 2.0
+    disk_gb: float = 1.0
+    timeout: int | None = None
+    max_price: float | None = None
+    redundancy: int = 1
+    verify: Verify = "none"
+    tolerance: float | None = None
+    where: str | None = None
+    runtime: str | None = None
+    gflop: float | None = None
+    workers: int = 4
+    plan: bool = False
+    """map: let the offload plan keep a share of the items here (set gflop= for it)."""
+    echo: bool = True
+    """Print the remote stdout (and stderr of successful calls) here."""
+    home: str | None = None
+    bootstrap: tuple[str, ...] | None = None
+    config: str | None = None
+    out: str = "offload-out"
+
+    def session(self) -> dict[str, Any]:
+        """The keyword arguments of the Requester these calls open (when none is open)."""
+        return {"home": self.home, "bootstrap": self.bootstrap, "config": self.config,
+                "out": self.out, "workers": self.workers}
+
+
+class _Method(Generic[P, T]):
+    """A method with a blocking call (through node.api.sync) and an `aio` coroutine."""
+
+    def __init__(self, run: Callable[..., Awaitable[T]], doc: str) -> None:
+        self._run = run
+        self.__doc__ = doc
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        from node.api.sync import portal
+
+        return portal().run(self._run, args, kwargs)
+
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._run(args, kwargs)
+
+
+class _MapMethod(Generic[R]):
+    def __init__(self, fn: RemoteFunction[Any, R]) -> None:
+        self._fn = fn
+
+    @overload
+    def __call__(self, *iterables: Iterable[Any],
+                 return_exceptions: Literal[False] = False) -> Iterator[R]: ...
+
+    @overload
+    def __call__(self, *iterables: Iterable[Any],
+                 return_exceptions: Literal[True]) -> Iterator[R | Exception]: ...
+
+    def __call__(self, *iterables: Iterable[Any], return_exceptions: bool = False
+                 ) -> Iterator[R | Exception]:
+        """Results in input order (like the builtin map, one argument per iterable)."""
+        from node.api.sync import portal
+
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (args, {}) for args in zip(*iterables, strict=False)]
+        yield from portal().run(self._fn._map, calls, return_exceptions)
+
+    @overload
+    def aio(self, *iterables: Iterable[Any],
+            return_exceptions: Literal[False] = False) -> AsyncIterator[R]: ...
+
+    @overload
+    def aio(self, *iterables: Iterable[Any],
+            return_exceptions: Literal[True]) -> AsyncIterator[R | Exception]: ...
+
+    async def aio(self, *iterables: Iterable[Any], return_exceptions: bool = False
+                  ) -> AsyncIterator[R | Exception]:
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (args, {}) for args in zip(*iterables, strict=False)]
+        for value in await self._fn._map(calls, return_exceptions):
+            yield value
+
+
+class RemoteFunction(Generic[P, R]):
+    """A function with `.remote`, `.map`, `.call` (on providers) and `.local` (here)."""
+
+    def __init__(self, fn: Callable[P, R], options: Options) -> None:
+        self.fn = fn
+        self.options = options
+        functools.update_wrapper(self, fn)
+        self.remote: _Method[P, R] = _Method(self._remote, "Run on a provider; the value.")
+        self.call: _Method[P, Result] = _Method(self._call, "Run on a provider; the Result.")
+        self.map: _MapMethod[R] = _MapMethod(self)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run it here, in this process."""
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Inside the sandbox a pickled RemoteFunction (say, a global the function uses)
+        # is the plain function: node/ is not installed there.
+        return (operator.itemgetter(0), ((self.fn,),))
+
+    def __repr__(self) -> str:
+        return f"<remote function {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+    # the calls ------------------------------------------------------------------------
+    async def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        result = await self._call(args, kwargs)
+        value: R = result.value
+        return value
+
+    async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Result:
+        with _staged(self.fn, [(args, kwargs)]) as (jobs_files, _):
+            async with self._session() as r:
+                result = await r.submit(self._job(*jobs_files[0]))
+        return self._finish(result)
+
+    async def _map(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                   return_exceptions: bool) -> list[R | Exception]:
+        if not calls:
+            return []
+        out: list[R | Exception | None] = [None] * len(calls)
+        with _staged(self.fn, calls) as (jobs_files, _):
+            async with self._session() as r:
+                here = await self._planned_here(r, jobs_files[0], len(calls))
+                away = len(calls) - here
+
+                async def remotely() -> None:
+                    got = await r.map([self._job(*f) for f in jobs_files[:away]],
+                                      workers=self.options.workers,
+                                      return_exceptions=return_exceptions)
+                    for i, item in enumerate(got):
+                        out[i] = item if isinstance(item, RemoteError) else self._value(
+                            item, return_exceptions)
+
+                async def locally() -> None:
+                    for i in range(away, len(calls)):
+                        args, kwargs = calls[i]
+                        try:
+                            out[i] = await trio.to_thread.run_sync(
+                                functools.partial(self.fn, *args, **kwargs))
+                        except Exception as exc:
+                            if not return_exceptions:
+                                raise
+                            out[i] = exc
+
+                try:
+                    async with trio.open_nursery() as nursery:
+                        if away:
+                            nursery.start_soon(remotely)
+                        if here:
+                            nursery.start_soon(locally)
+                except BaseExceptionGroup as group:
+                    raise (sole_error(group) or group) from None
+        return out  # type: ignore[return-value]  # every slot is filled by now
+
+    async def _planned_here(self, r: Requester, files: tuple[Path, Path, Path],
+                            items: int) -> int:
+        """How many items the offload plan keeps on this machine (0 unless plan=True)."""
+        if not self.options.plan:
+            return 0
+        plan = await r.plan(self._job(*files), items=items)
+        here = sum(p.items for p in plan.chosen.parts if p.peer == LOCAL)
+        log.info("map of %d item(s): %s, %d here (%s)", items, plan.decision, here,
+                 plan.reason)
+        return min(here, items)
+
+    def _value(self, result: Result, return_exceptions: bool) -> R | Exception:
+        try:
+            value: R = self._finish(result).value
+            return value
+        except (RemoteError, RemoteFunctionError) as exc:
+            if not return_exceptions:
+                raise
+            return exc
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[Requester]:
+        """The Requester open in this task; else the sync facade's; else a new one."""
+        open_now = CURRENT.get()
+        if open_now is not None:
+            yield open_now
+            return
+        from node.api.sync import session_for
+
+        kept = await session_for(self.options.session())
+        if kept is not None:
+            yield kept
+            return
+        async with Requester(**self.options.session()) as r:
+            yield r
+
+    def _job(self, wrapper: Path, fn_file: Path, args_file: Path) -> Job:
+        o = self.options
+        return Job(wrapper, files=(fn_file, args_file), gpus=o.gpus, cpus=o.cpus,
+                   memory_gb=o.memory_gb, disk_gb=o.disk_gb, timeout=o.timeout,
+                   max_price=o.max_price, runtime=o.runtime, where=o.where, python=PYTHON,
+                   redundancy=o.redundancy, verify=o.verify, tolerance=o.tolerance,
+                   gflop=o.gflop)
+
+    def _finish(self, result: Result) -> Result:
+        """Decode the return value (strictly); raise the remote exception if there was one."""
+        path = result.out_dir / RETURN_FILE
+        if not path.exists():
+            result.check()  # a timeout or a limit: JobFailed says which
+        returned = decode_return(path)
+        if self.options.echo:
+            if result.stdout:
+                sys.stdout.write(result.stdout)
+            if returned.ok and result.stderr:
+                sys.stderr.write(result.stderr)
+        if not returned.ok:
+            raise remote_error(returned, job_id=result.job_id, provider=result.provider)
+        outputs = {k: v for k, v in result.outputs.items() if k != RETURN_FILE}
+        return dataclasses.replace(result, value=returned.value, outputs=outputs)
+
+
+@functools.lru_cache(maxsize=1)
+def _wrapper_bytes() -> bytes:
+    return WRAPPER.encode()
+
+
+def pickle_function(fn: Callable[..., Any]) -> bytes:
+    """cloudpickle `fn`; a function from an importable module (not __main__) travels by
+    value, since the provider has only the runtime's packages."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    by_value = module is not None and module.__name__ != "__main__" and not _installed(module)
+    if by_value:
+        assert module is not None
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        data: bytes = cloudpickle.dumps(fn, protocol=pickle.DEFAULT_PROTOCOL)
+        return data
+    finally:
+        if by_value:
+            assert module is not None
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _installed(module: Any) -> bool:
+    """Part of an installed distribution (site-packages) or the standard library."""
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return True
+    parts = Path(path).parts
+    return "site-packages" in parts or "dist-packages" in parts or path.startswith(
+        sys.base_prefix)
+
+
+class _staged:
+    """A temp dir with the wrapper, the pickled function and one args file per call."""
+
+    def __init__(self, fn: Callable[..., Any],
+                 calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        self.fn = fn
+        self.calls = calls
+
+    def __enter__(self) -> tuple[list[tuple[Path, Path, Path]], Path]:
+        self.dir = Path(tempfile.mkdtemp(prefix="offload-remote-"))
+        try:
+            wrapper = self.dir / WRAPPER_NAME
+            wrapper.write_bytes(_wrapper_bytes())
+            fn_file = self.dir / FUNCTION_FILE
+            try:
+                fn_file.write_bytes(pickle_function(self.fn))
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                raise UserError(f"cannot send {getattr(self.fn, '__qualname__', self.fn)} "
+                                f"to a provider: {exc}; keep what it uses picklable (no "
+                                "open files, locks or sockets)") from None
+            jobs = []
+            for i, (args, kwargs) in enumerate(self.calls):
+                d = self.dir / str(i)
+                d.mkdir()
+                try:
+                    (d / ARGS_FILE).write_bytes(cloudpickle.dumps(
+                        (tuple(args), dict(kwargs)), protocol=pickle.DEFAULT_PROTOCOL))
+                except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                    raise UserError(f"cannot send the arguments of call {i} to a provider: "
+                                    f"{exc}; pass picklable values") from None
+                jobs.append((wrapper, fn_file, d / ARGS_FILE))
+            return jobs, self.dir
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@overload
+def remote(fn: Callable[P, R], /) -> RemoteFunction[P, R]: ...
+
+
+@overload
+def remote(*, gpus: int = 0, cpus: int = 1, memory_gb: float = 2.0, disk_gb: float = 1.0,
+           timeout: int | None = None, max_price: float | None = None, redundancy: int = 1,
+           verify: Verify = "none", tolerance: float | None = None, where: str | None = None,
+           runtime: str | None = None, gflop: float | None = None, workers: int = 4,
+           plan: bool = False, echo: bool = True, home: str | os.PathLike[str] | None = None,
+           bootstrap: Sequence[str] | None = None,
+           config: str | os.PathLike[str] | None = None,
+           out: str | os.PathLike[str] = "offload-out"
+           ) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]: ...
+
+
+def remote(fn: Callable[P, R] | None = None, /, **settings: Any
+           ) -> RemoteFunction[P, R] | Callable[[Callable[P, R]], RemoteFunction[P, R]]:
+    """Make `fn` offloadable: `@remote` or `@remote(gpus=1, max_price=2.0, ...)`.
+
+    gpus, cpus, memory_gb, disk_gb, timeout (s), max_price (credits), where, runtime: what
+    each call needs. redundancy, verify, tolerance: how its result is checked. workers:
+    most providers a map uses; plan: a map asks the offload plan (`offload plan`) and
+    runs the share it keeps here in this process (gflop: one call's size, for the plan).
+    home, bootstrap, config, out: the session, as the CLI's --home/--bootstrap/--config
+    (OFFLOAD_HOME, OFFLOAD_BOOTSTRAP, OFFLOAD_REQUESTER_CONFIG).
+    """
+    for key in ("home", "config", "out"):
+        if settings.get(key) is not None:
+            settings[key] = os.fspath(settings[key])
+    if settings.get("bootstrap") is not None:
+        if isinstance(settings["bootstrap"], str):
+            settings["bootstrap"] = (settings["bootstrap"],)
+        settings["bootstrap"] = tuple(settings["bootstrap"])
+    try:
+        options = Options(**settings)
+    except TypeError as exc:
+        raise UserError(f"@remote: {exc}; see help(node.api.remote)") from None
+    if options.redundancy < 1 or options.cpus < 1 or options.gpus < 0:
+        raise UserError("@remote: cpus and redundancy must be at least 1, gpus at least 0")
+
+    def wrap(f: Callable[P, R]) -> RemoteFunction[P, R]:
+        return RemoteFunction(f, options)
+
+    return wrap(fn) if fn is not None else wrap

@@ -1,0 +1,319 @@
+"""The `offload ledger ...` and `offload jobs` verbs: thin commands over ledger.Ledger.
+
+Amounts are typed and printed in credits (decimals); the ledger keeps micro-credits.
+In JSON output amounts are exact decimal strings of credits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import decimal
+import json
+import logging
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger import Entry, Job, Ledger, LedgerError, LocalLedgerError
+from node.errors import NodeError, UserError
+from node.home import init_identity, resolve_home
+from node.requester.payments import Swept
+from protocol.identity import Identity
+from scheduler.pricing import MICRO, credits
+
+log = logging.getLogger(__name__)
+LEDGER_FILE = "ledger.db"
+EXAMPLES = {
+    "ledger": "offload ledger balance --json",
+    "balance": "offload ledger balance --json",
+    "history": "offload ledger history --limit 20",
+    "deposit": "offload ledger deposit 25.5",
+    "verify": "offload ledger verify",
+    "export": "offload ledger export --json > ledger.json",
+    "jobs": "offload jobs --json",
+    "refund": "offload ledger refund 3f2a9c01b7e4",
+}
+
+
+def register(sub: Any) -> None:
+    """Add the `ledger` and `jobs` parsers to node/cli.py's subparsers."""
+    raw = argparse.RawDescriptionHelpFormatter
+    c = sub.add_parser("ledger", help="this node's credit: balance, history, deposits, checks",
+                       description="this node's signed, hash-chained credit ledger "
+                                   f"(<home>/{LEDGER_FILE}); amounts in credits",
+                       epilog=f"example: {EXAMPLES['ledger']}", formatter_class=raw)
+    actions = c.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    for name, help_ in (
+            ("balance", "available, in escrow, paid to providers, earned, deposited"),
+            ("history", "the ledger's entries, oldest first"),
+            ("deposit", "fund the available balance (LocalCredits backend)"),
+            ("verify", "check every hash link, signature and balance; exit 1 naming the "
+                       "first bad entry"),
+            ("export", "every entry with its hash and signature: CSV, or one JSON document "
+                       "with jobs and receipts"),
+            ("refund", "give back now the escrow of a job whose process died (JOB: its id "
+                       "or a unique prefix, see `offload jobs`)")):
+        a = actions.add_parser(name, help=help_, description=help_,
+                               epilog=f"example: {EXAMPLES[name]}", formatter_class=raw)
+        if name == "deposit":
+            a.add_argument("amount", metavar="AMOUNT", help="credits, e.g. 25 or 0.125")
+        if name == "refund":
+            a.add_argument("job", metavar="JOB", help="job id or a unique prefix of it")
+        if name == "history":
+            a.add_argument("--limit", type=int, metavar="N", help="only the latest N entries")
+        a.add_argument("--json", action="store_true")
+    j = sub.add_parser("jobs", help="jobs this node submitted: provider, status, charge",
+                       description="jobs this node submitted, from its ledger: job id, "
+                                   "provider, status, charge, verified",
+                       epilog=f"example: {EXAMPLES['jobs']}", formatter_class=raw)
+    j.add_argument("--json", action="store_true")
+
+
+def parse_credits(text: str) -> int:
+    """'25.5' -> 25_500_000 micro-credits; UserError for anything but a positive amount
+    with at most six decimals."""
+    try:
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        value = decimal.Decimal("NaN")
+    micro = value * MICRO
+    if not value.is_finite() or value <= 0 or micro != micro.to_integral_value():
+        raise UserError(f"AMOUNT {text!r} must be a positive number of credits with at most "
+                        "6 decimals, e.g. 25 or 0.125")
+    return int(micro)
+
+
+def ledger_path(home: str | Path | None) -> Path:
+    """Where the node with this home keeps its ledger (for node/requester.py, provider.py)."""
+    return resolve_home(home) / LEDGER_FILE
+
+
+def open_ledger(home: Path, identity: Identity) -> Ledger:
+    """The home's ledger. LedgerUnavailable names a disk that is full or read-only or a
+    file another process holds locked; only a file that is not an SQLite ledger at all
+    gets the advice to move it aside."""
+    path = home / LEDGER_FILE
+    try:
+        return Ledger.open(path, identity)
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise UserError(f"{path} is not a ledger ({exc}); move it aside and run the "
+                            "command again") from None
+        raise NodeError(f"ledger {path} cannot be opened ({exc}); run `offload ledger "
+                        "verify`") from None
+    except LocalLedgerError as exc:
+        raise UserError(str(exc)) from None
+
+
+def sweep_orphans(ledger: Ledger, home: Path, identity: Identity) -> Swept:
+    """Settle escrows that dead processes on this home left locked (node/escrows.py),
+    asking their providers on a short-lived host only when there are some."""
+    import trio
+
+    from node.requester.escrows import find_orphans
+    from node.requester.payments import Payments
+
+    async def go() -> Swept:
+        if not await trio.to_thread.run_sync(lambda: find_orphans(ledger, home)):
+            return Swept()
+        from node.net.client import CLIENT_LISTEN
+        from node.net.host import open_host
+
+        try:
+            async with open_host(identity, CLIENT_LISTEN) as host:
+                return await Payments(ledger, host).sweep(home)
+        except (OSError, NodeError) as exc:
+            log.warning("cannot ask providers about orphaned escrows now: %s", exc)
+            return await Payments(ledger, None).sweep(home)
+
+    swept = trio.run(go)
+    report_swept(swept)
+    return swept
+
+
+def report_swept(swept: Swept) -> None:
+    """One stderr line per orphaned escrow settled (stdout stays one document)."""
+    for job_id in swept.released:
+        print(f"offload: job {job_id[:12]}: its process had died; the provider proved a "
+              "verified result, so its charge was paid and the rest refunded", file=sys.stderr)
+    for job_id in swept.refunded:
+        print(f"offload: job {job_id[:12]}: its process had died; escrow refunded",
+              file=sys.stderr)
+
+
+def _open(args: argparse.Namespace) -> Ledger:
+    home = resolve_home(args.home)
+    identity, _ = init_identity(home)
+    ledger = open_ledger(home, identity)
+    try:
+        sweep_orphans(ledger, home, identity)
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger
+
+
+def _run(args: argparse.Namespace, body: Callable[[Ledger], int]) -> int:
+    """Open the ledger, run `body`, and map ledger errors onto the CLI's exit codes."""
+    with _open(args) as ledger:
+        try:
+            return body(ledger)
+        except LocalLedgerError as exc:
+            raise UserError(str(exc)) from None
+        except LedgerError as exc:
+            raise NodeError(str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            raise NodeError(f"the ledger file cannot be read ({exc}); run `offload ledger "
+                            "verify`") from None
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    print(json.dumps(doc) if args.json else text)
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime(
+        "%Y-%m-%d %H:%M:%S")
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    action: Callable[[argparse.Namespace, Ledger], int] = _ACTIONS[args.ledger_command]
+    return _run(args, lambda ledger: action(args, ledger))
+
+
+def _balance(args: argparse.Namespace, ledger: Ledger) -> int:
+    b = ledger.balance()
+    rows = {"available": b.available, "escrow": b.escrow, "paid": b.paid,
+            "earned": b.earned, "deposited": b.deposited}
+    _emit(args, {k: credits(v) for k, v in rows.items()},
+          "\n".join(f"{k:<10} {credits(v):>18}" for k, v in rows.items()))
+    return 0
+
+
+def _entry_json(e: Entry) -> dict[str, Any]:
+    return {"seq": e.seq, "ts": e.ts, "kind": e.kind, "job_id": e.job_id, "peer": e.peer,
+            "amount": credits(e.amount), "memo": e.memo, "hash": e.hash}
+
+
+def _history(args: argparse.Namespace, ledger: Ledger) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    entries = ledger.history(limit=args.limit)
+    lines = [f"#{e.seq:<6} {_when(e.ts)}  {e.kind:<9} {credits(e.amount):>16}"
+             + (f"  job {e.job_id[:12]}" if e.job_id else "")
+             + (f"  {e.peer[:20]}" if e.peer else "") for e in entries]
+    _emit(args, [_entry_json(e) for e in entries], "\n".join(lines) or "no entries yet")
+    return 0
+
+
+def _deposit(args: argparse.Namespace, ledger: Ledger) -> int:
+    amount = parse_credits(args.amount)
+    e = ledger.deposit(amount)
+    available = ledger.balance().available
+    _emit(args, {"deposited": credits(amount), "seq": e.seq, "available": credits(available),
+                 "ref": e.memo.get("ref")},
+          f"deposited {credits(amount)} credits (entry {e.seq}); available "
+          f"{credits(available)}")
+    return 0
+
+
+def _verify(args: argparse.Namespace, ledger: Ledger) -> int:
+    try:
+        fault = ledger.verify()
+    except sqlite3.DatabaseError as exc:
+        _emit(args, {"valid": False, "seq": None, "reason": str(exc)},
+              f"INVALID: the file cannot be read ({exc})")
+        return 1
+    entries = len(ledger.history())
+    if fault is None:
+        _emit(args, {"valid": True, "entries": entries, "seq": None, "reason": None},
+              f"valid: {entries} {'entry' if entries == 1 else 'entries'}; every hash link "
+              "and signature checks and every balance matches its entries")
+        return 0
+    _emit(args, {"valid": False, "entries": entries, "seq": fault.seq, "reason": fault.reason},
+          f"INVALID at {fault}; restore {LEDGER_FILE} from a backup (`offload ledger export` "
+          "shows what it holds)")
+    return 1
+
+
+def _export(args: argparse.Namespace, ledger: Ledger) -> int:
+    if args.json:
+        print(json.dumps({**ledger.export(), "unit": "micro-credits"}))
+        return 0
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["seq", "ts", "kind", "job_id", "peer", "amount", "memo", "prev", "hash",
+                  "sig"])
+    for e in ledger.history():
+        out.writerow([e.seq, e.ts, e.kind, e.job_id, e.peer, credits(e.amount),
+                      json.dumps(e.memo, sort_keys=True), e.prev, e.hash, e.sig.hex()])
+    return 0
+
+
+def _refund(args: argparse.Namespace, ledger: Ledger) -> int:
+    from node.requester.escrows import live_owner
+    from node.requester.holds import HoldBook
+
+    home = resolve_home(args.home)
+    want = args.job.strip().lower()
+    if len(want) < 6:
+        raise UserError("JOB must be a job id or at least 6 of its first characters; see "
+                        "`offload jobs`")
+    found = [j for j in ledger.jobs() if j.job_id.startswith(want)]
+    if not found:
+        raise UserError(f"no job {want} in this ledger; see `offload jobs`")
+    if len(found) > 1:
+        raise UserError(f"{want} names {len(found)} jobs; give more of the id")
+    job = found[0]
+    if job.state != "locked":
+        raise UserError(f"job {job.job_id[:12]} is already {_status(job)}; nothing is left "
+                        "in escrow")
+    pid = live_owner(home, job.job_id)
+    if pid is not None:
+        raise UserError(f"job {job.job_id[:12]} belongs to a running process (pid {pid}) "
+                        "on this home; it settles the escrow itself, or stop it first")
+    if any(h.job_id == job.job_id for h in HoldBook.load(home).all()):
+        raise UserError(f"job {job.job_id[:12]} is a payment held for a result already "
+                        "returned; it is paid or refused when its hold ends")
+    ledger.refund(job.job_id, "cancelled", detail="refunded by `offload ledger refund`")
+    available = ledger.balance().available
+    _emit(args, {"job_id": job.job_id, "refunded": credits(job.amount),
+                 "available": credits(available)},
+          f"refunded {credits(job.amount)} credits of job {job.job_id[:12]}; available "
+          f"{credits(available)}")
+    return 0
+
+
+def _status(j: Job) -> str:
+    return j.state if j.state != "refunded" else f"refunded ({j.reason})"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    def body(ledger: Ledger) -> int:
+        jobs = ledger.jobs()
+        doc = [{"job_id": j.job_id, "provider": j.provider, "status": j.state,
+                "reason": j.reason, "charge": credits(j.charge), "locked": credits(j.amount),
+                "verified": j.verified, "locked_at": j.locked_at, "closed_at": j.closed_at}
+               for j in jobs]
+        lines = [f"{j.job_id[:12]}  {j.provider[:20]}  {_status(j):<20} "
+                 f"{credits(j.charge):>14}  {'verified' if j.verified else '-'}" for j in jobs]
+        _emit(args, doc, "\n".join(lines) or "no jobs yet")
+        return 0
+
+    return _run(args, body)
+
+
+_ACTIONS: dict[str, Callable[[argparse.Namespace, Ledger], int]] = {
+    "balance": _balance, "history": _history, "deposit": _deposit, "verify": _verify,
+    "export": _export, "refund": _refund,
+}
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "ledger": cmd_ledger, "jobs": cmd_jobs,
+}
+
+__all__ = ["COMMANDS", "LEDGER_FILE", "ledger_path", "parse_credits", "register"]

@@ -1,0 +1,276 @@
+"""Our seam over libp2p: a Host that dials, listens and opens framed streams."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import trio
+
+from node.errors import PeerGone, PeerTimeout, UserError
+from node.net import compat
+from node.net.limits import ConnectionShares, Limits, PeerErrors, StreamShares
+from protocol import wire
+from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
+from protocol.identity import Identity
+
+log = logging.getLogger(__name__)
+READ_SIZE = 256 * 1024
+SEND_STALL_S = 30.0
+
+
+class Stream:
+    """One exchange with one peer, in length-prefixed protocol frames."""
+
+    def __init__(self, raw: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._raw = raw
+        self._decoder = FrameDecoder(max_size=max_frame)
+        self.remote_peer = str(raw.muxed_conn.peer_id)
+        self.remote_ip = remote_ip(raw.muxed_conn)
+
+    async def send(self, frame: wire.Frame, *, stall_s: float = SEND_STALL_S) -> None:
+        """Write one frame; PeerTimeout if the peer takes none of it for `stall_s` (a peer
+        that stops reading must not hold a slot or a task)."""
+        with trio.move_on_after(stall_s) as scope:
+            try:
+                await self._raw.write(wire.encode(frame))
+            except Exception as exc:
+                raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream: "
+                               f"{exc!r}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"peer {self.remote_peer[:16]} read nothing for "
+                              f"{stall_s:.0f} s")
+
+    async def receive(self) -> wire.Frame:
+        """The next frame; PeerGone if the stream ends first. Decoding errors propagate."""
+        while True:
+            body = self._decoder.next_frame()
+            if body is not None:
+                return wire.decode(body, max_size=self._decoder.max_size)
+            try:
+                data = await self._raw.read(READ_SIZE)
+            except Exception as exc:
+                raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream") from exc
+            if not data:
+                raise PeerGone(f"peer {self.remote_peer[:16]} closed the stream")
+            self._decoder.feed(data)
+
+    async def receive_within(self, seconds: float, what: str) -> wire.Frame:
+        with trio.move_on_after(seconds) as scope:
+            return await self.receive()
+        assert scope.cancelled_caught
+        raise PeerTimeout(f"no {what} from {self.remote_peer[:16]} within {seconds:.0f} s")
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._raw.close()
+            except Exception:
+                log.debug("closing a stream failed", exc_info=True)
+
+    async def reset(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._raw.reset()
+            except Exception:
+                log.debug("resetting a stream failed", exc_info=True)
+
+
+Handler = Callable[[Stream], Awaitable[None]]
+Refuser = Callable[[Stream, str], Awaitable[None]]
+
+
+def remote_ip(conn: Any) -> str:
+    """The IP a muxed connection comes from ("" when the transport does not say)."""
+    try:
+        addr = conn.get_remote_address()
+    except Exception:
+        return ""
+    return str(addr[0]) if addr else ""
+
+
+def split_peer_addr(maddr: str) -> tuple[str, str]:
+    """`/ip4/.../tcp/N/p2p/ID` -> (transport part, peer id); UserError when malformed."""
+    head, sep, peer = maddr.rpartition("/p2p/")
+    if not sep or not head or not peer or "/" in peer:
+        raise UserError(f"address {maddr!r} must end in /p2p/<peer id>; copy it from the "
+                        "provider's ready file or `offload id`")
+    return head, peer
+
+
+class Host:
+    """A running libp2p host with our identity."""
+
+    def __init__(self, raw: Any, identity: Identity, *, limits: Limits | None = None) -> None:
+        self.raw = raw
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.limits = limits or Limits()
+        self.shares = StreamShares(self.limits)
+        self.connections = ConnectionShares(self.limits)
+        self.peer_errors = PeerErrors()
+
+    def addrs(self) -> list[str]:
+        return [str(a) for a in self.raw.get_addrs()]
+
+    def handle(self, protocol: str, handler: Handler, *, max_frame: int = DEFAULT_MAX_FRAME,
+               refuse: Refuser | None = None) -> None:
+        """Serve `protocol`: each peer (and IP) gets its share of open streams, over which
+        `refuse` answers (or the stream is reset); nothing a handler raises escapes."""
+        async def _on_stream(raw_stream: Any) -> None:
+            try:
+                stream = Stream(raw_stream, max_frame=max_frame)
+            except Exception as exc:
+                self.peer_errors.failed(protocol, "?", exc)
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await raw_stream.reset()
+                    except Exception:
+                        pass
+                return
+            peer, ip = stream.remote_peer, stream.remote_ip
+            why = self.shares.try_open(protocol, peer, ip)
+            if why is not None:
+                self.peer_errors.count("limit")
+                log.debug("refusing a %s stream from %s (%s): %s", protocol, peer[:16], ip, why)
+                try:
+                    if refuse is not None:
+                        with trio.move_on_after(2):
+                            await refuse(stream, why)
+                except Exception as exc:
+                    self.peer_errors.failed(protocol, peer, exc)
+                await stream.close()  # a reset could overtake the answer
+                return
+            try:
+                await handler(stream)
+            except Exception as exc:
+                self.peer_errors.failed(f"handler for {protocol}", peer, exc)
+                await stream.reset()
+            else:
+                await stream.close()
+            finally:
+                self.shares.close(protocol, peer, ip)
+
+        from libp2p.custom_types import TProtocol
+
+        self.raw.set_stream_handler(TProtocol(protocol), _on_stream)
+
+    def remember(self, peer_id: str, addrs: Sequence[str]) -> None:
+        from libp2p.peer.id import ID
+        from multiaddr import Multiaddr
+
+        good = []
+        for a in addrs:
+            try:
+                good.append(Multiaddr(a.rpartition("/p2p/")[0] if "/p2p/" in a else a))
+            except Exception:
+                log.debug("dropping unparsable addr %r", a)
+        if good:
+            self.raw.get_peerstore().add_addrs(ID.from_base58(peer_id), good, 3600)
+
+    async def connect(self, maddr: str, *, timeout: float = 10.0) -> str:
+        """Dial a full multiaddr; returns the peer id. PeerTimeout / PeerGone on failure."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from multiaddr import Multiaddr
+
+        split_peer_addr(maddr)
+        try:
+            info = info_from_p2p_addr(Multiaddr(maddr))
+        except Exception as exc:
+            raise UserError(f"address {maddr!r} is not a valid multiaddr: {exc}") from exc
+        compat.forget_failed_dial(self.raw, info.peer_id)
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self.raw.connect(info)
+            except Exception as exc:
+                raise PeerGone(f"could not reach {maddr}: {exc}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"could not reach {maddr} within {timeout:.0f} s")
+        return str(info.peer_id)
+
+    async def open_stream(self, peer_id: str, protocol: str, *,
+                          addrs: Sequence[str] = (), timeout: float = 10.0,
+                          max_frame: int = DEFAULT_MAX_FRAME) -> Stream:
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        self.remember(peer_id, addrs)
+        pid = ID.from_base58(peer_id)
+        compat.forget_failed_dial(self.raw, pid)
+        with trio.move_on_after(timeout) as scope:
+            try:
+                raw_stream = await self.raw.new_stream(pid, [TProtocol(protocol)])
+            except Exception as exc:
+                raise PeerGone(f"could not open {protocol} to {peer_id[:16]}: {exc}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"could not open {protocol} to {peer_id[:16]} in {timeout:.0f} s")
+        return Stream(raw_stream, max_frame=max_frame)
+
+    async def ping(self, peer_id: str, *, addrs: Sequence[str] = (), count: int = 3,
+                   timeout: float = 5.0) -> float:
+        """The lowest of `count` libp2p ping round trips to the peer, in milliseconds."""
+        from libp2p.host.ping import PingService
+        from libp2p.peer.id import ID
+
+        self.remember(peer_id, addrs)
+        best = float("inf")
+        with trio.move_on_after(timeout) as scope:
+            try:
+                last = trio.current_time()
+                async for _ in PingService(self.raw).ping_iter(ID.from_base58(peer_id),
+                                                               ping_amt=count):
+                    now = trio.current_time()
+                    best = min(best, (now - last) * 1000.0)
+                    last = now
+            except Exception as exc:
+                raise PeerGone(f"could not ping {peer_id[:16]}: {exc!r}") from exc
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"no ping answer from {peer_id[:16]} within {timeout:.0f} s")
+        return best
+
+
+@asynccontextmanager
+async def open_host(identity: Identity, listen: Sequence[str], *,
+                    limits: Limits | None = None) -> AsyncIterator[Host]:
+    """Start a host listening on `listen`; it is closed, listener and connections
+    included, on exit. Connections from an IP above its share are closed at once."""
+    raw = compat.new_host(identity.seed)
+    host = Host(raw, identity, limits=limits)
+    # unbounded: each item is a connection already open, closed as soon as it is taken
+    send, receive = trio.open_memory_channel[Any](math.inf)
+    compat.watch_connections(raw, on_connected=partial(_admit, host, send),
+                             on_disconnected=partial(_release, host))
+    async with compat.running_host(raw, listen), trio.open_nursery() as nursery:
+        nursery.start_soon(_close_excess, host, receive)
+        try:
+            yield host
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _admit(host: Host, excess: trio.MemorySendChannel[Any], conn: Any) -> None:
+    ip = remote_ip(conn.muxed_conn)
+    if host.connections.admit(ip):
+        conn._offload_admitted_ip = ip
+        return
+    host.peer_errors.count("limit")
+    log.debug("closing a connection from %s: more than %d from that IP", ip,
+              host.limits.connections_per_ip)
+    excess.send_nowait(conn)
+
+
+def _release(host: Host, conn: Any) -> None:
+    ip = getattr(conn, "_offload_admitted_ip", None)
+    if ip is not None:
+        conn._offload_admitted_ip = None
+        host.connections.release(ip)
+
+
+async def _close_excess(host: Host, receive: trio.MemoryReceiveChannel[Any]) -> None:
+    async with trio.open_nursery() as nursery:
+        async for conn in receive:
+            nursery.start_soon(compat.drop_connection, conn)

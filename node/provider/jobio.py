@@ -1,0 +1,142 @@
+"""A job's files on the provider: inputs in (through the cache, resumable), outputs out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from node.net.host import Stream
+from node.net.transfer import (
+    STALL_S,
+    TransferFailed,
+    file_sha256,
+    receive_file,
+    receive_into,
+    transfer_deadline,
+)
+from node.provider.cache import CacheError, InputCache, PartialFile
+from node.provider.executor import Slot
+from node.provider.metrics import ProviderMetrics
+from protocol import InputFile, JobSpec, OutputFile, wire
+from protocol.messages import MAX_OUTPUTS
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = STALL_S
+MAX_OUTPUT_FILES = MAX_OUTPUTS
+MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
+
+
+async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot, *,
+                         cache: InputCache | None, metrics: ProviderMetrics,
+                         on_cached: Callable[[], None]) -> None:
+    """Inputs the cache holds are not sent again; interrupted ones resume where they
+    stopped; each lands read-only in the job's inputs. The whole upload must average
+    transfer.MIN_RATE_BPS (after its grace), so a trickling peer is cut with
+    TransferTimeout and its slot freed; a resumed upload is allowed for what is left."""
+    by_digest = {f.sha256: f for f in spec.inputs}
+    digests = list(by_digest)
+    partials: dict[str, PartialFile] = {}
+    held: set[str] = set()
+    if cache is not None:
+        for d in digests:
+            if cache.has(d):
+                held.add(d)
+                continue
+            try:
+                partials[d] = await trio.to_thread.run_sync(cache.begin, d,
+                                                            by_digest[d].size)
+            except CacheError as exc:  # too large, or another job is fetching it
+                log.debug("input %s bypasses the cache: %s", d[:12], exc)
+    need = tuple(d for d in digests if d not in held)
+    resume = {d: p.offset for d, p in partials.items() if p.offset}
+    if resume:
+        log.info("job %s: resuming %d input(s) already partly held", job_id[:12],
+                 len(resume))
+    left = sum(by_digest[d].size - resume.get(d, 0) for d in need)
+    try:
+        with transfer_deadline(left, f"the inputs of job {job_id[:12]} from "
+                                     f"{stream.remote_peer[:16]}"):
+            await stream.send(wire.Accepted(job_id=job_id, need=need, resume=resume))
+            for d in need:
+                await _receive_one(stream, by_digest[d], partials, held, slot,
+                                   metrics=metrics, on_cached=on_cached)
+    finally:
+        for p in partials.values():
+            p.abort(keep=True)
+    for f in spec.inputs:
+        dest = slot.input_path(f.name)
+        if f.sha256 in held and cache is not None:
+            with cache.pin(f.sha256) as source:
+                await trio.to_thread.run_sync(_link_or_copy, source, dest)
+        elif not dest.exists():
+            shutil.copyfile(slot.input_path(by_digest[f.sha256].name), dest)
+        slot.expose_input(f.name)
+
+
+async def _receive_one(stream: Stream, f: InputFile, partials: dict[str, PartialFile],
+                       held: set[str], slot: Slot, *, metrics: ProviderMetrics,
+                       on_cached: Callable[[], None]) -> None:
+    """One needed input: into the cache (resumable) when it has room, else straight in."""
+    d = f.sha256
+    if d in partials:
+        got = await receive_into(stream, partials[d], name=f.name, idle_timeout=IDLE_TIMEOUT_S)
+        try:
+            await trio.to_thread.run_sync(partials.pop(d).commit)
+        except CacheError as exc:
+            raise TransferFailed(str(exc)) from exc
+        held.add(d)
+        on_cached()
+    else:
+        await receive_file(stream, name=f.name, size=f.size, sha256=f.sha256,
+                           dest=slot.input_path(f.name), idle_timeout=IDLE_TIMEOUT_S)
+        got = f.size
+    metrics.bytes_in_total.inc(got)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def _regular_files(root: Path) -> list[Path]:
+    """Regular files below `root`; symlinks (to files or dirs) and special files are skipped."""
+    found = []
+    for dirpath, _, files in os.walk(root, followlinks=False):
+        for name in files:
+            path = Path(dirpath) / name
+            try:
+                if stat.S_ISREG(path.lstat().st_mode):
+                    found.append(path)
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def collect_outputs(out_dir: Path) -> list[tuple[OutputFile, Path]]:
+    """Regular files under out/ (symlinks and specials ignored), in a stable order."""
+    found: list[tuple[OutputFile, Path]] = []
+    total = 0
+    for path in _regular_files(out_dir):
+        rel = path.relative_to(out_dir).as_posix()
+        try:
+            size = path.stat().st_size
+            total += size
+            if len(found) >= MAX_OUTPUT_FILES or total > MAX_OUTPUT_BYTES:
+                log.warning("output limit reached; %s and later files dropped", rel)
+                break
+            digest = file_sha256(path)
+            found.append((OutputFile(name=rel, sha256=digest, size=size), path))
+        except (OSError, ValueError) as exc:
+            log.warning("output %s skipped: %s", rel, exc)
+    return found
+
+

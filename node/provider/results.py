@@ -1,0 +1,109 @@
+"""The provider's store of recent signed results, so a requester that lost one (its
+process died mid-download) can still be shown the proof and pay for the work.
+
+One file per job under `<home>/results/`, written atomically, at most MAX_RESULTS of
+them and none older than MAX_AGE_S; served only to the job's own requester.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import trio
+
+from node.errors import RemoteError
+from node.net.host import Stream
+from protocol import JobResult, ProtocolError, open_signed, wire
+from protocol.messages import check_sha256
+
+log = logging.getLogger(__name__)
+FOLDER = "results"
+MAX_RESULTS = 1000
+MAX_AGE_S = 24 * 3600.0
+MAX_RESULT_BYTES = 1024 * 1024
+
+
+class RecentResults:
+    def __init__(self, folder: Path, *, max_results: int = MAX_RESULTS,
+                 max_age_s: float = MAX_AGE_S) -> None:
+        self.folder = folder
+        self.max_results = max_results
+        self.max_age_s = max_age_s
+
+    def _path(self, job_id: str) -> Path | None:
+        try:
+            check_sha256(job_id, "job_id")
+        except ProtocolError:
+            return None
+        return self.folder / f"{job_id}.result"
+
+    def put(self, job_id: str, raw: bytes) -> None:
+        """Keep a signed result; best effort (a full disk costs the proof, not the job)."""
+        path = self._path(job_id)
+        if path is None or len(raw) > MAX_RESULT_BYTES:
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp.write_bytes(raw)
+            os.replace(tmp, path)
+            self.prune()
+        except OSError as exc:
+            log.warning("could not keep the signed result of job %s: %s", job_id[:12], exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def get(self, job_id: str, requester: str) -> bytes | None:
+        """The signed result of `job_id` if it is held and addressed to `requester`."""
+        path = self._path(job_id)
+        if path is None:
+            return None
+        try:
+            if time.time() - path.stat().st_mtime > self.max_age_s:
+                return None
+            with path.open("rb") as f:
+                raw = f.read(MAX_RESULT_BYTES + 1)
+        except OSError:
+            return None
+        try:
+            r = open_signed(raw, JobResult).message
+        except ProtocolError:
+            return None
+        return raw if r.job_id == job_id and r.requester == requester else None
+
+    async def answer(self, stream: Stream, job_id: str) -> None:
+        """A `result_query` on the settle protocol: the result, or an `expired` error."""
+        raw = await trio.to_thread.run_sync(self.get, job_id, stream.remote_peer)
+        if raw is None:
+            frame: wire.Frame = wire.ErrorReply(
+                code="expired", message=f"no signed result of job {job_id[:12]} for you is "
+                "held here (it never finished, or it is too old)")
+        else:
+            log.info("job %s: showing its signed result to %s again", job_id[:12],
+                     stream.remote_peer[:16])
+            frame = wire.ResultReady(result=raw)
+        with contextlib.suppress(RemoteError):
+            await stream.send(frame)
+
+    def prune(self) -> None:
+        """Drop results past the age limit, then the oldest beyond the count limit."""
+        entries = []
+        now = time.time()
+        for p in self.folder.glob("*.result"):
+            try:
+                mtime = p.stat().st_mtime
+            except OSError:
+                continue
+            if now - mtime > self.max_age_s:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            else:
+                entries.append((mtime, p))
+        entries.sort()
+        for _, p in entries[: max(0, len(entries) - self.max_results)]:
+            with contextlib.suppress(OSError):
+                p.unlink()

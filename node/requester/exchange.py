@@ -1,0 +1,333 @@
+"""The requester side of a job: pick a provider, send spec and inputs, verify the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from ledger import LedgerError, RefundReason
+from node.errors import (
+    PeerGone,
+    PeerRefused,
+    PeerTimeout,
+    PriceRefused,
+    RemoteError,
+    ResultRejected,
+    UserError,
+)
+from node.net.discovery import Discovery
+from node.net.host import Host, Stream
+from node.net.transfer import (
+    STALL_S,
+    file_sha256,
+    receive_file,
+    send_file,
+    transfer_deadline,
+    transfer_seconds,
+)
+from node.requester import events
+from node.requester.events import Emit, ignore
+from node.requester.payments import Payments
+from node.requester.verify import RESULT_FILE, safe_join, verify_result_bytes
+from protocol import (
+    CapacityAd,
+    InputFile,
+    JobResult,
+    JobSpec,
+    Price,
+    ProtocolError,
+    Quote,
+    Resources,
+    Signed,
+    open_signed,
+    sign,
+    wire,
+)
+from protocol.messages import check_file_name
+from scheduler import Requirements, rank_offers
+from scheduler.pricing import credits, over_caps
+
+log = logging.getLogger(__name__)
+
+QUOTE_S = 30.0
+"""The longest wait for a provider's quote (or its named refusal)."""
+HEARTBEAT_GRACE_S = 15.0
+"""The longest silence while queued or running: providers send a heartbeat every 2 s."""
+GRACE_S = 30.0
+"""Fixed grace on the job's timeout: waiting for a slot, and running until the result,
+may each take at most `timeout + GRACE_S` (README, "Deadlines")."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Phases:
+    """Deadlines of one job exchange, in seconds, from the job's timeout (max_seconds).
+
+    Uploads and downloads are bounded by transfer.transfer_seconds of their bytes (and
+    transfer.STALL_S per chunk); within every phase no heartbeat may be later than
+    HEARTBEAT_GRACE_S."""
+
+    max_seconds: int
+
+    @property
+    def quote_s(self) -> float:
+        return QUOTE_S
+
+    @property
+    def slot_s(self) -> float:
+        return self.max_seconds + GRACE_S
+
+    @property
+    def run_s(self) -> float:
+        return self.max_seconds + GRACE_S
+
+    def total_s(self, upload_bytes: int, download_bytes: int) -> float:
+        """The longest a whole attempt may take, every phase at its limit."""
+        return (self.quote_s + self.slot_s + transfer_seconds(upload_bytes) + self.run_s
+                + transfer_seconds(download_bytes))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRequest:
+    script: Path
+    args: Sequence[str] = ()
+    files: Sequence[Path] = ()
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    max_price: int | None = None
+    runtime: str = "python3"
+    caps: Price | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobOutcome:
+    signed: Signed[JobResult]
+    out_dir: Path
+    wall_s: float
+    quote: Quote
+
+    @property
+    def result(self) -> JobResult:
+        return self.signed.message
+
+
+def input_files(request: JobRequest) -> list[tuple[InputFile, Path]]:
+    """The script and every --file, named by basename; names must be plain and unique."""
+    pairs: list[tuple[InputFile, Path]] = []
+    for path in [request.script, *request.files]:
+        if not path.is_file():
+            raise UserError(f"{path} is not a readable file")
+        try:
+            check_file_name(path.name, "file name")
+        except ProtocolError as exc:
+            raise UserError(f"{exc}; rename the file") from None
+        if any(p.name == path.name for _, p in pairs):
+            raise UserError(f"two inputs are named {path.name!r}; rename one of them")
+        pairs.append((InputFile(name=path.name, sha256=file_sha256(path),
+                                size=path.stat().st_size), path))
+    return pairs
+
+
+async def choose_provider(disc: Discovery, requirements: Requirements, *,
+                          provider: str | None = None) -> Signed[CapacityAd]:
+    ads = await disc.require_ads("cpu")
+    if provider is not None:
+        ads = [a for a in ads if a.message.peer_id == provider]
+        if not ads:
+            raise UserError(f"provider {provider} was not found through the DHT; "
+                            "run `offload offers` to list the ones that are")
+    ranked = rank_offers([a.message for a in ads], requirements,
+                         now_ms=int(disc.clock() * 1000))
+    if not ranked:
+        raise UserError("no provider meets the job's requirements; "
+                        "relax them or run `offload offers` to see what is offered")
+    chosen = ranked[0].peer_id
+    return next(a for a in ads if a.message.peer_id == chosen)
+
+
+async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path, *,
+                  clock: Callable[[], float] = time.time, emit: Emit = ignore,
+                  payments: Payments | None = None) -> JobOutcome:
+    """Send the job to `ad`'s provider and return its verified result; outputs land in out_dir.
+
+    Every phase has its own deadline (see `Phases`): a provider that freezes, trickles or
+    stops answering fails the attempt with PeerTimeout, in one line, within its phase.
+    With `payments`, the quote is escrowed before inputs move; any failure refunds it
+    (timeout, rejection, cancellation named as such). A returned result's escrow stays
+    locked: the caller accepts (pays) or rejects it once it has judged the result."""
+    started = time.monotonic()
+    files = input_files(request)
+    spec = JobSpec(
+        requester=host.peer_id, provider=ad.peer_id, runtime=request.runtime,
+        entrypoint=request.script.name, args=tuple(request.args),
+        inputs=tuple(f for f, _ in files), resources=request.resources,
+        max_price=request.max_price, verification="none", nonce=os.urandom(16),
+        created_at=int(clock() * 1000))
+    signed_spec = sign(spec, host.identity)
+    job_id = signed_spec.digest
+    pay = payments or Payments(None, host)
+    seen: list[str] = []  # the result's digest, once one arrived
+    try:
+        stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+        try:
+            signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
+                                            out_dir, host.peer_id, request, emit, pay, seen)
+        finally:
+            await stream.close()
+    except BaseException as exc:
+        if isinstance(exc, ResultRejected) and seen:
+            await pay.refund(job_id, "rejected", detail=str(exc), result_digest=seen[0])
+        else:
+            await pay.refund(job_id, _refund_reason(exc), detail=str(exc))
+        raise
+    return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
+                      quote=quote)
+
+
+def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
+                request: JobRequest) -> Quote:
+    """The provider's signed quote, against the job's cap and the per-coefficient caps."""
+    try:
+        quote = open_signed(raw, Quote).message
+    except ProtocolError as exc:
+        raise ResultRejected(f"the provider's quote is not intact: {exc}") from exc
+    if (quote.job_id, quote.provider, quote.requester) != (job_id, ad.peer_id, requester):
+        raise ResultRejected("the provider quoted another job, or signed as someone else")
+    ask = credits(quote.max_charge)
+    if request.max_price is not None and quote.max_charge > request.max_price:
+        raise PriceRefused(f"price: provider {ad.peer_id[:16]} asks up to {ask} credits for "
+                           f"this job, above your cap of {credits(request.max_price)}; raise "
+                           "--max-price or ask for less time or fewer resources")
+    if request.caps is not None and (over := over_caps(quote.price, request.caps)):
+        raise PriceRefused(f"price: provider {ad.peer_id[:16]} asks "
+                           + ", ".join(f"{n}={getattr(quote.price, n)}" for n in over)
+                           + " micro-credits, above your caps in requester.toml")
+    return quote
+
+
+async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
+                    files: list[tuple[InputFile, Path]], out_dir: Path,
+                    requester: str, request: JobRequest, emit: Emit, pay: Payments,
+                    seen: list[str]) -> tuple[Signed[JobResult], Quote]:
+    phases = Phases(request.resources.max_seconds)
+    who = f"provider {ad.peer_id[:16]}"
+    with _within(phases.quote_s, f"{who} sent no quote for job {job_id[:12]}"):
+        await stream.send(wire.SubmitJob(spec=spec_raw))
+        reply = await stream.receive()
+    _raise_if_error(reply)
+    offer = wire.expect(reply, wire.QuoteOffer)
+    try:
+        quote = check_quote(offer.quote, job_id=job_id, ad=ad, requester=requester,
+                            request=request)
+    except PriceRefused as exc:
+        await _tell(stream, wire.ErrorReply(code="price", message=str(exc)[:1000]))
+        raise
+    emit(events.Quoted(job_id=job_id, provider=ad.peer_id, max_charge=quote.max_charge))
+    try:
+        await pay.lock(job_id, ad.peer_id, quote.max_charge)
+    except LedgerError as exc:
+        await _tell(stream, wire.ErrorReply(code="price", message=f"requester: {exc}"[:1000]))
+        raise
+    with _within(phases.slot_s, f"{who} gave job {job_id[:12]} no slot"):
+        await _send(stream, wire.QuoteAccept(job_id=job_id), "the quote acceptance")
+        while True:
+            reply = await stream.receive_within(HEARTBEAT_GRACE_S, "slot or place in line")
+            _raise_if_error(reply)
+            if not isinstance(reply, wire.Queued):
+                break
+    accepted = wire.expect(reply, wire.Accepted)
+    if accepted.job_id != job_id:
+        raise ResultRejected("the provider acknowledged a different job id")
+    by_digest = {f.sha256: (f, p) for f, p in files}
+    if any(d not in by_digest for d in accepted.need):
+        raise ResultRejected("the provider asked for a file that is not part of the job")
+    sending = [(by_digest[d], accepted.resume.get(d, 0)) for d in accepted.need]
+    with transfer_deadline(sum(f.size - offset for (f, _), offset in sending),
+                           f"the inputs of job {job_id[:12]} to {who}"):
+        for (f, path), offset in sending:
+            emit(events.Uploading(job_id=job_id, provider=ad.peer_id, name=f.name,
+                                  size=f.size, offset=offset))
+            await send_file(stream, f.name, path, offset=offset)
+    with _within(phases.run_s, f"{who} returned no result for job {job_id[:12]}"):
+        ready = await _await_result(stream, job_id, ad, emit)
+    signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
+                                 requester=requester)
+    seen.append(signed.digest)
+    if signed.message.price_charged > quote.max_charge:
+        raise ResultRejected(f"the provider charged {credits(signed.message.price_charged)} "
+                             f"credits, above its quote of {credits(quote.max_charge)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = signed.message.outputs
+    with transfer_deadline(sum(o.size for o in outputs),
+                           f"the outputs of job {job_id[:12]} from {who}"):
+        for out in outputs:
+            emit(events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
+                                    size=out.size))
+            await receive_file(stream, name=out.name, size=out.size, sha256=out.sha256,
+                               dest=safe_join(out_dir, out.name))
+    (out_dir / RESULT_FILE).write_bytes(signed.raw)
+    return signed, quote
+
+
+async def _await_result(stream: Stream, job_id: str, ad: CapacityAd,
+                        emit: Emit) -> wire.ResultReady:
+    """Heartbeats and live output until the provider says the result is ready."""
+    while True:
+        try:
+            frame = await stream.receive_within(HEARTBEAT_GRACE_S, "heartbeat or result")
+        except PeerGone as exc:
+            raise PeerGone(f"provider {ad.peer_id[:16]} went away while running job "
+                           f"{job_id[:12]}; nothing was charged") from exc
+        _raise_if_error(frame)
+        if isinstance(frame, wire.Running):
+            emit(events.Running(job_id=job_id, provider=ad.peer_id, elapsed_s=frame.elapsed_s))
+            continue
+        if isinstance(frame, wire.Output):
+            emit(events.LogLine(job_id=job_id, provider=ad.peer_id, stream=frame.stream,
+                                text=frame.text))
+            continue
+        return wire.expect(frame, wire.ResultReady)
+
+
+@contextmanager
+def _within(seconds: float, what: str) -> Iterator[None]:
+    """Bound one phase of the exchange; PeerTimeout naming it when it runs out."""
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise PeerTimeout(f"{what} within {seconds:.0f} s")
+
+
+async def _send(stream: Stream, frame: wire.Frame, what: str) -> None:
+    with trio.move_on_after(STALL_S) as scope:
+        await stream.send(frame)
+    if scope.cancelled_caught:
+        raise PeerTimeout(f"{stream.remote_peer[:16]} did not take {what} within "
+                          f"{STALL_S:.0f} s")
+
+
+async def _tell(stream: Stream, frame: wire.Frame) -> None:
+    """A last word before giving up: bounded, and its failure is not the story."""
+    with trio.move_on_after(STALL_S):
+        try:
+            await stream.send(frame)
+        except RemoteError:
+            pass
+
+
+def _refund_reason(exc: BaseException) -> RefundReason:
+    if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
+        return "cancelled"
+    if isinstance(exc, PeerTimeout):
+        return "timeout"
+    return "failed"
+
+
+def _raise_if_error(frame: wire.Frame) -> None:
+    if isinstance(frame, wire.ErrorReply):
+        raise PeerRefused(frame.code, frame.message, frame.retry_after_s)
