@@ -26,54 +26,29 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node.localnet import LocalNet
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Net:
-    """Provider processes and `offers` processes of one code tree (PYTHONPATH=tree)."""
+def network(tree: Path, root: Path) -> LocalNet:
+    """Provider, worker and `offers` processes of one code tree (PYTHONPATH=tree). Imported
+    here: a worker must import `node` from its own tree, not this one."""
+    sys.path.insert(0, str(REPO))
+    from node.localnet import LocalNet
 
-    def __init__(self, tree: Path, root: Path) -> None:
-        self.tree, self.root = tree, root
-        self.procs: list[subprocess.Popen[Any]] = []
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
-        self.env |= {"PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    return LocalNet(root, tree=tree, env={"OMP_NUM_THREADS": "1"}, ready_timeout_s=120,
+                    grace_s=0)
 
-    def provider(self, n: int, bootstrap: str | None) -> dict[str, Any]:
-        ready = self.root / f"p{n}.ready"
-        cmd = [sys.executable, "-m", "node", "--home", str(self.root / f"p{n}"), "provide",
-               "--listen", "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready),
-               "--no-benchmark", *(["--bootstrap", bootstrap] if bootstrap else [])]
-        log = (self.root / f"p{n}.log").open("wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                env=self.env, start_new_session=True)
-        self.procs.append(proc)
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"provider {n} did not start: see {self.root}/p{n}.log")
-            time.sleep(0.05)
-        info: dict[str, Any] = json.loads(ready.read_text())
-        return info
 
-    def offers(self, bootstrap: str, home: str) -> subprocess.Popen[str]:
-        cmd = [sys.executable, "-m", "node", "--home", str(self.root / home), "offers",
-               "--bootstrap", bootstrap, "--json"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=self.root, env=self.env,
-                                start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            p.wait()
+def offers(net: LocalNet, bootstrap: str, home: str) -> subprocess.Popen[str]:
+    proc: subprocess.Popen[str] = net.spawn(
+        net.command(net.root / home, "offers", "--bootstrap", bootstrap, "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc
 
 
 def worker(clients: int, boots: list[str], ready: Path, go: Path, repeat: int) -> None:
@@ -123,7 +98,7 @@ def worker(clients: int, boots: list[str], ready: Path, go: Path, repeat: int) -
     trio.run(main)
 
 
-def pool(net: Net, boots: list[str], workers: int, clients: int, repeat: int,
+def pool(net: LocalNet, boots: list[str], workers: int, clients: int, repeat: int,
          tag: str) -> list[dict[str, Any]]:
     """Start the workers, wait until every client is connected, release them together."""
     go = net.root / f"{tag}.go"
@@ -133,10 +108,8 @@ def pool(net: Net, boots: list[str], workers: int, clients: int, repeat: int,
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(clients),
                "--boots", ",".join(boots[w:] + boots[:w]), "--ready", str(ready),
                "--go", str(go), "--repeat", str(repeat)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, cwd=net.root, env=net.env, start_new_session=True)
-        net.procs.append(proc)
-        procs.append(proc)
+        procs.append(net.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True))
     deadline = time.monotonic() + 300
     while not all(r.exists() for r in readies):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -202,13 +175,11 @@ def table_row(label: str, results: list[dict[str, Any]], everyone: set[str],
 def run(tree: Path, providers: int, burst: int, workers: int, cli: bool,
         label: str) -> list[dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="bench-disc-"))
-    net = Net(tree, root)
+    net = network(tree, root)
     rows = []
     try:
         t = time.monotonic()
-        chain = [net.provider(1, None)]
-        for n in range(2, providers + 1):
-            chain.append(net.provider(n, chain[-1]["addrs"][0]))
+        chain = [p.info for p in net.chain(providers)]
         print(f"[{label}] {providers} providers up in {time.monotonic() - t:.0f} s",
               file=sys.stderr, flush=True)
         everyone = {p["peer_id"] for p in chain}
@@ -220,7 +191,7 @@ def run(tree: Path, providers: int, burst: int, workers: int, cli: bool,
         print(f"[{label}] burst: " + why_line(out), file=sys.stderr, flush=True)
         if cli:
             start = time.monotonic()
-            procs = [net.offers(boots[i % providers], f"r{i}") for i in range(burst)]
+            procs = [offers(net, boots[i % providers], f"r{i}") for i in range(burst)]
             out = [cli_outcome(p, start, 600 - (time.monotonic() - start)) for p in procs]
             rows.append(table_row(f"{label}: {burst} `offers` processes at once", out,
                                   everyone, idle))

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import trio
 
-from node.cli.demo import provider_processes
-from node.net.client import open_client
-from node.requester.exchange import JobRequest, choose_provider, run_job
-from protocol import Identity
-from scheduler import Requirements
+from node.api.requester import Job, Requester
+from node.localnet import local_providers
+from node.requester.exchange import run_job
 
 
 def local_runs(script: Path, n: int) -> list[float]:
@@ -36,12 +34,15 @@ def local_runs(script: Path, n: int) -> list[float]:
 
 
 async def remote_runs(bootstrap: str, script: Path, n: int, out: Path) -> list[float]:
+    """The provider placement ranks first (the requester's own path), then n exchanges."""
     times = []
-    async with open_client(Identity.generate(), [bootstrap]) as (host, disc):
-        ad = (await choose_provider(disc, Requirements())).message
+    async with Requester(home=out / "req", bootstrap=[bootstrap], ledger=False) as r:
+        job = Job(script)
+        request = r.request(job)
+        ad = (await r.candidates(job))[0][0]
         for i in range(n):
             t = time.perf_counter()
-            outcome = await run_job(host, ad, JobRequest(script=script), out / str(i))
+            outcome = await run_job(r.core.host, ad, request, out / str(i))
             assert outcome.result.exit_code == 0
             times.append(time.perf_counter() - t)
     return times
@@ -56,8 +57,8 @@ def main() -> None:
         script = root / "trivial.py"
         script.write_text("print(sum(range(1000)))\n")
         local = local_runs(script, args.jobs)
-        with provider_processes(1, root) as ready:
-            remote = trio.run(remote_runs, ready[0]["addrs"][0], script, args.jobs, root / "o")
+        with local_providers(1, root) as ready:
+            remote = trio.run(remote_runs, ready[0].addr, script, args.jobs, root / "o")
     lm, rm = statistics.median(local), statistics.median(remote)
     print(json.dumps({"jobs": args.jobs, "local_median_ms": round(lm * 1000, 1),
                       "offload_median_ms": round(rm * 1000, 1),

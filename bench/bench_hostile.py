@@ -27,23 +27,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.cli.demo import stop_all, wait_ready
+from node.localnet import LocalNet
 from node.net.host import open_host
 from protocol.identity import Identity
 
 FLOODS = 10
-
-
-def start_provider(root: Path, name: str, config: str) -> tuple[subprocess.Popen[bytes],
-                                                                dict[str, Any]]:
-    (root / f"{name}.toml").write_text(config)
-    ready = root / f"{name}.ready"
-    cmd = [sys.executable, "-m", "node", "--home", str(root / name), "provide", "--listen",
-           "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready), "--no-benchmark",
-           "--config", str(root / f"{name}.toml")]
-    log = (root / f"{name}.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return proc, wait_ready(ready, proc, root / f"{name}.log")
 
 
 def outcome(done: subprocess.CompletedProcess[str]) -> str:
@@ -59,15 +47,17 @@ def outcome(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def burst(root: Path, n: int) -> dict[str, Any]:
-    proc, info = start_provider(root, "burst", "[capacity]\nslots = 1\nqueue = 8\n")
+    net = LocalNet(root)
+    provider = net.start("burst", config="[capacity]\nslots = 1\nqueue = 8\n")
+    proc = provider.proc
     script = root / "burst.py"
     script.write_text("print('done')\n")
     try:
         started = time.monotonic()
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "node", "--home", str(root / f"req{i}"), "submit",
-             str(script), "--bootstrap", info["addrs"][0], "--timeout", "60", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+        procs = [net.spawn(net.command(root / f"req{i}", "submit", str(script), "--bootstrap",
+                                       provider.addr, "--timeout", "60", "--json"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(n)]
         results = []
         for p in procs:
             out, err = p.communicate(timeout=600)
@@ -78,11 +68,13 @@ def burst(root: Path, n: int) -> dict[str, Any]:
                 "provider_alive": proc.poll() is None,
                 "provider_tracebacks": log.count("Traceback")}
     finally:
-        stop_all([proc])
+        net.close()
 
 
 def flood(root: Path, n: int) -> dict[str, Any]:
-    proc, info = start_provider(root, "flood", "[limits]\nconnections_per_ip = 8\nexempt = []\n")
+    net = LocalNet(root)
+    p = net.start("flood", config="[limits]\nconnections_per_ip = 8\nexempt = []\n")
+    proc = p.proc
 
     def fds() -> int:
         return len(os.listdir(f"/proc/{proc.pid}/fd"))
@@ -105,7 +97,7 @@ def flood(root: Path, n: int) -> dict[str, Any]:
             nonlocal up
             async with open_host(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) as h:
                 try:
-                    await h.connect(info["addrs"][0])
+                    await h.connect(p.addr)
                 except Exception:
                     pass
                 up += 1
@@ -134,7 +126,7 @@ def flood(root: Path, n: int) -> dict[str, Any]:
         counts["self_after"] = len(os.listdir("/proc/self/fd"))
         return counts
     finally:
-        stop_all([proc])
+        net.close()
 
 
 def main() -> None:

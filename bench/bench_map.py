@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.cli.demo import provider_processes
+from node.localnet import local_providers
 
 ITEM = """import sys, time
 n = int(sys.argv[-1])
@@ -61,8 +61,8 @@ def main() -> None:
     local = time.monotonic() - started
 
     rows = [("here, one after another (baseline)", local)]
-    with provider_processes(2, root) as ready:
-        boot = ["--bootstrap", ready[0]["addrs"][0]]
+    with local_providers(2, root) as ready:
+        boot = ["--bootstrap", ready[0].addr]
         for per in (1, 2):
             wall = offload(root, "map", str(script), "--items", str(items), "--out",
                            str(root / f"out{per}"), *boot, "--json",

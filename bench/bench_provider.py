@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,36 +16,26 @@ from typing import Any
 
 import trio
 
-from node.net.client import open_client
+from node.api.requester import Job, Requester
+from node.localnet import LocalNet
 from node.net.host import Stream, open_host
 from node.net.transfer import receive_file, send_file
-from node.requester.exchange import JobRequest, choose_provider, run_job
+from node.requester.exchange import run_job
 from protocol import Identity
-from scheduler import Requirements
-
-
-def start_provider(root: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    ready = root / f"{name}.ready"
-    proc = subprocess.Popen([sys.executable, "-m", "node", "--home", str(root / name),
-                             "provide", "--ready-file", str(ready), "--no-benchmark", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise SystemExit(f"provider {name} failed to start")
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())["addrs"][0]
 
 
 async def jobs_per_second(addr: str, script: Path, n: int, out: Path,
                           pause_s: float) -> dict[str, Any]:
     warm = 0
-    async with open_client(Identity.generate(), [addr]) as (host, disc):
-        ad = (await choose_provider(disc, Requirements())).message
+    async with Requester(home=out / "req", bootstrap=[addr], ledger=False) as r:
+        job = Job(script)
+        request = r.request(job)
+        ad = (await r.candidates(job))[0][0]  # the requester's own ranking
         started = time.perf_counter()
         busy = 0.0
         for i in range(n):
             t = time.perf_counter()
-            outcome = await run_job(host, ad, JobRequest(script=script), out / str(i))
+            outcome = await run_job(r.core.host, ad, request, out / str(i))
             busy += time.perf_counter() - t
             warm += outcome.result.sandbox.warm
             await trio.sleep(pause_s)
@@ -119,14 +106,11 @@ def main() -> None:
         for label, extra, pause in (("cold", ("--warm", "0"), 0.0),
                                     ("warm", ("--warm", "2"), 0.0),
                                     ("warm_paced", ("--warm", "2"), 1.5)):
-            proc, addr = start_provider(root, label, *extra)
-            try:
+            with LocalNet(root, grace_s=30) as net:
+                addr = net.start(label, extra=extra).addr
                 time.sleep(3.0 if label.startswith("warm") else 0.0)  # let the pool fill
                 result[label] = trio.run(jobs_per_second, addr, script, args.jobs,
                                          root / f"out-{label}", pause)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
         result["data_path"] = trio.run(data_path, args.mib, root)
     print(json.dumps(result))
 

@@ -50,6 +50,7 @@ from ledger.store import ENTRY_COLUMNS, Store, head, insert_entry, row_entry, ve
 from protocol.errors import InvalidMessage, ProtocolError
 from protocol.identity import Identity
 from protocol.limits import MAX_AMOUNT as MAX_AMOUNT  # one cap, owned by protocol/
+from protocol.limits import MICRO
 from protocol.messages import check_peer_id, check_sha256
 from protocol.receipts import (
     MAX_REASON,
@@ -441,7 +442,7 @@ def _check_sha(value: str, what: str) -> None:
 
 
 def _fmt(micro: int) -> str:
-    return f"{micro / 1_000_000:.6f}"
+    return f"{micro / MICRO:.6f}"
 
 
 def _account(db: sqlite3.Connection, name: str) -> int:

@@ -1,5 +1,28 @@
 """Errors of ledger/: local (this node asked for something the books forbid) vs remote (a
-peer's cheque or receipt is refused) vs corrupt (the file does not verify)."""
+peer's cheque or receipt is refused) vs the file itself (unavailable, corrupt, unsettled).
+
+    LedgerError                   root of every error raised by ledger/
+        LocalLedgerError          the books forbid this move; nothing was written
+            InvalidAmount         not a positive whole number of micro-credits
+                AmountOverCap     would pass MAX_AMOUNT
+            InsufficientFunds     the available balance cannot cover the amount
+            EscrowStateError      the escrow's state does not allow this step
+                UnknownJob        no escrow was ever locked for this job
+            WrongOwner            the file belongs to another identity
+        SettlementError           the settlement backend refused or failed
+        RemoteLedgerError         a peer's payment evidence was refused
+            ChequeRefused         a cheque that does not verify or pay more
+                ChequeMisaddressed  pays another node or channel
+                ChequeReplayed    its serial is not above the last one
+                ChequeRolledBack  its cumulative amount went down
+                ChequeOverCap     would raise earnings beyond MAX_AMOUNT
+            ReceiptRefused        a receipt that does not verify, is stale or unknown
+        LedgerUnavailable         the file cannot be read or written now
+        LedgerCorrupt             the file was changed behind the ledger's back
+
+node/ translates what reaches its boundary (node.errors.translate): local errors become
+LedgerRefused, remote ones PaymentRefused, the rest LedgerFailed.
+"""
 
 from __future__ import annotations
 

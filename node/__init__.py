@@ -1,38 +1,21 @@
-"""Everything with I/O: libp2p host, DHT ads, stream handlers, provider, requester, CLI.
+"""Everything with I/O, by role; a newcomer finds any concept from the folder names.
 
-compat.py      every py-libp2p 0.8.1 workaround but the DHT's, in one place
-compat_kad.py  the DHT's: one-peer Kademlia requests that raise, a fair DHT server
-host.py        our Host/Stream seam over libp2p: dial, listen, framed streams
-discovery.py   Kademlia: signed CapacityAds under short keys, provider records, re-checks
-home.py        OFFLOAD_HOME and the node's Ed25519 identity key
-provider.py    the provider daemon: advertise, admit, run, sign results
-executor.py    where jobs run: a proven sandbox tier (warm or cold) or, if allowed, plain
-admission.py   slots, a bounded FIFO queue and per-peer shares, decided when a job is quoted
-limits.py      per-peer and per-IP shares of streams and connections; peer errors by kind
-replies.py     the named error frames a provider answers with
-results.py     the provider's recent signed results, for requesters that lost theirs
-jobio.py       a job's files on the provider: inputs via the cache (resumable), outputs
-config.py      provider.toml / requester.toml: loading and one-line validation errors
-telemetry.py   live host and GPU telemetry (pynvml) for ads
-benchmark.py   matmul and memory-bandwidth benchmarks with the job runtime, on a schedule
-cache.py       content-addressed input cache: LRU by bytes, pins, resumable partials
-metrics.py     Prometheus metrics on loopback
-status.py      the status file `offload status` reads
-runner.py      a plain subprocess with capped output, wall timeout and group kill
-transfer.py    content-addressed files in <= 1 MiB chunks
-requester.py   choose a provider, send spec and inputs, verify the result
-verify.py      offline checks of a saved result
-escrows.py     leases of live requester processes; escrows of dead ones swept at start
-client.py      a requester-side node session (host, DHT client, bootstrap)
-demo.py        `offload demo`: a local network and a torch job
-cli.py         the `offload` command
-errors.py      one error root: UserError (local) vs RemoteError (a peer)
-api.py         the Python API: `async with Requester(...)`: offers, submit, map, plan, events
-remote.py      `@remote` functions: .remote(), .map(), .call(), .local()
-values.py      @remote's sandbox-side wrapper and the strict decoder of return values
-sync.py        the blocking facade (a trio loop in a helper thread), SyncRequester
-sandbox/       job isolation (see its package docstring)
+net/           networking below every role: the Host/Stream seam over libp2p (the only
+               place libp2p is imported), discovery, gossip, transfer, proximity, peers
+provider/      the provider daemon: exchange handlers, admission, executor, sandbox/, cache
+requester/     the one requester core (session) under the CLI and the API: placement,
+               payments, holds, map, plan, verify, events
+api/           what Python users import: Requester, @remote, values, the sync facade
+cli/           the `offload` command: one thin module per verb group
+errors.py      one error tree: local (fix your command or config) vs remote (a peer)
+home.py        OFFLOAD_HOME: the files under a home, the identity key, the provider lock
+config.py      provider.toml / requester.toml: settings resolved flag > env > file > default
+benchmark.py   matmul and memory-bandwidth benchmarks of this machine (provider ads and
+               requester plans both measure it)
+localnet.py    N local provider processes on loopback: demo, e2e tests and benchmarks
 
+Dependencies inside node/ (tests/test_layout.py): only net/ imports libp2p; provider/ and
+requester/ never import each other; api/ goes through requester/; nothing imports cli/.
 `from node import Requester, remote, Result, Job` loads the API on first use, so the
 CLI does not pay for it.
 """

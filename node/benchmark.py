@@ -33,17 +33,14 @@ from typing import Any
 
 import trio
 
-from node.errors import NodeError
+from node.errors import BenchmarkFailed as BenchmarkFailed
+from node.home import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 STDERR_TAIL = 2000
 _DEVICE = re.compile(r"cpu|cuda:\d+")
-
-
-class BenchmarkFailed(NodeError):
-    """The benchmark script could not run or did not print a result; the message says why."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,17 +145,7 @@ def save(report: BenchmarkReport, path: Path) -> None:
     doc = {"v": FORMAT_VERSION, "measured_at": report.measured_at,
            "runtime_digest": report.runtime_digest, "seconds": report.seconds,
            "devices": [dataclasses.asdict(d) for d in report.devices]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_json(path, doc, indent=1, newline=True, fsync=True, parents=True)
 
 
 def is_stale(report: BenchmarkReport | None, *, now: float, interval_s: float,

@@ -5,6 +5,10 @@ mistyped or out of range raises ConfigError: `<file>: <field>: <what is wrong>; 
 where `<field>` is dotted (`price.per_cpu_second`, `network.listen[0]`), a TOML position
 (`line 3, column 7`) for syntax errors, and left out for errors about the whole file.
 See configs/provider.toml and configs/requester.toml for every field, documented.
+
+Every setting resolves the same way, in `resolve` and `resolve_list`: a flag (or API
+argument) beats its OFFLOAD_* environment variable, which beats the file, which beats the
+default; an empty value counts as unset. The environment is read when asked, never at import.
 """
 
 from __future__ import annotations
@@ -14,20 +18,22 @@ import difflib
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, overload
 
+from node.errors import ConfigError as ConfigError
 from node.errors import UserError
 from node.net.limits import Limits
 from protocol import Price
+from protocol.limits import MICRO
 
 SandboxChoice = Literal["auto", "A", "B"]
 
-MICRO = 1_000_000
-"""Micro-credits per credit."""
 PRICE_KEYS = ("start", "per_cpu_second", "per_gpu_second", "per_gb_second", "per_gb_transfer",
               "minimum")
 MAX_SECONDS = 7 * 24 * 3600
@@ -54,16 +60,35 @@ _PORT = re.compile(r"0|[1-9][0-9]{0,4}")
 _LISTEN_EXAMPLE = '["/ip4/0.0.0.0/tcp/4001"]'
 
 
-class ConfigError(UserError):
-    """A config file is missing, is not TOML, or holds a field that is unknown or invalid."""
+def env_list(name: str, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """A list variable such as OFFLOAD_BOOTSTRAP: values split on commas and whitespace."""
+    raw = (os.environ if env is None else env).get(name, "")
+    return [v for v in raw.replace(",", " ").split() if v]
 
-    def __init__(self, path: Path, field: str, problem: str, fix: str) -> None:
-        self.path = path
-        self.field = field
-        self.problem = problem
-        self.fix = fix
-        where = f"{path}: {field}: " if field else f"{path}: "
-        super().__init__(" ".join(f"{where}{problem}; {fix}".splitlines()))
+
+@overload
+def resolve(flag: str | os.PathLike[str] | None, env_name: str,
+            file: str | None, default: str, *,
+            env: Mapping[str, str] | None = None) -> str: ...
+@overload
+def resolve(flag: str | os.PathLike[str] | None, env_name: str,
+            file: str | None = None, default: None = None, *,
+            env: Mapping[str, str] | None = None) -> str | None: ...
+def resolve(flag: str | os.PathLike[str] | None, env_name: str,
+            file: str | None = None, default: str | None = None, *,
+            env: Mapping[str, str] | None = None) -> str | None:
+    """flag > $env_name > file > default, for one text setting (a path is returned as text)."""
+    if flag is not None and os.fspath(flag):
+        return os.fspath(flag)
+    value = (os.environ if env is None else env).get(env_name)
+    return value or file or default
+
+
+def resolve_list(flag: Sequence[str] | None, env_name: str, file: Sequence[str] = (),
+                 default: Sequence[str] = (), *,
+                 env: Mapping[str, str] | None = None) -> list[str]:
+    """flag > $env_name (split like `env_list`) > file > default, for one list setting."""
+    return list(flag or env_list(env_name, env=env) or file or default)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,16 +1,118 @@
-"""A node's home directory, its persistent Ed25519 identity, and a provider's lock on it."""
+"""A node's home directory, its persistent Ed25519 identity, and a provider's lock on it.
+
+`Home(root)` names every file under a home (the names never change, so old homes keep
+working); `atomic_write_json` is the one way a JSON file there is replaced.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from node.errors import HomeLocked as HomeLocked
 from node.errors import UserError
 from protocol.identity import Identity
 
+if TYPE_CHECKING:
+    from ledger import Ledger
+
 KEY_FILE = "identity.key"
+LOCK_FILE = "provider.lock"
+LEDGER_FILE = "ledger.db"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Home:
+    """Every path under one node's home, by what it holds."""
+
+    root: Path
+
+    @property
+    def identity(self) -> Path:
+        """The Ed25519 seed (0600)."""
+        return self.root / KEY_FILE
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / LEDGER_FILE
+
+    @property
+    def lock(self) -> Path:
+        """A provider's flock on this home (HomeLock)."""
+        return self.root / LOCK_FILE
+
+    @property
+    def peers(self) -> Path:
+        """RTT, coordinates and trust per peer (node/net/peers.py)."""
+        return self.root / "peers.json"
+
+    @property
+    def holds(self) -> Path:
+        """Results held for a verdict (node/requester/holds.py)."""
+        return self.root / "holds.json"
+
+    @property
+    def leases(self) -> Path:
+        """Escrow leases of live requester processes (node/requester/escrows.py)."""
+        return self.root / "leases"
+
+    @property
+    def status(self) -> Path:
+        """The provider's status document (node/provider/status.py)."""
+        return self.root / "status.json"
+
+    @property
+    def results(self) -> Path:
+        """Signed results a provider keeps for settle (node/provider/results.py)."""
+        return self.root / "results"
+
+    @property
+    def benchmark(self) -> Path:
+        """The provider's measured benchmark, advertised in its ads."""
+        return self.root / "benchmark.json"
+
+    @property
+    def local_benchmark(self) -> Path:
+        """This machine measured for the requester's plan (node/requester/plan.py)."""
+        return self.root / "local-benchmark.json"
+
+    @property
+    def cache(self) -> Path:
+        """The provider's input cache, unless its config names another dir."""
+        return self.root / "cache"
+
+    @property
+    def jobs(self) -> Path:
+        """The provider's per-job work dirs."""
+        return self.root / "jobs"
+
+
+def atomic_write_json(path: Path, doc: Any, *, indent: int | None = None,
+                      sort_keys: bool = False, newline: bool = False, mode: int = 0o644,
+                      fsync: bool = False, parents: bool = False) -> None:
+    """Replace `path` with `doc` as JSON: a reader sees the old file or the new, never half.
+    The folder must exist unless `parents` (then it is made)."""
+    text = json.dumps(doc, indent=indent, sort_keys=sort_keys) + ("\n" if newline else "")
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def default_home() -> Path:
@@ -29,7 +131,7 @@ def resolve_home(home: str | Path | None) -> Path:
 def init_identity(home: Path) -> tuple[Identity, bool]:
     """Load the identity in `home`, creating it (mode 0600) if absent. Returns (id, created)."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = home / KEY_FILE
+    path = Home(home).identity
     if path.exists():
         return load_identity(home), False
     identity = Identity.generate()
@@ -40,7 +142,7 @@ def init_identity(home: Path) -> tuple[Identity, bool]:
 
 
 def load_identity(home: Path) -> Identity:
-    path = home / KEY_FILE
+    path = Home(home).identity
     try:
         seed = path.read_bytes()
     except FileNotFoundError:
@@ -52,12 +154,7 @@ def load_identity(home: Path) -> Identity:
     return Identity(seed)
 
 
-LOCK_FILE = "provider.lock"
 LOCK_RETRY_S = 2.0  # a dead daemon's job watchdog may hold the lock for a moment
-
-
-class HomeLocked(UserError):
-    """Another provider holds this home; the message names its pid."""
 
 
 class HomeLock:
@@ -68,7 +165,7 @@ class HomeLock:
     """
 
     def __init__(self, home: Path) -> None:
-        self.path = home / LOCK_FILE
+        self.path = Home(home).lock
         self._fd: int | None = None
 
     def acquire(self, *, retry_s: float = LOCK_RETRY_S) -> HomeLock:
@@ -109,3 +206,26 @@ class HomeLock:
 def _holder(fd: int) -> str:
     text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     return text if text.isdigit() else "unknown"
+
+
+def open_ledger(home: Path, identity: Identity) -> Ledger:
+    """The home's ledger. LedgerUnavailable names a disk that is full or read-only or a
+    file another process holds locked; only a file that is not an SQLite ledger at all
+    gets the advice to move it aside."""
+    import sqlite3
+
+    from ledger import Ledger, LocalLedgerError
+    from node.errors import LedgerFailed
+
+    path = Home(home).ledger
+    try:
+        return Ledger.open(path, identity)
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise UserError(f"{path} is not a ledger ({exc}); move it aside and run the "
+                            "command again") from None
+        raise LedgerFailed(f"ledger {path} cannot be opened ({exc}); run `offload ledger "
+                        "verify`") from None
+    except LocalLedgerError as exc:
+        raise UserError(str(exc)) from None

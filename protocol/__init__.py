@@ -10,7 +10,9 @@ signing.py    signed envelopes with a domain tag per message type; freshness che
 receipts.py   Receipt and Cheque (payment evidence) and check_receipt for gossip
 replay.py     bounded replay guard
 framing.py    length-prefixed frames with a size cap
-wire.py       frames of the job exchange stream
+wire.py       frames of the job and settle exchange streams
+exchange.py   the job and settle exchanges as transition tables, one per role
+SPEC.md       the wire spec another libp2p implementation follows
 """
 
 from __future__ import annotations

@@ -1,4 +1,29 @@
-"""Errors of protocol/: local (you built something invalid) vs remote (a peer sent it)."""
+"""Errors of protocol/: local (you built something invalid) vs remote (a peer sent it).
+
+    ProtocolError                 root of every error raised by protocol/
+        LocalProtocolError        this node misused the protocol API
+            SendOutOfOrder        this node's exchange table forbids sending that frame now
+            InvalidMessage        a message built with a field that breaks its rules
+                ValueOutOfRange   a number outside its field's declared range
+        RemoteProtocolError       a peer's bytes failed validation; drop them, keep running
+            DecodeError           not a well-formed msgpack document of the expected shape
+                NonCanonical      decodes, but is not the canonical encoding
+            FrameTooLarge         a frame above the reader's cap
+            UnsupportedVersion    a frame `v` this node does not speak
+            WrongMessageType      a frame `type` not expected here
+                OutOfOrder        the peer's frame is not allowed by the exchange table now
+            UnknownField          a field its type does not define
+            MissingField          a required field is absent
+            FieldTypeError        a field of the wrong type
+            MalformedMessage      the right type, but a value the message forbids
+                OutOfRange        a peer's number outside its field's range
+            BadSignature          the signature does not verify for the named signer
+            Expired               outside its validity window
+            Replayed              seen before; a replay is refused
+
+node/ translates what reaches its boundary (node.errors.translate): remote errors become
+ProtocolViolation, local ones InvalidInput.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +34,11 @@ class ProtocolError(Exception):
 
 class LocalProtocolError(ProtocolError):
     """This node misused the protocol API, e.g. built a message with an invalid field."""
+
+
+class SendOutOfOrder(LocalProtocolError):
+    """This node tried to send a frame its exchange table does not allow in the current
+    state (protocol/exchange.py): a bug of ours, never the peer's."""
 
 
 class InvalidMessage(LocalProtocolError, ValueError):
@@ -41,6 +71,10 @@ class UnsupportedVersion(RemoteProtocolError):
 
 class WrongMessageType(RemoteProtocolError):
     """The frame's `type` is not the one expected here."""
+
+
+class OutOfOrder(WrongMessageType):
+    """The peer sent a frame its exchange table does not allow in the current state."""
 
 
 class UnknownField(RemoteProtocolError):

@@ -16,6 +16,9 @@ MAX_AMOUNT = 10**15
 so the sum of many amounts still fits. Prices, charges, cheques and every ledger
 balance stay within 0..MAX_AMOUNT."""
 
+MICRO = 1_000_000
+"""Micro-credits per credit: the wire carries micro-credits, people read credits."""
+
 MAX_SAFE = 2**53 - 1
 """The largest integer a double (and so JSON) holds exactly."""
 

@@ -170,7 +170,8 @@ def _item_meta(meta: Meta) -> Meta:
 
 
 def _from_wire(tp: Any, value: Any, path: str) -> Any:
-    """Map decoded msgpack onto `tp`; only the wire's own types are accepted (no coercion)."""
+    """Map decoded msgpack onto `tp`; only the wire's own types are accepted, except that a
+    float field takes an int (stored, and re-encoded, as a float)."""
     origin = get_origin(tp)
     if _is_union(tp):
         args = get_args(tp)
@@ -209,6 +210,8 @@ def _from_wire(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         return value  # checked by the constructor
     if tp is float:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)  # a JavaScript peer cannot tell 5 from 5.0
         if not isinstance(value, float):
             raise FieldTypeError(f"{path} must be a float")
         return value

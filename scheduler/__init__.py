@@ -1,18 +1,25 @@
-"""Pure decision logic: which offers meet a job's needs and which to try first.
+"""Pure decision logic: which offers meet a job's needs, which to try first, where to run.
 
-select.py   requirement checks and offer ranking (first valid offer, least loaded)
-filters.py  the --where expression language over ad fields, parsed without eval
-pricing.py  linear prices: quotes (the most a job can cost), charges, caps
+No I/O, no clock reads: time and randomness come in as arguments (tests/test_layout.py).
+
+errors.py        the error tree: SchedulerError, FilterError
+requirements.py  a job's hard needs (runtime, cpus, memory, gpus, tiers) and `meets`
+filters.py       the --where expression language over ad fields, parsed without eval
+pricing.py       linear prices: quotes (the most a job can cost), charges, caps, credits as text
+scoring.py       offer scoring: cost, completion time, reputation, locality, RTT (pluggable);
+                 per-ad reference and the same formula over numpy feature columns
+book.py          the offer book: one ad per peer (newest seq) in columns, ranked with numpy
+decide.py        the offload decision: here, one provider, or split; explained as a Plan
+mapping.py       a distributed map's state machine: queues, steals, retries, stragglers
 verification.py  comparators, k-of-n quorum, canaries, adaptive replication, blacklists
-scoring.py  offer scoring: cost, completion time, reputation, locality, RTT (pluggable);
-            per-ad reference and the same formula over numpy feature columns
-book.py     the offer book: one ad per peer (newest seq) in columns, ranked with numpy
-vivaldi.py  Vivaldi network coordinates carried in ads
+vivaldi.py       Vivaldi network coordinates carried in ads
 """
 
 from __future__ import annotations
 
+from scheduler.errors import SchedulerError
 from scheduler.filters import FIELDS, Filter, FilterError, parse
-from scheduler.select import Requirements, meets, rank_offers
+from scheduler.requirements import Requirements, meets
 
-__all__ = ["FIELDS", "Filter", "FilterError", "Requirements", "meets", "parse", "rank_offers"]
+__all__ = ["FIELDS", "Filter", "FilterError", "Requirements", "SchedulerError", "meets",
+           "parse"]

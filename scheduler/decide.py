@@ -89,6 +89,8 @@ class _Party:
     overhead_s: float
     """Transfer + RTT, paid once per part."""
     ad: CapacityAd | None
+    penalty: float = 1.0
+    """Reputation multiplier of the objective (1.0: neutral, or this machine)."""
 
 
 _PartFn = Callable[[_Party, int], Part]
@@ -108,12 +110,15 @@ def gflop_estimate(job: JobEstimate, local: LocalCapacity, *,
 def decide(job: JobEstimate, local: LocalCapacity | None,
            offers: Sequence[tuple[CapacityAd, ScoreParts]], *, items: int = 1,
            value_of_time_credits_per_s: float = 0.001, max_split: int = 8,
-           part_overhead_s: float = 0.5, gflop_assumed: bool = False) -> Plan:
+           part_overhead_s: float = 0.5, gflop_assumed: bool = False,
+           reputation_weight: float = 1.0) -> Plan:
     """Choose local, offload or split for `job` (whose gflop is already estimated).
 
     `offers` are ranked ads with their ScoreParts for this same job; unusable ones (inf
     total) are skipped. `part_overhead_s` is the fixed cost of starting one remote part
-    (dispatch, sandbox start). Raises ValueError when no option is possible at all.
+    (dispatch, sandbox start). A provider's share of an objective is scaled by its
+    reputation as scoring scales it (`1 + reputation_weight * (0.5 - reputation)`); this
+    machine counts as neutral. Raises ValueError when no option is possible at all.
     """
     if items < 1:
         raise ValueError("items must be >= 1")
@@ -130,7 +135,8 @@ def decide(job: JobEstimate, local: LocalCapacity | None,
         run_s = max(0.0, parts.seconds - parts.transfer_s - parts.rtt_ms / 1000.0)
         parties.append(_Party(peer=ad.peer_id, run_s=run_s,
                               overhead_s=parts.transfer_s + parts.rtt_ms / 1000.0
-                              + part_overhead_s, ad=ad))
+                              + part_overhead_s, ad=ad,
+                              penalty=1.0 + reputation_weight * (0.5 - parts.reputation)))
     if not parties:
         raise ValueError("the job can run neither here nor on any offered provider")
 
@@ -139,11 +145,14 @@ def decide(job: JobEstimate, local: LocalCapacity | None,
         cost = 0.0 if p.ad is None else _cost(p.ad, job, run) / MICRO
         return Part(peer=p.peer, items=n, seconds=p.overhead_s + run, cost_credits=cost)
 
+    penalty = {p.peer: p.penalty for p in parties}
+
     def option(kind: Decision, ps: Sequence[Part]) -> Option:
         seconds = max(x.seconds for x in ps)
         cost = sum(x.cost_credits for x in ps)
+        scale = sum(penalty[x.peer] * x.items for x in ps) / sum(x.items for x in ps)
         return Option(kind=kind, parts=tuple(ps), seconds=seconds, cost_credits=cost,
-                      objective=cost + vot * seconds)
+                      objective=(cost + vot * seconds) * scale)
 
     options: list[Option] = []
     local_party = next((p for p in parties if p.peer == LOCAL), None)

@@ -32,31 +32,18 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from protocol import CapacityAd, Device
+from protocol.limits import MICRO  # ads carry prices in micro-credits, filters speak credits
+from scheduler.errors import FilterError as FilterError
 
 MAX_LENGTH = 1000
 """Longest filter accepted, in characters."""
 MAX_DEPTH = 32
 """Most levels of `not` and parentheses, so parsing never nears the recursion limit."""
-MICRO = 1_000_000
-"""Micro-credits per credit: ads carry prices in micro-credits, filters speak credits."""
 
 Value = int | float | str | bool
 Kind = Literal["number", "text", "bool"]
 Check = Callable[[CapacityAd, int], bool]
 Getter = Callable[[CapacityAd, int], Value]
-
-
-class FilterError(ValueError):
-    """A filter that does not parse; `column` (1-based) and `token` say where and what."""
-
-    expression: str = ""
-    column: int = 0
-    token: str | None = None
-
-    def caret(self) -> str:
-        """Two lines for a terminal: the filter and a caret under the bad column."""
-        line = "".join(" " if c.isspace() else c for c in self.expression)
-        return f"{line}\n{' ' * (self.column - 1)}^"
 
 
 # ---------------------------------------------------------------- the field table

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 from protocol import Price, Resources
+from protocol.limits import MICRO as MICRO  # micro-credits per credit, defined once
 
-MICRO = 1_000_000
 GB = 1_000_000_000
 COEFFICIENTS = ("start", "per_cpu_second", "per_gpu_second", "per_gb_second",
                 "per_gb_transfer", "minimum")

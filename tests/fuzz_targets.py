@@ -25,8 +25,6 @@ from node.api.values import WRAPPER, WRAPPER_NAME, ReturnValueRejected, decode_r
 from protocol import (
     CapacityAd,
     Cheque,
-    Device,
-    Identity,
     InputFile,
     JobResult,
     JobSpec,
@@ -35,10 +33,7 @@ from protocol import (
     Quote,
     Receipt,
     RemoteProtocolError,
-    Resources,
     Runtime,
-    SandboxProfile,
-    Usage,
     sha256_hex,
     sign,
     wire,
@@ -48,11 +43,9 @@ from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.receipts import open_cheque, open_receipt
 from protocol.signing import check_ad_fresh, check_spec_fresh, open_signed
+from tests import factories
+from tests.factories import ALICE, BOB, NOW_MS
 
-NOW_MS = 1_700_000_000_000
-ALICE = Identity(bytes([1]) * 32)  # requester
-BOB = Identity(bytes([2]) * 32)  # provider
-CAROL = Identity(bytes([3]) * 32)
 JOB = sha256_hex(b"fuzzed job")
 DIGEST = sha256_hex(b"fuzzed digest")
 
@@ -67,38 +60,22 @@ SWAPS: tuple[Any, ...] = (None, True, False, 0.0, 1.0, -0.0, float("inf"), float
 # -- seeds: real messages ----------------------------------------------------------------
 
 def ad() -> CapacityAd:
-    return CapacityAd(
-        peer_id=BOB.peer_id, addrs=("/ip4/10.0.0.2/tcp/4001",),
-        devices=(Device(kind="cuda", model="H100", memory_mb=81920, compute_capability="9.0",
-                        count=1, gflops=51000.5),),
-        cpus=16, memory_mb=131072,
+    return factories.ad(
+        devices=(factories.device(model="H100"),),
         runtimes=(Runtime(name="python", version="3.11", packages={"torch": "2.3"},
                           digest="ab" * 32),),
-        price=Price(start=10, per_cpu_second=1, per_gpu_second=100, minimum=50),
-        sandbox_tier="A", region="eu", coords=(52.5, 13.4), cached=(DIGEST,), load=0.25,
-        seq=NOW_MS, expires=NOW_MS + 120_000)
+        region="eu", coords=(52.5, 13.4), cached=(DIGEST,), seq=NOW_MS)
 
 
 def spec() -> JobSpec:
-    return JobSpec(
-        requester=ALICE.peer_id, provider=BOB.peer_id, runtime="python3.11",
-        entrypoint="main.py", args=("--epochs", "3"),
-        inputs=(InputFile(name="main.py", sha256=DIGEST, size=120),),
-        resources=Resources(gpus=1, cpus=4, memory_mb=8192, max_seconds=900),
-        max_price=1_000_000, verification="none", nonce=bytes(range(16)), created_at=NOW_MS)
+    return factories.spec(inputs=(InputFile(name="main.py", sha256=DIGEST, size=120),))
 
 
 def result() -> JobResult:
-    return JobResult(
-        job_id=JOB, provider=BOB.peer_id, requester=ALICE.peer_id, status="ok", exit_code=0,
-        stdout="epoch 1\n", stderr="", stdout_truncated=False, stderr_truncated=False,
-        outputs=(OutputFile(name="out/model.pt", sha256=DIGEST, size=2048),), limits_hit=(),
-        usage=Usage(wall_s=12.5, cpu_s=40.0, gpu_s=11.0, peak_memory_mb=3000),
-        sandbox=SandboxProfile(tier="A", wall_limit_s=900, memory_limit_mb=8192,
-                               cpu_limit=4.0, pids_limit=256, disk_limit_mb=1024,
-                               network="none", runtime="python3.11", runtime_digest=DIGEST,
-                               warm=False),
-        price_charged=4200, finished_at=NOW_MS + 13_000)
+    return factories.result(
+        job_id=JOB, stdout="epoch 1\n",
+        outputs=(OutputFile(name="out/model.pt", sha256=DIGEST, size=2048),),
+        sandbox=factories.sandbox(runtime_digest=DIGEST))
 
 
 def quote() -> Quote:
@@ -107,11 +84,10 @@ def quote() -> Quote:
 
 
 def receipts() -> list[Receipt]:
-    base = dict(job_id=JOB, requester=ALICE.peer_id, provider=BOB.peer_id, issued_at=NOW_MS)
-    return [Receipt(**base, outcome="accepted", reason="", charge=4200, result_digest=DIGEST),
-            Receipt(**base, outcome="rejected", reason="digest mismatch", charge=0,
-                    result_digest=DIGEST),
-            Receipt(**base, outcome="timeout", reason="", charge=0, result_digest="")]
+    return [factories.receipt(job_id=JOB, result_digest=DIGEST),
+            factories.receipt(job_id=JOB, outcome="rejected", reason="digest mismatch", charge=0,
+                              result_digest=DIGEST),
+            factories.receipt(job_id=JOB, outcome="timeout", charge=0, result_digest="")]
 
 
 def cheque() -> Cheque:

@@ -56,22 +56,17 @@ T = TypeVar("T")
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+NEEDS = ("gpus", "cpus", "memory_gb", "disk_gb", "timeout", "max_price", "redundancy",
+         "verify", "tolerance", "where", "runtime", "gflop")
+"""The fields of the one job description (node.requester.session.Job) @remote takes."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
-    """Per-function settings: the job's needs, and the session it runs in."""
+    """Per-function settings: the job's needs (a Job with no script yet), and the
+    session it runs in."""
 
-    gpus: int = 0
-    cpus: int = 1
-    memory_gb: float = 2.0
-    disk_gb: float = 1.0
-    timeout: int | None = None
-    max_price: float | None = None
-    redundancy: int = 1
-    verify: Verify = "none"
-    tolerance: float | None = None
-    where: str | None = None
-    runtime: str | None = None
-    gflop: float | None = None
+    job: Job = dataclasses.field(default_factory=lambda: Job(""))
     workers: int = 4
     plan: bool = False
     """map: let the offload plan keep a share of the items here (set gflop= for it)."""
@@ -82,10 +77,22 @@ class Options:
     config: str | None = None
     out: str = "offload-out"
 
+    @classmethod
+    def of(cls, **settings: Any) -> Options:
+        """`remote()`'s keywords: the needs go to the job, the rest to the session."""
+        needs = {k: settings.pop(k) for k in NEEDS if k in settings}
+        for name in settings:
+            if name not in _SESSION:
+                raise TypeError(f"remote() got an unexpected keyword argument {name!r}")
+        return cls(job=Job("", python=PYTHON, **needs), **settings)
+
     def session(self) -> dict[str, Any]:
         """The keyword arguments of the Requester these calls open (when none is open)."""
         return {"home": self.home, "bootstrap": self.bootstrap, "config": self.config,
                 "out": self.out, "workers": self.workers}
+
+
+_SESSION = frozenset(f.name for f in dataclasses.fields(Options)) - {"job"}
 
 
 class _Method(Generic[P, T]):
@@ -255,12 +262,7 @@ class RemoteFunction(Generic[P, R]):
             yield r
 
     def _job(self, wrapper: Path, fn_file: Path, args_file: Path) -> Job:
-        o = self.options
-        return Job(wrapper, files=(fn_file, args_file), gpus=o.gpus, cpus=o.cpus,
-                   memory_gb=o.memory_gb, disk_gb=o.disk_gb, timeout=o.timeout,
-                   max_price=o.max_price, runtime=o.runtime, where=o.where, python=PYTHON,
-                   redundancy=o.redundancy, verify=o.verify, tolerance=o.tolerance,
-                   gflop=o.gflop)
+        return dataclasses.replace(self.options.job, script=wrapper, files=(fn_file, args_file))
 
     def _finish(self, result: Result) -> Result:
         """Decode the return value (strictly); raise the remote exception if there was one."""
@@ -386,10 +388,11 @@ def remote(fn: Callable[P, R] | None = None, /, **settings: Any
             settings["bootstrap"] = (settings["bootstrap"],)
         settings["bootstrap"] = tuple(settings["bootstrap"])
     try:
-        options = Options(**settings)
+        options = Options.of(**settings)
     except TypeError as exc:
         raise UserError(f"@remote: {exc}; see help(node.api.remote)") from None
-    if options.redundancy < 1 or options.cpus < 1 or options.gpus < 0:
+    job = options.job
+    if job.redundancy < 1 or job.cpus < 1 or job.gpus < 0:
         raise UserError("@remote: cpus and redundancy must be at least 1, gpus at least 0")
 
     def wrap(f: Callable[P, R]) -> RemoteFunction[P, R]:

@@ -9,7 +9,8 @@ bootstrap, ledger) takes a second or more to open, and the thread keeps one open
 (home, bootstrap, config, out) for the life of the process, so only the first call pays
 for it. It also works where the calling thread already runs an event loop (Jupyter's
 asyncio), since the caller only waits on a queue. Sessions close at interpreter exit
-(atexit) or on `close()`. Ctrl-C in the caller cancels the call in the loop.
+(atexit, registered when the first loop starts, not at import) or on `close()`. Ctrl-C
+in the caller cancels the call in the loop.
 
 Inside trio code a blocking call would stall the loop, so it is refused: there use
 `await square.remote.aio(7)` and `async with Requester(...)`.
@@ -59,6 +60,7 @@ class Portal:
     def start(self) -> trio.lowlevel.TrioToken:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
+                _close_at_exit()
                 ready = threading.Event()
                 self._thread = threading.Thread(target=self._thread_main, args=(ready,),
                                                 name="offload-trio", daemon=True)
@@ -207,7 +209,14 @@ def close() -> None:
         _PORTAL.close()
 
 
-atexit.register(close)
+_AT_EXIT: list[bool] = []
+
+
+def _close_at_exit() -> None:
+    """Register `close` with atexit once, when the first helper loop starts."""
+    if not _AT_EXIT:
+        _AT_EXIT.append(True)
+        atexit.register(close)
 
 
 async def session_for(kwargs: dict[str, Any]) -> Requester | None:

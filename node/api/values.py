@@ -24,7 +24,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from node.errors import NodeError, ResultRejected
+from node.errors import RemoteFunctionError as RemoteFunctionError
+from node.errors import ReturnValueRejected as ReturnValueRejected
 
 WRAPPER_NAME = "_offload_remote.py"
 FUNCTION_FILE = "_offload_fn.pkl"
@@ -40,30 +41,6 @@ DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16"
                     "uint64", "float16", "float32", "float64", "complex64", "complex128"})
 TENSOR_ONLY_DTYPES = frozenset({"bfloat16"})
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.<>]{0,199}")
-
-
-class ReturnValueRejected(ResultRejected):
-    """A provider's return file is not a well-formed value; nothing of it was used."""
-
-
-class RemoteFunctionError(NodeError):
-    """The function raised on the provider; `remote_type` and `remote_traceback` say how.
-
-    When the remote exception is a built-in one (ValueError, KeyError, ...) the raised
-    error is also an instance of it, so `except ValueError` works as it would locally.
-    """
-
-    def __init__(self, message: str, *, remote_type: str, remote_message: str,
-                 remote_traceback: str, job_id: str = "", provider: str = "") -> None:
-        super().__init__(message)
-        self.remote_type = remote_type
-        self.remote_message = remote_message
-        self.remote_traceback = remote_traceback
-        self.job_id = job_id
-        self.provider = provider
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
-"""The job verbs of the `offload` command: submit, plan, map."""
+"""The requester verbs of the `offload` command: offers, submit, plan, map.
+
+Each builds the one job description from its flags, runs it through the requester core
+(node.requester.session) and only formats what comes back.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,25 @@ import argparse
 import dataclasses
 import json
 import os
-import random
-import shutil
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from node.cli.common import emit, job_from, report_swept, session_from
 from node.errors import UserError
-from node.home import init_identity, resolve_home
-from protocol import Resources
+from node.requester.session import Session
+from protocol import CapacityAd
 
 EXAMPLES = {
+    "offers": "offload offers --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --json",
     "submit": "offload submit examples/torch_demo.py --steps 50 --redundancy 2 "
               "--bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --out results",
     "plan": "offload plan examples/torch_demo.py --steps 50 --gflop 2000 --json",
     "map": "offload map examples/square.py --items items.txt --out squares --json",
 }
-OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out", "--config",
-                      "--cpus", "--memory", "--disk", "--gpus", "--max-price", "--runtime",
-                      "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
-                      "--gflop", "--items", "--workers", "--hold",
-                      "--per-provider"}
-FLAGS = {"--json", "-h", "--help", "--follow"}
-SCRIPT_VERBS = ("submit", "plan", "map")
 
 
 def _job_options(c: argparse.ArgumentParser) -> None:
@@ -65,6 +60,19 @@ def _job_options(c: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any, cmd: Any) -> None:
+    c = cmd("offers", "list verified provider ads found through the DHT")
+    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
+    c.add_argument("--where", metavar="EXPR",
+                   help='keep offers matching EXPR, e.g. \'cpus >= 4 and tier == "A"\'')
+    c.add_argument("--limit", type=int, default=20)
+    c.add_argument("--cpus", type=int, default=1, metavar="N",
+                   help="score offers for a job of N cpus (default 1)")
+    c.add_argument("--gpus", type=int, default=0, metavar="N",
+                   help="score offers for a job of N GPUs (default 0)")
+    c.add_argument("--timeout", type=int, default=600, metavar="S",
+                   help="score offers for a job of at most S seconds (default 600)")
+    c.add_argument("--json", action="store_true")
+
     c = cmd("submit", "offload SCRIPT [ARGS]... to a provider and verify its signed result")
     _job_options(c)
     c.add_argument("--provider", metavar="PEER", help="use this provider's peer id")
@@ -106,164 +114,67 @@ def register(sub: Any, cmd: Any) -> None:
                    help="jobs each provider runs at once (default 2)")
 
 
-def split_script_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """For submit/plan/map: our options anywhere; other words after SCRIPT go to it."""
-    i = next((n for n, w in enumerate(argv) if w in SCRIPT_VERBS), None)
-    if i is None:
-        return list(argv), []
-    ours, theirs = list(argv[: i + 1]), []
-    rest = list(argv[i + 1:])
-    seen_script = False
-    while rest:
-        word = rest.pop(0)
-        name = word.split("=", 1)[0]
-        if seen_script and word == "--":
-            theirs += rest
-            break
-        if name in OPTIONS_WITH_VALUE:
-            ours.append(word)
-            if "=" not in word and rest:
-                ours.append(rest.pop(0))
-        elif name in FLAGS or not seen_script:
-            ours.append(word)
-            seen_script = seen_script or not word.startswith("-")
-        else:
-            theirs.append(word)
-    return ours, theirs
+def _ad_json(ad: CapacityAd) -> dict[str, Any]:
+    doc = ad.to_wire()
+    doc["price"] = ad.price.to_wire()
+    return doc
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Setup:
-    request: Any
-    requirements: Any
-    bootstrap: list[str]
-    identity: Any
-    home: Path
-    gflop: float
+def cmd_offers(args: argparse.Namespace) -> int:
+    core = session_from(args)
+    core.where(args.where)
+
+    async def find() -> Any:
+        async with core:
+            report_swept(core.swept)
+            return await core.offers(args.where, cpus=args.cpus, gpus=args.gpus,
+                                     timeout=args.timeout, limit=args.limit)
+
+    found = trio.run(find)
+    if found.shortfall:  # stdout stays the offers (a JSON list with --json)
+        print(f"offload: warning: {found.shortfall}", file=sys.stderr)
+    docs = []
+    for o in found.offers:
+        doc = _ad_json(o.ad)
+        doc["score"] = {k: (round(v, 6) if v == v and abs(v) != float("inf") else None)
+                        for k, v in dataclasses.asdict(o.score).items()}
+        doc["banned"] = o.banned
+        docs.append(doc)
+    lines = [f"{a.peer_id}  tier={a.sandbox_tier}  cpus={a.cpus}  mem={a.memory_mb}MB  "
+             f"load={a.load:.2f}  cost={p.cost_credits:.6f}  time={p.seconds:.1f}s  "
+             f"rtt={p.rtt_ms:.1f}ms  score={p.total:.6f}"
+             for a, p in ((o.ad, o.score) for o in found.offers)]
+    emit(args, docs, "\n".join(lines) or "no offers found")
+    return 0
 
 
-def _setup(args: argparse.Namespace, script_args: tuple[str, ...]) -> _Setup:
-    from node.cli.main import _env_list, _where
-    from node.config import load_requester
-    from node.requester.exchange import JobRequest
-    from node.requester.plan import script_hints
-    from scheduler import Requirements
-
-    where = _where(args.where)
-    s = load_requester(args.config)
-    timeout = args.timeout if args.timeout is not None else s.timeout_s
-    if timeout < 1:
-        raise UserError("--timeout must be at least 1 second")
-    runtime = args.runtime or s.runtime
-    home = resolve_home(args.home)
-    identity, _ = init_identity(home)
-    request = JobRequest(
-        script=args.script, args=script_args, files=tuple(args.file),
-        resources=Resources(gpus=args.gpus, cpus=args.cpus, max_seconds=timeout,
-                            memory_mb=max(1, int(args.memory * 1024)),
-                            disk_mb=max(1, int(args.disk * 1024))),
-        max_price=(round(args.max_price * 1_000_000) if args.max_price is not None
-                   else s.max_price),
-        runtime=runtime, caps=s.caps)
-    gflop = args.gflop if args.gflop is not None else script_hints(args.script).get("gflop", 0.0)
-    return _Setup(request=request, bootstrap=list(
-        args.bootstrap or _env_list("OFFLOAD_BOOTSTRAP") or list(s.bootstrap)),
-        requirements=Requirements(cpus=1, gpus=args.gpus, runtime=runtime, where=where),
-        identity=identity, home=home, gflop=gflop)
-
-
-def _ledger(st: _Setup) -> Any:
-    from node.cli.ledger import open_ledger
-
-    return open_ledger(st.home, st.identity)
-
-
-@dataclasses.dataclass(slots=True)
-class _Session:
-    host: Any
-    disc: Any
-    pay: Any
-    suspect: list[Any] = dataclasses.field(default_factory=list)
-    """Held payments refused when the session ended (their providers were caught)."""
-
-
-@asynccontextmanager
-async def _session(st: _Setup, peers: Any, show: Any) -> AsyncIterator[_Session]:
-    """Host, DHT client, receipts gossip and payments for one command. Escrows that dead
-    processes on this home left locked are swept, and held payments settle, on the way
-    in; held payments settle and escrows still open are refunded on the way out."""
-    from node.cli.ledger import report_swept
-    from node.net.client import open_client
-    from node.net.gossip import open_gossip, recorder
-    from node.requester.escrows import Lease
-    from node.requester.holds import HoldBook
-    from node.requester.payments import Payments
-
-    with _ledger(st) as ledger:
-        async with open_client(st.identity, st.bootstrap) as (host, disc), \
-                open_gossip(host, on_receipt=recorder(ledger)) as gossip:
-            pay = Payments(ledger, host, emit=show, publish=gossip.publish,
-                           holds=HoldBook.load(st.home), lease=Lease.open(st.home))
-            session = _Session(host=host, disc=disc, pay=pay)
-            try:
-                report_swept(await pay.sweep(st.home))
-                await pay.settle_holds(time.time(), peers.trust.strikes)
-                yield session
-            finally:
-                await pay.settle_all()
-                session.suspect = await pay.settle_holds(time.time(), peers.trust.strikes)
-                pay.close()
+def _core(args: argparse.Namespace) -> Session:
+    return session_from(args, config=args.config)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from node.cli.progress import Reporter
-    from node.net.peers import PeerBook
-    from node.requester.agreement import exact, numeric
-    from node.requester.placement import (
-        Placer,
-        find_candidates,
-        hold_seconds,
-        job_estimate,
-        verification_policy,
-    )
 
-    st = _setup(args, tuple(args.script_args))
-    peers = PeerBook.load(st.home)
-    policy = verification_policy(args.redundancy, args.verify, peers.trust,
-                                 what="--redundancy")
-    if args.tolerance is not None and not 0 <= args.tolerance < 1:
-        raise UserError("--tolerance is relative: give a number like 1e-6, below 1")
-    same = exact if args.tolerance is None else numeric(args.tolerance)
-    deadline = args.deadline or 2.0 * st.request.resources.max_seconds + 60.0
-    hold_s = hold_seconds(args.redundancy, args.verify, args.hold)
-    if hold_s < 0:
-        raise UserError("--hold must be 0 or more seconds")
+    job = job_from(args)
+    core = _core(args)
+    core.check(job)
     started = time.monotonic()
-    out = args.out or Path("offload-out") / f".pending-{os.getpid()}"
 
     async def go() -> Any:
         with Reporter(follow=args.follow, quiet=args.json) as show:
-            async with _session(st, peers, show) as s:
-                ranked = await find_candidates(s.disc, st.requirements,
-                                               job_estimate(st.request, gflop=st.gflop), peers,
-                                               provider=args.provider,
-                                               reputation=s.pay.reputations())
-                placer = Placer(host=s.host, peers=peers, policy=policy, same=same,
-                                canary=args.verify == "canary", rng=random.Random(),
-                                replicas=args.redundancy, payments=s.pay, emit=show,
-                                hold_s=hold_s)
-                placement = await placer.place(ranked, st.request, out, deadline_s=deadline)
-            return placement, s.pay.paid, s.suspect
+            core.emit = show
+            async with core:
+                report_swept(core.swept)
+                if args.out is not None:
+                    placement = await core.place(job, args.out)
+                else:
+                    placement = await core.place_under(job, Path("offload-out"))
+            return placement
 
-    placement, paid, suspect = trio.run(go)
+    placement = trio.run(go)
+    paid, suspect = core.paid, core.suspect
     outcome = placement.outcome
     r = outcome.result
-    if args.out is None:
-        final = Path("offload-out") / r.job_id[:12]
-        if final.exists():
-            shutil.rmtree(final)
-        out.rename(final)
-        outcome = dataclasses.replace(outcome, out_dir=final)
     doc = {"job_id": r.job_id, "provider": r.provider, "status": r.status,
            "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
            "outputs": {o.name: o.sha256 for o in r.outputs}, "verified": True,
@@ -294,33 +205,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from node.cli.ledger import report_swept
-    from node.net.client import open_client
-    from node.net.peers import PeerBook
-    from node.requester.payments import Payments
-    from node.requester.placement import job_estimate
-    from node.requester.plan import local_capacity, make_plan, plan_json, script_hints
-    from scheduler import meets
+    from node.requester.plan import plan_json, script_hints
 
-    st = _setup(args, tuple(args.script_args))
+    job = job_from(args)
+    core = _core(args)
+    core.check(job)
     items = args.items if args.items is not None else int(
         script_hints(args.script).get("items", 1))
     if items < 1:
         raise UserError("--items must be at least 1")
-    peers = PeerBook.load(st.home)
 
     async def go() -> Any:
-        local = await local_capacity(st.home)
-        with _ledger(st) as ledger:
-            async with open_client(st.identity, st.bootstrap) as (host, disc):
-                report_swept(await Payments(ledger, host).sweep(st.home))
-                ads = [a.message for a in await disc.find_ads("cpu", limit=50)]
-                now_ms = int(disc.clock() * 1000)
-            reputation = ledger.reputations()
-        ads = [a for a in ads if meets(a, st.requirements, now_ms=now_ms)
-               and not peers.trust.is_blacklisted(a.peer_id, now_ms / 1000)]
-        return make_plan(job_estimate(st.request, gflop=st.gflop), local, ads,
-                         peers.observations(reputation), items=items, now_ms=now_ms)
+        async with core:
+            report_swept(core.swept)
+            return await core.plan(job, items=items)
 
     plan, ranked = trio.run(go)
     doc = plan_json(plan)
@@ -337,9 +235,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_map(args: argparse.Namespace) -> int:
     from node.cli.progress import Reporter
-    from node.net.peers import PeerBook
-    from node.requester.mapper import run_map
-    from node.requester.placement import find_candidates, job_estimate
 
     try:
         items = [line.rstrip("\n") for line in args.items.read_text().splitlines()]
@@ -348,25 +243,23 @@ def cmd_map(args: argparse.Namespace) -> int:
     items = [i for i in items if i.strip()]
     if not items:
         raise UserError(f"{args.items} has no items; put one per line")
-    st = _setup(args, tuple(args.script_args))
-    requests = [dataclasses.replace(st.request, args=(*st.request.args, item))
-                for item in items]
-    peers = PeerBook.load(st.home)
+    job = job_from(args)
+    core = _core(args)
+    core.check(job)
+    jobs = [dataclasses.replace(job, args=(*job.args, item)) for item in items]
     started = time.monotonic()
 
     async def go() -> Any:
         with Reporter(quiet=args.json) as show:
-            async with _session(st, peers, show) as s:
-                ranked = await find_candidates(s.disc, st.requirements,
-                                               job_estimate(st.request, gflop=st.gflop), peers,
-                                               reputation=s.pay.reputations())
-                report = await run_map(s.host, ranked, requests, args.out, peers=peers,
-                                       max_workers=max(1, args.workers),
-                                       per_provider=max(1, args.per_provider),
-                                       payments=s.pay, emit=show)
-            return report, s.pay.paid
+            core.emit = show
+            async with core:
+                report_swept(core.swept)
+                report = await core.map(jobs, args.out, workers=args.workers,
+                                        per_provider=args.per_provider)
+            return report
 
-    report, paid = trio.run(go)
+    report = trio.run(go)
+    paid = core.paid
     rows = []
     for item, res in zip(items, report.items, strict=True):
         r = res.outcome.result if res.outcome else None
@@ -394,4 +287,4 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 1
 
 
-COMMANDS = {"submit": cmd_submit, "plan": cmd_plan, "map": cmd_map}
+COMMANDS = {"offers": cmd_offers, "submit": cmd_submit, "plan": cmd_plan, "map": cmd_map}

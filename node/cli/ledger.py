@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ledger import Entry, Job, Ledger, LedgerError, LocalLedgerError
-from node.errors import NodeError, UserError
-from node.home import init_identity, resolve_home
+from node.cli.common import report_swept
+from node.errors import LedgerFailed, UserError
+from node.home import LEDGER_FILE, Home, init_identity, open_ledger, resolve_home
+from node.requester import session
 from node.requester.payments import Swept
 from protocol.identity import Identity
 from scheduler.pricing import MICRO, credits
 
 log = logging.getLogger(__name__)
-LEDGER_FILE = "ledger.db"
 EXAMPLES = {
     "ledger": "offload ledger balance --json",
     "balance": "offload ledger balance --json",
@@ -89,61 +90,16 @@ def parse_credits(text: str) -> int:
 
 def ledger_path(home: str | Path | None) -> Path:
     """Where the node with this home keeps its ledger (for node/requester.py, provider.py)."""
-    return resolve_home(home) / LEDGER_FILE
-
-
-def open_ledger(home: Path, identity: Identity) -> Ledger:
-    """The home's ledger. LedgerUnavailable names a disk that is full or read-only or a
-    file another process holds locked; only a file that is not an SQLite ledger at all
-    gets the advice to move it aside."""
-    path = home / LEDGER_FILE
-    try:
-        return Ledger.open(path, identity)
-    except sqlite3.DatabaseError as exc:
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-            raise UserError(f"{path} is not a ledger ({exc}); move it aside and run the "
-                            "command again") from None
-        raise NodeError(f"ledger {path} cannot be opened ({exc}); run `offload ledger "
-                        "verify`") from None
-    except LocalLedgerError as exc:
-        raise UserError(str(exc)) from None
+    return Home(resolve_home(home)).ledger
 
 
 def sweep_orphans(ledger: Ledger, home: Path, identity: Identity) -> Swept:
-    """Settle escrows that dead processes on this home left locked (node/escrows.py),
-    asking their providers on a short-lived host only when there are some."""
+    """Settle escrows that dead processes on this home left locked, and say so."""
     import trio
 
-    from node.requester.escrows import find_orphans
-    from node.requester.payments import Payments
-
-    async def go() -> Swept:
-        if not await trio.to_thread.run_sync(lambda: find_orphans(ledger, home)):
-            return Swept()
-        from node.net.client import CLIENT_LISTEN
-        from node.net.host import open_host
-
-        try:
-            async with open_host(identity, CLIENT_LISTEN) as host:
-                return await Payments(ledger, host).sweep(home)
-        except (OSError, NodeError) as exc:
-            log.warning("cannot ask providers about orphaned escrows now: %s", exc)
-            return await Payments(ledger, None).sweep(home)
-
-    swept = trio.run(go)
+    swept = trio.run(session.sweep_orphans, ledger, home, identity)
     report_swept(swept)
     return swept
-
-
-def report_swept(swept: Swept) -> None:
-    """One stderr line per orphaned escrow settled (stdout stays one document)."""
-    for job_id in swept.released:
-        print(f"offload: job {job_id[:12]}: its process had died; the provider proved a "
-              "verified result, so its charge was paid and the rest refunded", file=sys.stderr)
-    for job_id in swept.refunded:
-        print(f"offload: job {job_id[:12]}: its process had died; escrow refunded",
-              file=sys.stderr)
 
 
 def _open(args: argparse.Namespace) -> Ledger:
@@ -166,9 +122,9 @@ def _run(args: argparse.Namespace, body: Callable[[Ledger], int]) -> int:
         except LocalLedgerError as exc:
             raise UserError(str(exc)) from None
         except LedgerError as exc:
-            raise NodeError(str(exc)) from None
+            raise LedgerFailed(str(exc)) from None
         except sqlite3.DatabaseError as exc:
-            raise NodeError(f"the ledger file cannot be read ({exc}); run `offload ledger "
+            raise LedgerFailed(f"the ledger file cannot be read ({exc}); run `offload ledger "
                             "verify`") from None
 
 
@@ -316,4 +272,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ledger": cmd_ledger, "jobs": cmd_jobs,
 }
 
-__all__ = ["COMMANDS", "LEDGER_FILE", "ledger_path", "parse_credits", "register"]
+__all__ = ["COMMANDS", "LEDGER_FILE", "ledger_path", "open_ledger", "parse_credits", "register",
+           "sweep_orphans"]

@@ -1,142 +1,26 @@
-"""The `offload` command: one thin function per verb over library code."""
+"""The `offload` command's entry: argv, logging, and errors mapped onto exit codes.
+
+The parser and the table of verbs are in commands.py; each verb group has its module.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-import trio
-
-from ledger import LedgerError, LocalLedgerError
-from node.cli import jobs as jobs_cli
-from node.cli import ledger as ledger_cli
-from node.errors import NodeError, UserError, sole_error
-from node.home import init_identity, load_identity, resolve_home
-from protocol import CapacityAd, ProtocolError, Resources
-
-EXAMPLES = {
-    **jobs_cli.EXAMPLES,
-    "init": "offload init",
-    "id": "offload id --json",
-    "provide": "offload provide --listen /ip4/127.0.0.1/tcp/4001 --ready-file ready.json",
-    "offers": "offload offers --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --json",
-    "verify": "offload verify results/result.msgpack",
-    "demo": "offload demo --providers 3",
-    "sandbox": "offload sandbox check --json",
-    "runtime": "offload runtime install",
-    "status": "offload --home ~/.local/share/offload status --json",
-}
-
-def _env_list(name: str) -> list[str]:
-    return [v for v in os.environ.get(name, "").replace(",", " ").split() if v]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="offload", description="Offload compute jobs to providers found over libp2p.",
-        epilog="Every global flag has an OFFLOAD_* environment variable "
-               "(OFFLOAD_HOME, OFFLOAD_BOOTSTRAP). OFFLOAD_DEBUG=1 shows tracebacks.")
-    p.add_argument("--home", default=os.environ.get("OFFLOAD_HOME"),
-                   help="node home (identity, jobs); default: the platform's data dir")
-    p.add_argument("--log-format", choices=("text", "json"),
-                   default=os.environ.get("OFFLOAD_LOG_FORMAT", "text"),
-                   help="logs on stderr as text lines or one JSON object per line")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_,
-                              epilog=f"example: {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    c = cmd("init", "create this node's identity key if it has none")
-    c.add_argument("--json", action="store_true")
-    c = cmd("id", "print this node's peer id and public key")
-    c.add_argument("--json", action="store_true")
-
-    c = cmd("provide", "run a provider daemon in the foreground (SIGINT/SIGTERM stops it)")
-    c.add_argument("--listen", action="append", default=None, metavar="MADDR")
-    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
-    c.add_argument("--ready-file", type=Path, metavar="F",
-                   help='write {"peer_id", "addrs"} here once listening and advertised')
-    c.add_argument("--config", type=Path, metavar="FILE",
-                   default=os.environ.get("OFFLOAD_PROVIDER_CONFIG"),
-                   help="provider.toml (see configs/); flags given here override it")
-    c.add_argument("--slots", type=int, metavar="N", help="jobs at once (default 2)")
-    c.add_argument("--queue", type=int, metavar="N",
-                   help="admitted jobs that may wait for a slot (default 8)")
-    c.add_argument("--metrics-listen", metavar="HOST:PORT",
-                   help="Prometheus metrics on loopback (default: a free port; '' disables)")
-    c.add_argument("--drain-timeout", type=float, metavar="S",
-                   help="on SIGTERM, how long running jobs may finish (default 60)")
-    c.add_argument("--warm", type=int, metavar="N",
-                   help="pre-started sandboxed interpreters with torch imported (default 1)")
-    c.add_argument("--no-benchmark", action="store_true",
-                   help="do not measure throughput (ads then carry none)")
-    c.add_argument("--sandbox-tier", choices=("auto", "A", "B"),
-                   help="isolation to prove at start: A (bubblewrap), B (Landlock), or auto "
-                        "(A, else B)")
-    c.add_argument("--unsafe-no-sandbox", action="store_true",
-                   help="run jobs WITHOUT isolation if tier A cannot be proved (ad says so)")
-
-    c = cmd("offers", "list verified provider ads found through the DHT")
-    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
-    c.add_argument("--where", metavar="EXPR",
-                   help='keep offers matching EXPR, e.g. \'cpus >= 4 and tier == "A"\'')
-    c.add_argument("--limit", type=int, default=20)
-    c.add_argument("--cpus", type=int, default=1, metavar="N",
-                   help="score offers for a job of N cpus (default 1)")
-    c.add_argument("--gpus", type=int, default=0, metavar="N",
-                   help="score offers for a job of N GPUs (default 0)")
-    c.add_argument("--timeout", type=int, default=600, metavar="S",
-                   help="score offers for a job of at most S seconds (default 600)")
-    c.add_argument("--json", action="store_true")
-
-    jobs_cli.register(sub, cmd)
-    ledger_cli.register(sub)
-
-    c = cmd("sandbox", "check or set up job isolation on this host")
-    ss = c.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
-    s = ss.add_parser("check", help="run every escape probe inside the sandbox; exit 1 if any "
-                      "escaped", epilog="example: offload sandbox check --json")
-    s.add_argument("--json", action="store_true")
-    s = ss.add_parser("setup", help="as root: create the job users and install the runtime",
-                      epilog="example: sudo offload sandbox setup --users 4")
-    s.add_argument("--users", type=int, default=4, metavar="N")
-    s.add_argument("--json", action="store_true")
-
-    c = cmd("runtime", "install or describe the job runtime (a venv the job users can run)")
-    rs = c.add_subparsers(dest="runtime_command", required=True, metavar="ACTION")
-    r = rs.add_parser("install", help="as root: build /opt/offload/runtimes/python3 with torch",
-                      epilog="example: sudo offload runtime install")
-    r.add_argument("--json", action="store_true")
-    r = rs.add_parser("show", help="print the installed runtime's manifest",
-                      epilog="example: offload runtime show --json")
-    r.add_argument("--json", action="store_true")
-
-    c = cmd("status", "show the provider running with this home: slots, queue, jobs, earnings")
-    c.add_argument("--json", action="store_true")
-
-    c = cmd("verify", "check a saved result offline: signature and output digests")
-    c.add_argument("result", type=Path, metavar="RESULT_FILE")
-    c.add_argument("--json", action="store_true")
-
-    c = cmd("demo", "start a local network and offload a torch job to it")
-    c.add_argument("--providers", type=int, default=3, metavar="N")
-    c.add_argument("--json", action="store_true")
-    return p
+from node.cli.commands import COMMANDS, build_parser
+from node.cli.common import split_script_argv
+from node.errors import NodeError, sole_error, translated
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, script_args = jobs_cli.split_script_argv(argv)
+    ours, script_args = split_script_argv(argv)
     args = build_parser().parse_args(ours)
     args.script_args = script_args
     level = os.environ.get("OFFLOAD_LOG", "INFO" if args.command == "provide" else "WARNING")
@@ -145,14 +29,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     try:
-        code = _run_unwrapped(COMMANDS[args.command], args)
+        with translated():  # protocol, ledger, scheduler and OS errors become node errors
+            code = _run_unwrapped(COMMANDS[args.command], args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    except (UserError, ProtocolError, LocalLedgerError) as exc:
-        code = _fail(exc, 2)
-    except (NodeError, OSError, LedgerError) as exc:
-        code = _fail(exc, 1)
+    except NodeError as exc:
+        code = _fail(exc, exc.exit_code)
     sys.exit(code)
 
 
@@ -183,191 +66,3 @@ def _fail(exc: BaseException, code: int) -> int:
         raise exc
     print(f"offload: error: {exc}", file=sys.stderr)
     return code
-
-
-def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
-    print(json.dumps(doc) if getattr(args, "json", False) else text)
-
-
-def _bootstrap(args: argparse.Namespace) -> list[str]:
-    return list(args.bootstrap or _env_list("OFFLOAD_BOOTSTRAP"))
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    home = resolve_home(args.home)
-    identity, created = init_identity(home)
-    _emit(args, {"peer_id": identity.peer_id, "home": str(home), "created": created},
-          f"{'created' if created else 'existing'} identity {identity.peer_id} in {home}")
-    return 0
-
-
-def cmd_id(args: argparse.Namespace) -> int:
-    home = resolve_home(args.home)
-    identity = load_identity(home)
-    _emit(args, {"peer_id": identity.peer_id, "public_key": identity.public_key.hex(),
-                 "home": str(home)}, identity.peer_id)
-    return 0
-
-
-def cmd_provide(args: argparse.Namespace) -> int:
-    from node.config import load_provider
-    from node.provider.daemon import ProviderConfig, serve
-
-    s = load_provider(args.config)
-    home = resolve_home(args.home)
-    identity, _ = init_identity(home)
-
-    def pick(flag: Any, setting: Any) -> Any:
-        return setting if flag is None else flag
-
-    tier = pick(args.sandbox_tier, s.sandbox_tier)
-    config = ProviderConfig(
-        home=home, listen=args.listen or list(s.listen),
-        bootstrap=_bootstrap(args) or list(s.bootstrap), ready_file=args.ready_file,
-        slots=pick(args.slots, s.slots), warm=pick(args.warm, s.warm),
-        queue=pick(args.queue, s.queue), metrics_listen=pick(args.metrics_listen,
-                                                             s.metrics_listen),
-        drain_timeout_s=pick(args.drain_timeout, s.drain_timeout_s), price=s.price,
-        region=s.region, max_seconds=s.max_job_seconds, quote_hold_s=s.quote_hold_s,
-        unsafe_no_sandbox=args.unsafe_no_sandbox or s.unsafe_no_sandbox,
-        benchmark_interval_s=None if args.no_benchmark else float(s.benchmark_interval_s),
-        cache_dir=Path(s.cache_dir) if s.cache_dir else None,
-        cache_max_bytes=int(s.cache_max_gb * 10**9), limits=s.limits,
-        jobs_per_peer=s.jobs_per_peer or None,
-        sandbox_tiers=("A", "B") if tier == "auto" else (tier,))
-    trio.run(serve, config, identity)
-    return 0
-
-
-def _where(expression: str | None) -> Any:
-    from scheduler import FilterError, parse
-
-    if expression is None:
-        return None
-    try:
-        return parse(expression)
-    except FilterError as exc:
-        raise UserError(f"--where: {exc}") from None
-
-
-def _ad_json(ad: CapacityAd) -> dict[str, Any]:
-    doc = ad.to_wire()
-    doc["price"] = ad.price.to_wire()
-    return doc
-
-
-def cmd_offers(args: argparse.Namespace) -> int:
-    from node.cli.ledger import open_ledger, sweep_orphans
-    from node.net.client import open_client
-    from node.net.peers import PeerBook
-    from scheduler.scoring import JobEstimate, rank
-
-    where = _where(args.where)
-    home = resolve_home(args.home)
-    identity, _ = init_identity(home)
-    peers = PeerBook.load(home)
-
-    async def find() -> tuple[list[CapacityAd], int, Any]:
-        async with open_client(identity, _bootstrap(args)) as (_, disc):
-            search = await disc.search("cpu", limit=args.limit)
-            return [a.message for a in search.ads], int(disc.clock() * 1000), search
-
-    ads, now_ms, search = trio.run(find)
-    if shortfall := search.shortfall():  # stdout stays the offers (a JSON list with --json)
-        print(f"offload: warning: {shortfall}", file=sys.stderr)
-    ads = [a for a in ads if where is None or where(a, now_ms=now_ms)]
-    job = JobEstimate(resources=Resources(cpus=args.cpus, gpus=args.gpus,
-                                          max_seconds=args.timeout))
-    with open_ledger(home, identity) as ledger:  # like every command: sweep dead escrows
-        sweep_orphans(ledger, home, identity)
-        reputation = ledger.reputations()
-    ranked = rank(ads, job, peers.observations(reputation), now_ms=now_ms)
-    docs = []
-    for ad, parts in ranked:
-        doc = _ad_json(ad)
-        doc["score"] = {k: (round(v, 6) if v == v and abs(v) != float("inf") else None)
-                        for k, v in dataclasses.asdict(parts).items()}
-        doc["banned"] = peers.trust.is_blacklisted(ad.peer_id, now_ms / 1000)
-        docs.append(doc)
-    lines = [f"{a.peer_id}  tier={a.sandbox_tier}  cpus={a.cpus}  mem={a.memory_mb}MB  "
-             f"load={a.load:.2f}  cost={p.cost_credits:.6f}  time={p.seconds:.1f}s  "
-             f"rtt={p.rtt_ms:.1f}ms  score={p.total:.6f}" for a, p in ranked]
-    _emit(args, docs, "\n".join(lines) or "no offers found")
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from node.errors import ResultRejected
-    from node.requester.verify import verify_result_file
-
-    try:
-        signed = verify_result_file(args.result)
-    except ResultRejected as exc:
-        _emit(args, {"valid": False, "reason": str(exc)}, f"INVALID: {exc}")
-        return 1
-    r = signed.message
-    _emit(args, {"valid": True, "job_id": r.job_id, "provider": r.provider,
-                 "outputs": len(r.outputs)},
-          f"valid: job {r.job_id[:12]} signed by {r.provider}, {len(r.outputs)} output(s) intact")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from node.cli.demo import run_demo
-
-    doc = run_demo(args.providers)
-    if args.json:
-        print(json.dumps({k: doc[k] for k in ("providers", "job_id", "provider", "verified",
-                                              "exit_code", "wall_s")}))
-    else:
-        print(f"{len(doc['providers'])} providers on loopback; job {doc['job_id'][:12]} ran on "
-              f"{doc['provider'][:16]} ({doc['status']}, exit {doc['exit_code']}, "
-              f"{doc['wall_s']:.1f} s), signature and outputs verified")
-        print(doc["stdout"], end="")
-    return 0 if doc["exit_code"] == 0 else 1
-
-
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    from node.provider.sandbox import commands
-
-    if args.sandbox_command == "setup":
-        doc = commands.setup(users_count=args.users)
-        _emit(args, doc, f"job users: {', '.join(doc['users'])}; runtime "
-                         f"{doc['runtime']['name']} at {doc['runtime']['path']}")
-        return 0
-    home = resolve_home(args.home)
-    report = trio.run(commands.full_check, home)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(commands.format_report(report))
-    return 0 if report["tier"] == "A" else 1
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from node.provider.status import format_status, read_status
-
-    doc = read_status(resolve_home(args.home), now=time.time())
-    _emit(args, doc, format_status(doc))
-    return 0 if doc["running"] else 1
-
-
-def cmd_runtime(args: argparse.Namespace) -> int:
-    from node.provider.sandbox import runtime
-
-    info = runtime.install() if args.runtime_command == "install" else runtime.describe()
-    doc = {"name": info.name, "path": str(info.path), "python": info.python,
-           "packages": info.packages, "digest": info.digest}
-    _emit(args, doc, f"{info.name}: python {info.python}, "
-                     + ", ".join(f"{k} {v}" for k, v in info.packages.items())
-                     + f" ({info.path})")
-    return 0
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    **jobs_cli.COMMANDS,
-    **ledger_cli.COMMANDS,
-    "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "offers": cmd_offers,
-    "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
-    "runtime": cmd_runtime, "status": cmd_status,
-}

@@ -15,20 +15,11 @@ from typing import Any
 
 import trio
 
-from node.errors import RemoteError
+from node.errors import DhtRequestFailed as DhtRequestFailed
 
 MAX_KAD_RESPONSE = 256 * 1024   # an ad is <= 16 KiB; 20 providers and 20 peers fit easily
 MAX_KAD_PEERS = 32              # provider or closer-peer entries read from one answer
 MAX_KAD_ADDRS = 8               # addresses kept per peer entry
-
-
-class DhtRequestFailed(RemoteError):
-    """One DHT request to one peer failed; `retryable` if it reset, closed or timed out
-    (a busy server), not if the peer is unreachable or does not serve the DHT."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 def _permanent(exc: BaseException) -> bool:

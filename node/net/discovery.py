@@ -14,9 +14,10 @@ from typing import Any, Literal, TypeVar
 import trio
 
 from node.errors import NoProviders, RemoteError
+from node.errors import RemoteAdError as RemoteAdError
 from node.net import compat, compat_kad
 from node.net.compat_kad import DhtRequestFailed
-from node.net.host import Host
+from node.net.host import Host, libp2p_host
 from protocol import CapacityAd, ProtocolError, Signed, check_ad_fresh, open_signed
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ NAMESPACE = "offload"
 AD_REFRESH_S = 60
 AD_LIFETIME_S = 120
 MAX_AD_SIZE = 16 * 1024
-CAPABILITY_CLASSES = ("cpu", "gpu")
 K_CLOSEST = 20            # Kademlia k: provider records live on the k closest servers
 LOOKUP_CONCURRENCY = 4    # GET_PROVIDERS in flight at once (Kademlia alpha)
 LOOKUP_DIALS = 1          # of those, to peers not yet connected (a dial costs ~100 requests)
@@ -57,10 +57,6 @@ def open_ad(key: str, value: bytes, *, now_ms: int) -> Signed[CapacityAd]:
         raise RemoteAdError(f"ad of {signed.message.peer_id[:16]} stored under a foreign key")
     check_ad_fresh(signed.message, now_ms=now_ms)
     return signed
-
-
-class RemoteAdError(RemoteError):
-    """An ad is valid on its own but does not belong under the key it was found at."""
 
 
 def _make_validator(clock: Clock) -> Any:
@@ -399,7 +395,7 @@ async def open_discovery(host: Host, *, server: bool, clock: Clock) -> AsyncIter
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.tools.anyio_service import background_trio_service
 
-    dht = KadDHT(host.raw, DHTMode.SERVER if server else DHTMode.CLIENT)
+    dht = KadDHT(libp2p_host(host), DHTMode.SERVER if server else DHTMode.CLIENT)
     dht.register_validator(NAMESPACE, _make_validator(clock))
     if server:
         compat_kad.fair_dht_inbound(dht)

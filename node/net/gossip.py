@@ -18,7 +18,7 @@ import trio
 
 from ledger import Ledger, LedgerError
 from node.net import compat
-from node.net.host import Host
+from node.net.host import Host, libp2p_host
 from node.net.limits import PeerErrors
 from protocol import ProtocolError, check_receipt
 
@@ -90,12 +90,13 @@ async def open_gossip(host: Host, *, on_receipt: Callable[[bytes], Awaitable[Non
     router = GossipSub(protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=6, degree_low=4,
                        degree_high=12, heartbeat_interval=1,
                        max_messages_per_topic_per_second=200.0, min_mesh_diversity_ips=1)
-    pubsub = Pubsub(host.raw, router, msg_id_constructor=ContentAddressedMessageIDGenerator(),
+    raw = libp2p_host(host)
+    pubsub = Pubsub(raw, router, msg_id_constructor=ContentAddressedMessageIDGenerator(),
                     max_inbound_rpc_size=64 * 1024)
     gossip = Gossip(pubsub, clock, host.peer_errors)
     async with background_trio_service(pubsub), background_trio_service(router):
         await pubsub.wait_until_ready()
-        compat.announce_existing_peers(pubsub, host.raw)
+        compat.announce_existing_peers(pubsub, raw)
         pubsub.set_topic_validator(RECEIPTS_TOPIC, gossip.validate, False)
         sub = await pubsub.subscribe(RECEIPTS_TOPIC)
         async with trio.open_nursery() as nursery:

@@ -1,4 +1,10 @@
-"""Our seam over libp2p: a Host that dials, listens and opens framed streams."""
+"""Our seam over libp2p: the Host and Stream node code types against, and their libp2p form.
+
+`Host` and `Stream` are Protocols: provider, requester, API and CLI code sees only them.
+`Libp2pHost` (built by `open_host`) and `FramedStream` implement them over py-libp2p;
+`node.net.memory` implements them over trio memory streams for tests. Only modules of
+node/net/ reach the libp2p host underneath, through `libp2p_host`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -23,14 +29,104 @@ READ_SIZE = 256 * 1024
 SEND_STALL_S = 30.0
 
 
-class Stream:
+class Stream(Protocol):
     """One exchange with one peer, in length-prefixed protocol frames."""
 
-    def __init__(self, raw: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    remote_peer: str
+    remote_ip: str
+    """The IP the peer's connection comes from ("" when unknown)."""
+
+    async def send(self, frame: wire.Frame, *, stall_s: float = SEND_STALL_S) -> None:
+        """Write one frame; PeerTimeout if the peer takes none of it for `stall_s`,
+        PeerGone if the stream is gone."""
+        ...
+
+    async def receive(self) -> wire.Frame:
+        """The next frame; PeerGone if the stream ends first. Decoding errors propagate."""
+        ...
+
+    async def receive_within(self, seconds: float, what: str) -> wire.Frame:
+        """The next frame within `seconds`; PeerTimeout naming `what` otherwise."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+Handler = Callable[[Stream], Awaitable[None]]
+Refuser = Callable[[Stream, str], Awaitable[None]]
+
+
+class Host(Protocol):
+    """A running node on the network, with our identity."""
+
+    peer_id: str
+    identity: Identity
+    peer_errors: PeerErrors
+    """What peers did wrong, counted by kind (metrics)."""
+
+    def addrs(self) -> list[str]:
+        """Our listen addresses, each ending in /p2p/<peer id>."""
+        ...
+
+    def handle(self, protocol: str, handler: Handler, *, max_frame: int = DEFAULT_MAX_FRAME,
+               refuse: Refuser | None = None) -> None:
+        """Serve `protocol`: each peer (and IP) gets its share of open streams, over which
+        `refuse` answers (or the stream is reset); nothing a handler raises escapes."""
+        ...
+
+    def remember(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Keep `addrs` as where `peer_id` can be dialled."""
+        ...
+
+    def known_addrs(self, peer_id: str) -> list[str]:
+        """The addresses known for `peer_id` ([] when none)."""
+        ...
+
+    async def connect(self, maddr: str, *, timeout: float = 10.0) -> str:
+        """Dial a full multiaddr; returns the peer id. PeerTimeout / PeerGone on failure."""
+        ...
+
+    async def open_stream(self, peer_id: str, protocol: str, *,
+                          addrs: Sequence[str] = (), timeout: float = 10.0,
+                          max_frame: int = DEFAULT_MAX_FRAME) -> Stream:
+        """A new stream of `protocol` to the peer; PeerTimeout / PeerGone on failure."""
+        ...
+
+    async def ping(self, peer_id: str, *, addrs: Sequence[str] = (), count: int = 3,
+                   timeout: float = 5.0) -> float:
+        """The lowest of `count` round trips to the peer, in milliseconds."""
+        ...
+
+
+class RawStream(Protocol):
+    """What FramedStream needs of a byte stream (a libp2p stream, or a memory one)."""
+
+    async def read(self, n: int) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+class FramedStream:
+    """A `Stream` over a byte stream: frames out, frames in with a size cap."""
+
+    def __init__(self, raw: RawStream, *, remote_peer: str, remote_ip: str = "",
+                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._raw = raw
         self._decoder = FrameDecoder(max_size=max_frame)
-        self.remote_peer = str(raw.muxed_conn.peer_id)
-        self.remote_ip = remote_ip(raw.muxed_conn)
+        self.remote_peer = remote_peer
+        self.remote_ip = remote_ip
+
+    @classmethod
+    def over_libp2p(cls, raw: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> FramedStream:
+        """Wrap a py-libp2p stream (its peer and IP from its muxed connection)."""
+        return cls(raw, remote_peer=str(raw.muxed_conn.peer_id),
+                   remote_ip=remote_ip(raw.muxed_conn), max_frame=max_frame)
 
     async def send(self, frame: wire.Frame, *, stall_s: float = SEND_STALL_S) -> None:
         """Write one frame; PeerTimeout if the peer takes none of it for `stall_s` (a peer
@@ -80,8 +176,33 @@ class Stream:
                 log.debug("resetting a stream failed", exc_info=True)
 
 
-Handler = Callable[[Stream], Awaitable[None]]
-Refuser = Callable[[Stream, str], Awaitable[None]]
+async def serve_stream(stream: Stream, protocol: str, handler: Handler,
+                       refuse: Refuser | None, *, shares: StreamShares,
+                       errors: PeerErrors) -> None:
+    """One inbound stream, as every Host serves it: its share, then the handler; a
+    refused stream hears `refuse` and is closed, a failed handler's stream is reset."""
+    peer, ip = stream.remote_peer, stream.remote_ip
+    why = shares.try_open(protocol, peer, ip)
+    if why is not None:
+        errors.count("limit")
+        log.debug("refusing a %s stream from %s (%s): %s", protocol, peer[:16], ip, why)
+        try:
+            if refuse is not None:
+                with trio.move_on_after(2):
+                    await refuse(stream, why)
+        except Exception as exc:
+            errors.failed(protocol, peer, exc)
+        await stream.close()  # a reset could overtake the answer
+        return
+    try:
+        await handler(stream)
+    except Exception as exc:
+        errors.failed(f"handler for {protocol}", peer, exc)
+        await stream.reset()
+    else:
+        await stream.close()
+    finally:
+        shares.close(protocol, peer, ip)
 
 
 def remote_ip(conn: Any) -> str:
@@ -102,11 +223,20 @@ def split_peer_addr(maddr: str) -> tuple[str, str]:
     return head, peer
 
 
-class Host:
-    """A running libp2p host with our identity."""
+def libp2p_host(host: Host) -> Any:
+    """The py-libp2p host under `host`, for node/net/ modules that drive libp2p services
+    (the DHT, pubsub); TypeError for a host that is not a libp2p one."""
+    if not isinstance(host, Libp2pHost):
+        raise TypeError(f"this needs a libp2p host (from open_host), not a "
+                        f"{type(host).__name__}")
+    return host._raw
+
+
+class Libp2pHost:
+    """A running libp2p host with our identity (a `Host`)."""
 
     def __init__(self, raw: Any, identity: Identity, *, limits: Limits | None = None) -> None:
-        self.raw = raw
+        self._raw = raw
         self.identity = identity
         self.peer_id = identity.peer_id
         self.limits = limits or Limits()
@@ -115,15 +245,14 @@ class Host:
         self.peer_errors = PeerErrors()
 
     def addrs(self) -> list[str]:
-        return [str(a) for a in self.raw.get_addrs()]
+        return [str(a) for a in self._raw.get_addrs()]
 
     def handle(self, protocol: str, handler: Handler, *, max_frame: int = DEFAULT_MAX_FRAME,
                refuse: Refuser | None = None) -> None:
-        """Serve `protocol`: each peer (and IP) gets its share of open streams, over which
-        `refuse` answers (or the stream is reset); nothing a handler raises escapes."""
+        """Serve `protocol` (see Host.handle)."""
         async def _on_stream(raw_stream: Any) -> None:
             try:
-                stream = Stream(raw_stream, max_frame=max_frame)
+                stream = FramedStream.over_libp2p(raw_stream, max_frame=max_frame)
             except Exception as exc:
                 self.peer_errors.failed(protocol, "?", exc)
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -132,32 +261,12 @@ class Host:
                     except Exception:
                         pass
                 return
-            peer, ip = stream.remote_peer, stream.remote_ip
-            why = self.shares.try_open(protocol, peer, ip)
-            if why is not None:
-                self.peer_errors.count("limit")
-                log.debug("refusing a %s stream from %s (%s): %s", protocol, peer[:16], ip, why)
-                try:
-                    if refuse is not None:
-                        with trio.move_on_after(2):
-                            await refuse(stream, why)
-                except Exception as exc:
-                    self.peer_errors.failed(protocol, peer, exc)
-                await stream.close()  # a reset could overtake the answer
-                return
-            try:
-                await handler(stream)
-            except Exception as exc:
-                self.peer_errors.failed(f"handler for {protocol}", peer, exc)
-                await stream.reset()
-            else:
-                await stream.close()
-            finally:
-                self.shares.close(protocol, peer, ip)
+            await serve_stream(stream, protocol, handler, refuse, shares=self.shares,
+                               errors=self.peer_errors)
 
         from libp2p.custom_types import TProtocol
 
-        self.raw.set_stream_handler(TProtocol(protocol), _on_stream)
+        self._raw.set_stream_handler(TProtocol(protocol), _on_stream)
 
     def remember(self, peer_id: str, addrs: Sequence[str]) -> None:
         from libp2p.peer.id import ID
@@ -170,7 +279,15 @@ class Host:
             except Exception:
                 log.debug("dropping unparsable addr %r", a)
         if good:
-            self.raw.get_peerstore().add_addrs(ID.from_base58(peer_id), good, 3600)
+            self._raw.get_peerstore().add_addrs(ID.from_base58(peer_id), good, 3600)
+
+    def known_addrs(self, peer_id: str) -> list[str]:
+        from libp2p.peer.id import ID
+
+        try:
+            return [str(a) for a in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:
+            return []
 
     async def connect(self, maddr: str, *, timeout: float = 10.0) -> str:
         """Dial a full multiaddr; returns the peer id. PeerTimeout / PeerGone on failure."""
@@ -182,10 +299,10 @@ class Host:
             info = info_from_p2p_addr(Multiaddr(maddr))
         except Exception as exc:
             raise UserError(f"address {maddr!r} is not a valid multiaddr: {exc}") from exc
-        compat.forget_failed_dial(self.raw, info.peer_id)
+        compat.forget_failed_dial(self._raw, info.peer_id)
         with trio.move_on_after(timeout) as scope:
             try:
-                await self.raw.connect(info)
+                await self._raw.connect(info)
             except Exception as exc:
                 raise PeerGone(f"could not reach {maddr}: {exc}") from exc
         if scope.cancelled_caught:
@@ -194,21 +311,21 @@ class Host:
 
     async def open_stream(self, peer_id: str, protocol: str, *,
                           addrs: Sequence[str] = (), timeout: float = 10.0,
-                          max_frame: int = DEFAULT_MAX_FRAME) -> Stream:
+                          max_frame: int = DEFAULT_MAX_FRAME) -> FramedStream:
         from libp2p.custom_types import TProtocol
         from libp2p.peer.id import ID
 
         self.remember(peer_id, addrs)
         pid = ID.from_base58(peer_id)
-        compat.forget_failed_dial(self.raw, pid)
+        compat.forget_failed_dial(self._raw, pid)
         with trio.move_on_after(timeout) as scope:
             try:
-                raw_stream = await self.raw.new_stream(pid, [TProtocol(protocol)])
+                raw_stream = await self._raw.new_stream(pid, [TProtocol(protocol)])
             except Exception as exc:
                 raise PeerGone(f"could not open {protocol} to {peer_id[:16]}: {exc}") from exc
         if scope.cancelled_caught:
             raise PeerTimeout(f"could not open {protocol} to {peer_id[:16]} in {timeout:.0f} s")
-        return Stream(raw_stream, max_frame=max_frame)
+        return FramedStream.over_libp2p(raw_stream, max_frame=max_frame)
 
     async def ping(self, peer_id: str, *, addrs: Sequence[str] = (), count: int = 3,
                    timeout: float = 5.0) -> float:
@@ -221,8 +338,8 @@ class Host:
         with trio.move_on_after(timeout) as scope:
             try:
                 last = trio.current_time()
-                async for _ in PingService(self.raw).ping_iter(ID.from_base58(peer_id),
-                                                               ping_amt=count):
+                async for _ in PingService(self._raw).ping_iter(ID.from_base58(peer_id),
+                                                                ping_amt=count):
                     now = trio.current_time()
                     best = min(best, (now - last) * 1000.0)
                     last = now
@@ -239,7 +356,7 @@ async def open_host(identity: Identity, listen: Sequence[str], *,
     """Start a host listening on `listen`; it is closed, listener and connections
     included, on exit. Connections from an IP above its share are closed at once."""
     raw = compat.new_host(identity.seed)
-    host = Host(raw, identity, limits=limits)
+    host = Libp2pHost(raw, identity, limits=limits)
     # unbounded: each item is a connection already open, closed as soon as it is taken
     send, receive = trio.open_memory_channel[Any](math.inf)
     compat.watch_connections(raw, on_connected=partial(_admit, host, send),
@@ -252,7 +369,7 @@ async def open_host(identity: Identity, listen: Sequence[str], *,
             nursery.cancel_scope.cancel()
 
 
-def _admit(host: Host, excess: trio.MemorySendChannel[Any], conn: Any) -> None:
+def _admit(host: Libp2pHost, excess: trio.MemorySendChannel[Any], conn: Any) -> None:
     ip = remote_ip(conn.muxed_conn)
     if host.connections.admit(ip):
         conn._offload_admitted_ip = ip
@@ -263,14 +380,14 @@ def _admit(host: Host, excess: trio.MemorySendChannel[Any], conn: Any) -> None:
     excess.send_nowait(conn)
 
 
-def _release(host: Host, conn: Any) -> None:
+def _release(host: Libp2pHost, conn: Any) -> None:
     ip = getattr(conn, "_offload_admitted_ip", None)
     if ip is not None:
         conn._offload_admitted_ip = None
         host.connections.release(ip)
 
 
-async def _close_excess(host: Host, receive: trio.MemoryReceiveChannel[Any]) -> None:
+async def _close_excess(host: Libp2pHost, receive: trio.MemoryReceiveChannel[Any]) -> None:
     async with trio.open_nursery() as nursery:
         async for conn in receive:
             nursery.start_soon(compat.drop_connection, conn)

@@ -8,7 +8,6 @@ changed since it loaded wins and what others saved meanwhile is kept, not overwr
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -17,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from node.home import Home, atomic_write_json
 from scheduler.scoring import Observations
 from scheduler.verification import TrustTracker, _Trust
 from scheduler.vivaldi import ORIGIN, Coord, from_ad, to_ad, update
@@ -41,15 +41,15 @@ class PeerBook:
 
     @classmethod
     def load(cls, home: Path) -> PeerBook:
-        book = cls(home / FILE)
+        book = cls(Home(home).peers)
         doc = book._read()
         if doc is not None:
             try:
                 book._restore(doc)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("ignoring unreadable %s (%s); starting with no peer history",
-                            home / FILE, exc)
-                book = cls(home / FILE)
+                            book.path, exc)
+                book = cls(Home(home).peers)
         book._remember()
         return book
 
@@ -96,14 +96,7 @@ class PeerBook:
                      for p, t in list(self.trust._peers.items())[-MAX_PEERS:]}
             doc = {"rtt_ms": dict(list(self.rtt_ms.items())[-MAX_PEERS:]),
                    "coord": list(to_ad(self.coord)), "trust": trust}
-            tmp = self.path.with_name(f".{FILE}.{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps(doc))
-                os.replace(tmp, self.path)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            atomic_write_json(self.path, doc)
             self._remember()
         finally:
             os.close(fd)

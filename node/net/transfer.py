@@ -12,12 +12,14 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
-from node.errors import PeerTimeout, RemoteError
+from node.errors import PeerTimeout
+from node.errors import TransferFailed as TransferFailed
+from node.errors import TransferTimeout as TransferTimeout
 from node.net.host import Stream
-from node.provider.cache import PartialFile
 from protocol import wire
 
 CHUNK = wire.CHUNK_SIZE
@@ -29,12 +31,19 @@ STALL_S = 30.0
 """The longest one chunk may wait to be sent or received (the idle timer)."""
 
 
-class TransferFailed(RemoteError):
-    """A file arrived out of order, too long, or with the wrong digest."""
+class PartialFile(Protocol):
+    """Where `receive_into` writes: a download that may resume at `offset` (the
+    provider's input cache hands these out; node.provider.cache.PartialFile)."""
 
+    @property
+    def size(self) -> int: ...
 
-class TransferTimeout(TransferFailed, PeerTimeout):
-    """A transfer stalled or went slower than `MIN_RATE_BPS`; the peer is cut."""
+    @property
+    def offset(self) -> int:
+        """The bytes held so far; the next write must start here."""
+        ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
 
 
 def transfer_seconds(nbytes: int) -> float:

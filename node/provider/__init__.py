@@ -1,1 +1,20 @@
-"""provider."""
+"""The provider: a daemon that advertises capacity, admits signed jobs, runs them in
+sandboxes and answers with signed results.
+
+daemon.py      the daemon: builds ledger, cache, telemetry, then serves and advertises
+exchange.py    the provider's side of the job and settle exchanges (protocol/exchange.py)
+admission.py   slots, a bounded FIFO queue and per-peer shares, decided at quote time
+executor.py    where jobs run: a proven sandbox tier (warm or cold) or, if allowed, plain
+jobio.py       a job's files: inputs via the cache (resumable), outputs out
+live.py        live job output: runner chunks to capped `Output` frames
+cache.py       content-addressed input cache: LRU by bytes, pins, resumable partials
+results.py     recent signed results, for requesters that lost theirs
+replies.py     the named error frames a provider answers with
+runner.py      a plain subprocess with capped output, wall timeout and group kill
+telemetry.py   live host and GPU load (pynvml) for ads and admission
+metrics.py     Prometheus metrics on loopback
+status.py      the status file `offload status` reads
+sandbox/       job isolation: tiers A and B, job users, cgroups (see its docstring)
+
+The device benchmark its ads carry is node/benchmark.py (requester plans measure it too).
+"""

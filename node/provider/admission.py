@@ -7,22 +7,15 @@ waiting its turn) or was told `busy` before accepting; nothing is decided after 
 
 from __future__ import annotations
 
-import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from node.errors import Busy as Busy
+
 RETRY_AFTER_S = 5.0
 """What a provider tells a peer it refuses for now to wait before asking again."""
-
-
-class Busy(Exception):
-    """No slot or queue place for this job now: come back after `retry_after_s`."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(f"{message}; retry in {math.ceil(retry_after_s)} s")
-        self.retry_after_s = retry_after_s
 
 
 class Ticket:

@@ -45,7 +45,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 
-from node.errors import NodeError
+from node.errors import CacheError as CacheError
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,6 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
-
-
-class CacheError(NodeError):
-    """The input cache refused an operation; the message says why and what to do next."""
 
 
 def check_digest(digest: object) -> str:

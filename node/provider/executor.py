@@ -22,7 +22,7 @@ from node.provider.sandbox.check import CheckReport
 from node.provider.sandbox.errors import SandboxError, SandboxUnavailable
 from node.provider.sandbox.gpu import Gpu
 from node.provider.sandbox.pool import WarmPool, warm_pool
-from node.provider.sandbox.runner import SANDBOX_ROOT, JobLimits, Sandbox, SandboxJob, job_env
+from node.provider.sandbox.runner import JobLimits, Sandbox, SandboxJob, job_env, sandbox_root
 from protocol import JobSpec, Runtime, SandboxProfile
 from protocol.messages import Limit, SandboxTier
 
@@ -212,7 +212,7 @@ def plain_runtime() -> Runtime:
 
 async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
                      runtime_name: str, tiers: Sequence[Literal["A", "B"]],
-                     home_lock: Path | None = None, root: Path = SANDBOX_ROOT
+                     home_lock: Path | None = None, root: Path | None = None
                      ) -> tuple[Sandbox | None, CheckReport | None, str]:
     """The first of `tiers` whose quick escape self-test passes on this host, after reaping
     what a previous run with this cgroup base left (the caller holds `home_lock`)."""
@@ -223,6 +223,7 @@ async def prove_tier(*, key_file: Path, slots: int, warm: int, cgroup_base: str,
     from node.provider.sandbox.reap import reap_stale
 
     reasons = []
+    root = root or sandbox_root()
     try:
         if os.geteuid() != 0:
             raise SandboxUnavailable("isolation needs the daemon to run as root (it drops "

@@ -10,6 +10,7 @@ from node.net.limits import kind_of
 from node.net.transfer import TransferFailed
 from node.provider.admission import RETRY_AFTER_S
 from protocol import ProtocolError, wire
+from protocol.errors import SendOutOfOrder
 
 log = logging.getLogger("node.provider.daemon")
 
@@ -45,7 +46,8 @@ async def refuse(stream: Stream, code: wire.ErrorCode, message: str) -> None:
 
 
 async def try_send(stream: Stream, frame: wire.Frame) -> None:
+    """Send `frame` if the peer still takes it and the exchange is still open."""
     try:
         await stream.send(frame, stall_s=5.0)
-    except RemoteError:
+    except (RemoteError, SendOutOfOrder):  # gone, or the exchange already ended
         pass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,29 +16,18 @@ from typing import Any, Final
 
 import trio
 
-from node.errors import UserError
+from node.errors import StatusMissing as StatusMissing
+from node.home import Home, atomic_write_json
+from protocol.limits import MICRO
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE: Final = "status.json"
 
 
-class StatusMissing(UserError):
-    """No readable status file: no provider has run with this home (or its file is damaged)."""
-
-
 def write_status(home: Path, doc: dict[str, Any]) -> None:
     """Replace `home/status.json` atomically (a reader sees the old or the new doc), mode 0644."""
-    data = json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{STATUS_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-        os.replace(tmp, home / STATUS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(Home(home).status, doc, sort_keys=True, indent=1, newline=True)
 
 
 def pid_alive(pid: object) -> bool:
@@ -58,7 +46,7 @@ def pid_alive(pid: object) -> bool:
 
 def read_status(home: Path, *, now: float, stale_after_s: float = 30.0) -> dict[str, Any]:
     """The last status the provider wrote, plus `running`: its pid is alive and it is fresh."""
-    path = home / STATUS_FILE
+    path = Home(home).status
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -91,13 +79,13 @@ async def publish_forever(home: Path, build: Callable[[], dict[str, Any]], *,
         try:
             await trio.to_thread.run_sync(write_status, home, doc)
         except OSError as exc:
-            log.warning("could not write %s: %s", home / STATUS_FILE, exc)
+            log.warning("could not write %s: %s", Home(home).status, exc)
         await trio.sleep(interval_s)
 
 
 def _credits(microcredits: int) -> str:
     sign = "-" if microcredits < 0 else ""
-    whole, frac = divmod(abs(microcredits), 1_000_000)
+    whole, frac = divmod(abs(microcredits), MICRO)
     return f"{sign}{whole}.{frac:06d}"
 
 

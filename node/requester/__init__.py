@@ -1,1 +1,15 @@
-"""requester."""
+"""The requester: one core under both the CLI and the Python API.
+
+session.py     the core: opens identity, ledger, host, discovery, gossip, payments, holds;
+               builds a request from one job description, places, maps and plans
+exchange.py    one job exchange with a provider, driven by protocol/exchange.py's table
+placement.py   placing one job: rank offers, try providers until one delivers, verify
+mapper.py      a distributed map: N jobs over several providers, results in input order
+plan.py        the offload decision with real inputs: local benchmark, hints, offers
+payments.py    the money path: escrow per attempt, then release, reject or refund once
+holds.py       payments held back until a second opinion or a deadline
+escrows.py     leases of live requester processes; escrows of dead ones swept at start
+agreement.py   when two providers' results agree; canary jobs
+verify.py      offline checks of a saved result: signature and output digests
+events.py      typed events of a requester's work, for progress, logs and subscribers
+"""

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from ledger import Job, Ledger
-from node.errors import NodeError
+from node.errors import HostError
+from node.home import Home
 from node.requester.holds import HoldBook
 
 log = logging.getLogger(__name__)
-LEASES = "leases"
+LEASES = "leases"  # Home.leases is its path
 SWEEP_LOCK = ".sweep.lock"
 ORPHAN_GRACE_S = 120.0
 """After the lock, how long an orphan whose provider cannot be reached stays locked:
@@ -68,15 +69,15 @@ class Lease:
 
     @classmethod
     def open(cls, home: Path) -> Lease:
-        """Create and lock a fresh lease file; NodeError naming the problem if it cannot."""
-        folder = home / LEASES
+        """Create and lock a fresh lease file; HostError naming the problem if it cannot."""
+        folder = Home(home).leases
         name = f"{os.getpid()}-{secrets.token_hex(6)}"
         tmp = folder / f".{name}.tmp"
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except OSError as exc:
-            raise NodeError(f"cannot create an escrow lease in {folder}: {exc.strerror}; "
+            raise HostError(f"cannot create an escrow lease in {folder}: {exc.strerror}; "
                             "free space or make the home writable") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,21 +86,21 @@ class Lease:
             os.close(fd)
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise NodeError(f"cannot create an escrow lease in {folder}: {exc.strerror}") \
+            raise HostError(f"cannot create an escrow lease in {folder}: {exc.strerror}") \
                 from None
         return cls(folder / f"{name}.lease", fd)
 
     def claim(self, job_id: str, provider: str, addrs: Sequence[str] = ()) -> None:
-        """Record a job before its escrow is locked; NodeError (nothing locked) if the
+        """Record a job before its escrow is locked; HostError (nothing locked) if the
         line cannot be written."""
         if self._fd is None:
-            raise NodeError("the escrow lease is closed; open a new session")
+            raise HostError("the escrow lease is closed; open a new session")
         line = json.dumps({"job_id": job_id, "provider": provider,
                            "addrs": [str(a)[:256] for a in list(addrs)[:MAX_ADDRS]]}) + "\n"
         try:
             os.write(self._fd, line.encode())
         except OSError as exc:
-            raise NodeError(f"cannot record the escrow of job {job_id[:12]} in {self.path}: "
+            raise HostError(f"cannot record the escrow of job {job_id[:12]} in {self.path}: "
                             f"{exc.strerror}; free space in the home and run again") from None
 
     def close(self, *, keep: bool = False) -> None:
@@ -141,7 +142,7 @@ def read_leases(home: Path) -> Leases:
     """Sort every lease into live (its lock is held) and dead (its lock can be taken)."""
     out = Leases()
     try:
-        paths = sorted((home / LEASES).glob("*.lease"))[:MAX_LEASES]
+        paths = sorted(Home(home).leases.glob("*.lease"))[:MAX_LEASES]
     except OSError:
         return out
     for path in paths:
@@ -172,8 +173,8 @@ def read_leases(home: Path) -> Leases:
 def sweeping(home: Path) -> Iterator[bool]:
     """One sweep per home at a time: yields False if another process is sweeping."""
     try:
-        (home / LEASES).mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(home / LEASES / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        Home(home).leases.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(Home(home).leases / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         log.warning("cannot sweep orphaned escrows now: %s", exc)
         yield False
@@ -216,7 +217,7 @@ def find_orphans(ledger: Ledger, home: Path, *,
 def live_owner(home: Path, job_id: str) -> str | None:
     """The pid of the live process on this home that holds the job's escrow, if any."""
     try:
-        paths = sorted((home / LEASES).glob("*.lease"))[:MAX_LEASES]
+        paths = sorted(Home(home).leases.glob("*.lease"))[:MAX_LEASES]
     except OSError:
         return None
     for path in paths:

@@ -1,4 +1,5 @@
-"""The requester side of a job: pick a provider, send spec and inputs, verify the result."""
+"""The requester side of a job exchange, driven by protocol/exchange.py's table: send the spec
+and inputs, follow the run, verify the result and fetch the outputs."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from node.errors import (
     ResultRejected,
     UserError,
 )
-from node.net.discovery import Discovery
+from node.net.guard import guarded
 from node.net.host import Host, Stream
 from node.net.transfer import (
     STALL_S,
@@ -50,8 +51,9 @@ from protocol import (
     sign,
     wire,
 )
+from protocol.errors import SendOutOfOrder
+from protocol.exchange import JOB
 from protocol.messages import check_file_name
-from scheduler import Requirements, rank_offers
 from scheduler.pricing import credits, over_caps
 
 log = logging.getLogger(__name__)
@@ -133,23 +135,6 @@ def input_files(request: JobRequest) -> list[tuple[InputFile, Path]]:
     return pairs
 
 
-async def choose_provider(disc: Discovery, requirements: Requirements, *,
-                          provider: str | None = None) -> Signed[CapacityAd]:
-    ads = await disc.require_ads("cpu")
-    if provider is not None:
-        ads = [a for a in ads if a.message.peer_id == provider]
-        if not ads:
-            raise UserError(f"provider {provider} was not found through the DHT; "
-                            "run `offload offers` to list the ones that are")
-    ranked = rank_offers([a.message for a in ads], requirements,
-                         now_ms=int(disc.clock() * 1000))
-    if not ranked:
-        raise UserError("no provider meets the job's requirements; "
-                        "relax them or run `offload offers` to see what is offered")
-    chosen = ranked[0].peer_id
-    return next(a for a in ads if a.message.peer_id == chosen)
-
-
 async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path, *,
                   clock: Callable[[], float] = time.time, emit: Emit = ignore,
                   payments: Payments | None = None) -> JobOutcome:
@@ -173,7 +158,8 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     pay = payments or Payments(None, host)
     seen: list[str] = []  # the result's digest, once one arrived
     try:
-        stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+        stream = guarded(await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs),
+                         JOB, "requester")
         try:
             signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
                                             out_dir, host.peer_id, request, emit, pay, seen)
@@ -220,7 +206,8 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         await stream.send(wire.SubmitJob(spec=spec_raw))
         reply = await stream.receive()
     _raise_if_error(reply)
-    offer = wire.expect(reply, wire.QuoteOffer)
+    assert isinstance(reply, wire.QuoteOffer)  # the exchange table allows no other
+    offer = reply
     try:
         quote = check_quote(offer.quote, job_id=job_id, ad=ad, requester=requester,
                             request=request)
@@ -240,7 +227,8 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
             _raise_if_error(reply)
             if not isinstance(reply, wire.Queued):
                 break
-    accepted = wire.expect(reply, wire.Accepted)
+    assert isinstance(reply, wire.Accepted)
+    accepted = reply
     if accepted.job_id != job_id:
         raise ResultRejected("the provider acknowledged a different job id")
     by_digest = {f.sha256: (f, p) for f, p in files}
@@ -291,7 +279,8 @@ async def _await_result(stream: Stream, job_id: str, ad: CapacityAd,
             emit(events.LogLine(job_id=job_id, provider=ad.peer_id, stream=frame.stream,
                                 text=frame.text))
             continue
-        return wire.expect(frame, wire.ResultReady)
+        assert isinstance(frame, wire.ResultReady)
+        return frame
 
 
 @contextmanager
@@ -316,7 +305,7 @@ async def _tell(stream: Stream, frame: wire.Frame) -> None:
     with trio.move_on_after(STALL_S):
         try:
             await stream.send(frame)
-        except RemoteError:
+        except (RemoteError, SendOutOfOrder):
             pass
 
 

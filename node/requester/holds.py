@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from node.home import Home, atomic_write_json
+
 log = logging.getLogger(__name__)
 FILE = "holds.json"
 MAX_HOLDS = 100_000
@@ -49,7 +51,7 @@ class HoldBook:
 
     @classmethod
     def load(cls, home: Path) -> HoldBook:
-        book = cls(home / FILE)
+        book = cls(Home(home).holds)
         book._holds = book._read()
         return book
 
@@ -104,14 +106,7 @@ class HoldBook:
         with self._locked():
             holds = self._read()
             self._apply(holds, job_id, hold)
-            tmp = self.path.with_name(f".{FILE}.{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps([dataclasses.asdict(h) for h in holds.values()]))
-                os.replace(tmp, self.path)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            atomic_write_json(self.path, [dataclasses.asdict(h) for h in holds.values()])
             self._holds = holds
 
     @staticmethod

@@ -25,6 +25,7 @@ import trio
 
 from ledger import EscrowStateError, Ledger, LedgerError, RefundReason
 from node.errors import NodeError, RemoteError
+from node.net.guard import guarded
 from node.net.host import Host
 from node.requester import events
 from node.requester.escrows import Lease, Orphan, drop_dead_leases, find_orphans, sweeping
@@ -32,6 +33,7 @@ from node.requester.events import Emit, ignore
 from node.requester.holds import Hold, HoldBook
 from node.requester.verify import verify_result_bytes
 from protocol import JobResult, Signed, wire
+from protocol.exchange import SETTLE
 
 log = logging.getLogger(__name__)
 SETTLE_TIMEOUT_S = 10.0
@@ -315,8 +317,9 @@ class Payments:
         reply: wire.Frame | None = None
         with trio.move_on_after(SETTLE_TIMEOUT_S):
             try:
-                stream = await self.host.open_stream(job.provider, wire.SETTLE_PROTOCOL,
-                                                     addrs=o.addrs, timeout=SETTLE_TIMEOUT_S)
+                stream = guarded(await self.host.open_stream(
+                    job.provider, wire.SETTLE_PROTOCOL, addrs=o.addrs,
+                    timeout=SETTLE_TIMEOUT_S), SETTLE, "requester")
                 try:
                     await stream.send(wire.ResultQuery(job_id=job.job_id))
                     reply = await stream.receive_within(SETTLE_TIMEOUT_S, "a result")
@@ -351,14 +354,7 @@ class Payments:
 
     def _addrs(self, provider: str) -> list[str]:
         """The provider's known addresses, so a later sweep can reach it without the DHT."""
-        try:
-            from libp2p.peer.id import ID
-
-            assert self.host is not None
-            return [str(a) for a in self.host.raw.get_peerstore().addrs(
-                ID.from_base58(provider))][:8]
-        except Exception:
-            return []
+        return self.host.known_addrs(provider)[:8] if self.host is not None else []
 
     async def _tell(self, provider: str, receipt: bytes, cheque: bytes, job_id: str) -> None:
         """Best effort: the ledger entry is already final; the provider may ask again."""
@@ -372,7 +368,8 @@ class Payments:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT_S):
             try:
-                stream = await self.host.open_stream(provider, wire.SETTLE_PROTOCOL)
+                stream = guarded(await self.host.open_stream(provider, wire.SETTLE_PROTOCOL),
+                                 SETTLE, "requester")
                 try:
                     await stream.send(wire.Settle(receipt=receipt, cheque=cheque))
                     reply = await stream.receive_within(SETTLE_TIMEOUT_S, "a settle ack")

@@ -20,12 +20,13 @@ import trio
 
 from node import benchmark
 from node.errors import UserError
+from node.home import Home
 from protocol import CapacityAd
 from scheduler.decide import LocalCapacity, Plan, decide, gflop_estimate
 from scheduler.scoring import JobEstimate, Observations, ScoreParts, rank
 
 log = logging.getLogger(__name__)
-BENCHMARK_FILE = "local-benchmark.json"
+BENCHMARK_FILE = "local-benchmark.json"  # Home.local_benchmark is its path
 BENCHMARK_MAX_AGE_S = 7 * 86_400.0
 BENCHMARK_BUDGET_S = 3.0
 _HINT = re.compile(r"^#\s*offload:\s*(.*)$")
@@ -58,7 +59,7 @@ def capacity_from(report: benchmark.BenchmarkReport) -> LocalCapacity:
 
 async def local_capacity(home: Path, *, clock: Any = time.time) -> LocalCapacity:
     """This node's throughput: its stored benchmark, measured now if missing or old."""
-    path = home / BENCHMARK_FILE
+    path = Home(home).local_benchmark
     report = benchmark.load(path)
     if benchmark.is_stale(report, now=clock(), interval_s=BENCHMARK_MAX_AGE_S,
                           runtime_digest="local"):

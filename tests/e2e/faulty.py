@@ -4,6 +4,7 @@
 
 cheat: every digit of a job's stdout is shifted by one before the result is signed.
 die:   the process exits the moment a job's outputs are collected (before the result).
+mute:  receipts it is given are not gossiped on (only their requester's gossip spreads them).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-import node.provider.daemon as provider
+import node.provider.exchange as provider
 from node.cli.main import main
 
 
@@ -33,6 +34,13 @@ def _install(fault: str) -> None:
             os._exit(17)
 
         provider.collect_outputs = vanish  # type: ignore[assignment]
+    elif fault == "mute":
+        from node.net.gossip import Gossip
+
+        async def silent(*_: object) -> None:
+            return None
+
+        Gossip.publish = silent  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import READY_TIMEOUT_S, REPO, Network, _env
+from tests.e2e.conftest import Network
 
 SANDBOX_JOBS = Path(os.environ.get("OFFLOAD_SANDBOX_ROOT", "/var/lib/offload")) / "jobs"
 
 
 def provide(net: Network, home: str, *extra: str, tag: str) -> dict[str, Any]:
-    """A provider on a given home (start_provider always makes a fresh one)."""
-    ready = net.root / f"{tag}.ready"
-    log_path = net.root / f"{tag}.log"
-    cmd = [sys.executable, "-m", "node", "--home", str(net.root / home), "provide",
-           "--listen", "/ip4/127.0.0.1/tcp/0", "--ready-file", str(ready), "--no-benchmark",
-           *extra]
-    proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True,
-                            env=_env() | {"PYTHONPATH": str(REPO)})
-    net.procs.append(proc)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"provider {tag} did not start:\n"
-                                 + log_path.read_text(errors="replace"))
-        time.sleep(0.05)
-    info: dict[str, Any] = json.loads(ready.read_text())
-    info.update(proc=proc, addr=info["addrs"][0], log=log_path,
-                base=f"offload-{info['peer_id'][-12:]}")
+    """A provider on a given home (start_provider makes a fresh one unless told)."""
+    info = net.start_provider(home=home, tag=tag, extra=list(extra))
+    info["base"] = f"offload-{info['peer_id'][-12:]}"
     return info
 
 

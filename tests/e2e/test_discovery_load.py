@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from node.net.discovery import open_discovery, rendezvous_key
-from node.net.host import open_host
+from node.net.host import libp2p_host, open_host
 from protocol import Identity
 from tests.e2e.conftest import REPO, Network, _env
 
@@ -64,8 +64,8 @@ async def test_offers_says_how_many_providers_it_could_not_reach(network: Networ
             open_discovery(host, server=True, clock=time.time) as disc:
         await disc.bootstrap([p1["addr"]])
         await disc.dht.provide(rendezvous_key("cpu"))  # p1 now names it as a provider
-        host.raw.set_stream_handler(TProtocol(PROTOCOL_ID), reset_all)
-        assert ID.from_base58(p1["peer_id"]) in host.raw.get_network().connections
+        libp2p_host(host).set_stream_handler(TProtocol(PROTOCOL_ID), reset_all)
+        assert ID.from_base58(p1["peer_id"]) in libp2p_host(host).get_network().connections
         cmd = [sys.executable, "-m", "node", "--home", str(network.root / "req"), "offers",
                "--bootstrap", p1["addr"], "--json"]
         with trio.fail_after(120):

@@ -59,14 +59,9 @@ def peer_errors(p: dict[str, Any]) -> dict[str, float]:
 async def serves_a_job(host: Host, p: dict[str, Any], root: Path, tag: str) -> None:
     script = root / f"{tag}.py"
     script.write_text(f"print('{tag}')\n")
-    from protocol import CapacityAd, Device, Price, Runtime
+    from tests.factories import dial_ad
 
-    ad = CapacityAd(peer_id=p["peer_id"], addrs=tuple(p["addrs"]), devices=(Device(
-        kind="cpu", model="", memory_mb=1, compute_capability="", count=1, gflops=0.0),),
-        cpus=1, memory_mb=1, price=Price(),
-        runtimes=(Runtime(name="python3", version="", packages={}, digest=""),),
-        sandbox_tier="none", region="", coords=(), cached=(), load=0.0, seq=0,
-        expires=int(time.time() * 1000) + 60_000)
+    ad = dial_ad(p["peer_id"], p["addrs"], expires=int(time.time() * 1000) + 60_000)
     with trio.fail_after(90):
         outcome = await run_job(host, ad, JobRequest(script=script), root / f"out-{tag}")
     assert outcome.result.stdout == f"{tag}\n"

@@ -86,14 +86,9 @@ async def test_provider_names_each_bad_request_and_keeps_serving(network: Networ
         again = await exchange(host, peer, addrs, once)
         assert isinstance(again, wire.ErrorReply) and again.code == "replayed"
 
-        from protocol import CapacityAd, Device, Price, Runtime
+        from tests.factories import dial_ad
 
-        ad = CapacityAd(peer_id=peer, addrs=tuple(addrs), devices=(Device(
-            kind="cpu", model="", memory_mb=1, compute_capability="", count=1, gflops=0.0),),
-            cpus=1, memory_mb=1, price=Price(),
-            runtimes=(Runtime(name="python3", version="", packages={}, digest=""),),
-            sandbox_tier="none", region="", coords=(), cached=(), load=0.0, seq=0,
-            expires=int(time.time() * 1000) + 60_000)
+        ad = dial_ad(peer, addrs, expires=int(time.time() * 1000) + 60_000)
         with trio.fail_after(60):
             outcome = await run_job(host, ad, JobRequest(script=script),
                                     network.root / "out")

@@ -175,7 +175,7 @@ def test_bad_frames_are_refused(data: bytes, error: type[Exception], message: st
 
 def test_field_type_error_of_a_frame_field() -> None:
     with pytest.raises(FieldTypeError, match=r"^Running\.elapsed_s must be a float$"):
-        decode(frame_doc("running", {"elapsed_s": 1}))
+        decode(frame_doc("running", {"elapsed_s": True}))
 
 
 def test_chunk_constructor_refuses_traversal_locally() -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import CapacityAd, Device, Identity, Price, Resources, Runtime
+from protocol import CapacityAd, Device, Identity, Price, Resources
 from scheduler.book import OfferBook
 from scheduler.scoring import (
     DefaultStrategy,
@@ -21,6 +21,7 @@ from scheduler.scoring import (
     rank,
 )
 from scheduler.vivaldi import Coord
+from tests.factories import cpu_device, plain_ad
 
 NOW = 1_000_000
 PEERS = [Identity.generate().peer_id for _ in range(6)]
@@ -42,15 +43,11 @@ def gpu(gflops: float, count: int) -> Device:
 def ad(peer: int, seq: int = 1, groups: int = 1, **changes: object) -> CapacityAd:
     """An ad with `groups` distinct kinds of GPU (0-3)."""
     gpus = (gpu(1000.0 * (peer + 1), 1 + peer % 3), gpu(700.0, 1), gpu(5000.0, 2))[:groups]
-    base = CapacityAd(
-        peer_id=PEERS[peer], addrs=(), cpus=8, memory_mb=8192,
-        devices=(Device(kind="cpu", model="c", memory_mb=1, compute_capability="", count=1,
-                        gflops=100.0), *gpus),
-        runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),),
-        price=Price(per_gpu_second=100 * (peer + 1), start=seq), sandbox_tier="A", region="",
-        coords=(float(peer), 0.0, 1.0, 0.2), cached=(), load=0.0, seq=seq,
-        expires=NOW + 1000)
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return plain_ad(**{
+        "peer_id": PEERS[peer], "cpus": 8, "devices": (cpu_device(memory_mb=1, gflops=100.0),
+                                                        *gpus),
+        "price": Price(per_gpu_second=100 * (peer + 1), start=seq), "sandbox_tier": "A",
+        "coords": (float(peer), 0.0, 1.0, 0.2), "seq": seq, **changes})
 
 
 def check_against_reference(book: OfferBook, want: dict[str, CapacityAd]) -> None:

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from protocol import CapacityAd, Device, Price, Resources
 from scheduler.decide import LocalCapacity, Plan, allocate, decide, gflop_estimate
 from scheduler.scoring import JobEstimate, Observations, rank
-from tests.scheduler.ads import NOW, ad
+from tests.factories import NOW
+from tests.factories import plain_ad as ad
 
 
 def cpu_ad(gflops: float, *, per_cpu_second: int = 0, load: float = 0.0) -> CapacityAd:

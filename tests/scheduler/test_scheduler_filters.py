@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from protocol import Device, Price, Runtime
 from scheduler import filters
 from scheduler.filters import FIELDS, Filter, FilterError, parse
-from tests.scheduler.ads import NOW, ad
+from tests.factories import NOW
+from tests.factories import plain_ad as ad
 
 SHA = "ab" * 32
 FIELD_LIST = ", ".join(FIELDS)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import CapacityAd, Device, Identity, Price, Resources, Runtime
+from protocol import CapacityAd, Device, Identity, Price, Resources
 from scheduler.scoring import (
     AdColumns,
     DefaultStrategy,
@@ -22,6 +22,7 @@ from scheduler.scoring import (
     rank,
 )
 from scheduler.vivaldi import Coord, to_ad
+from tests.factories import plain_ad
 
 NOW = 1_000_000
 PEERS = [Identity.generate().peer_id for _ in range(6)]
@@ -45,12 +46,8 @@ def gpu(gflops: float, count: int = 1, utilization: float = 0.0) -> Device:
 
 
 def ad(peer: int = 0, **changes: object) -> CapacityAd:
-    base = CapacityAd(
-        peer_id=PEERS[peer], addrs=(), cpus=2, memory_mb=8192, devices=(cpu(),),
-        runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),),
-        price=Price(per_cpu_second=100), sandbox_tier="A", region="", coords=(), cached=(),
-        load=0.0, seq=1, expires=NOW + 1000)
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return plain_ad(**{"peer_id": PEERS[peer], "cpus": 2, "devices": (cpu(),),
+                       "price": Price(per_cpu_second=100), "sandbox_tier": "A", **changes})
 
 
 def best(ads: list[CapacityAd], job: JobEstimate = CPU_JOB, obs: Observations = OBS,

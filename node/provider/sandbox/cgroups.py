@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from node.provider.sandbox.errors import SandboxError
+from node.errors import CgroupError as CgroupError
 
 BASE = "offload"
 LEAF = "offload-daemon"
@@ -43,10 +43,6 @@ BASIC_DEVICES = (  # null, zero, full, random, urandom, tty, ptmx, pts
 _NAME = re.compile(r"job-[A-Za-z0-9_.-]{1,64}")
 _DEVICE_RULE = re.compile(r"[abc] (\*|\d+):(\*|\d+) [rwm]{1,3}")
 _HINT = "run the daemon as root or in a delegated cgroup (systemd Delegate=yes)"
-
-
-class CgroupError(SandboxError):
-    """A cgroup could not be created, limited, emptied or removed; the message says why."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -481,7 +477,6 @@ class CgroupManager:
                 base.rmdir()
             except OSError:
                 pass
-
 
 
 def detect_usable(*, base: str = BASE, root: Path = Path("/sys/fs/cgroup"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from node.home import Home
 from node.provider.sandbox import runtime, users
 from node.provider.sandbox.errors import SandboxError
 
@@ -42,7 +43,7 @@ async def full_check(home: Path) -> dict[str, Any]:
         sandbox = Sandbox(users=users.UserPool(users.lookup(2)), cgroups=cgroups,
                           runtime=runtime.describe())
         try:
-            report = await check(sandbox, key_file=home / "identity.key", quick=False)
+            report = await check(sandbox, key_file=Home(home).identity, quick=False)
         finally:
             cgroups.cleanup_stale()
             cgroups.remove_bases()

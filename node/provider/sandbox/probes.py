@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pwd
 import secrets
 import socket
 import subprocess
@@ -302,16 +301,3 @@ def leftover_processes(marker: str, uid: int | None = None) -> list[int]:
         if marker.encode() in cmd and (uid is None or owner == uid) and _alive(int(entry.name)):
             found.append(int(entry.name))
     return found
-
-
-def user_processes(name: str) -> list[int]:
-    uid = pwd.getpwnam(name).pw_uid
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid and _alive(int(entry.name)):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids

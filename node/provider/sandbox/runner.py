@@ -45,7 +45,7 @@ from node.provider.sandbox.users import JobUser, UserPool
 from protocol.messages import MAX_OUTPUT_TEXT
 
 log = logging.getLogger(__name__)
-SANDBOX_ROOT = Path(os.environ.get("OFFLOAD_SANDBOX_ROOT", "/var/lib/offload"))
+DEFAULT_SANDBOX_ROOT = Path("/var/lib/offload")
 LAUNCHER = Path(launch.__file__).resolve()
 LANDLOCK = Path(landlock.__file__).resolve()
 
@@ -77,11 +77,16 @@ def job_env(limits: JobLimits, extra: Mapping[str, str] | None = None) -> dict[s
     return env
 
 
+def sandbox_root() -> Path:
+    """Where job dirs live: $OFFLOAD_SANDBOX_ROOT, read at each call, else /var/lib/offload."""
+    return Path(os.environ.get("OFFLOAD_SANDBOX_ROOT") or DEFAULT_SANDBOX_ROOT)
+
+
 class Sandbox:
     """Factory of SandboxJobs on this host; one per provider daemon."""
 
     def __init__(self, *, users: UserPool, cgroups: CgroupManager, runtime: RuntimeInfo,
-                 root: Path = SANDBOX_ROOT, gpus: Sequence[Gpu] = (),
+                 root: Path | None = None, gpus: Sequence[Gpu] = (),
                  bwrap: str | None = None, tier: Literal["A", "B"] = "A",
                  home_lock: Path | None = None) -> None:
         self.tier = tier
@@ -90,7 +95,7 @@ class Sandbox:
         self.users = users
         self.cgroups = cgroups
         self.runtime = runtime
-        self.root = root
+        self.root = root = root or sandbox_root()
         self.jobs_dir = root / "jobs" / cgroups.base
         self.gpus = list(gpus)
         self.gpu_libraries = driver_libraries() if self.gpus else []

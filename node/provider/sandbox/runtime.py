@@ -13,7 +13,7 @@ from pathlib import Path
 
 from node.provider.sandbox.errors import SandboxUnavailable
 
-RUNTIME_ROOT = Path(os.environ.get("OFFLOAD_RUNTIME_ROOT", "/opt/offload/runtimes"))
+DEFAULT_RUNTIME_ROOT = Path("/opt/offload/runtimes")
 DEFAULT_RUNTIME = "python3"
 DEFAULT_PACKAGES = ("torch==2.13.0", "numpy==2.4.6", "cloudpickle==3.1.2")
 MANIFEST = "offload-runtime.json"
@@ -44,11 +44,17 @@ class RuntimeInfo:
         return None
 
 
-def runtime_dir(name: str = DEFAULT_RUNTIME, root: Path = RUNTIME_ROOT) -> Path:
-    return root / name
+def runtime_root() -> Path:
+    """Where runtimes live: $OFFLOAD_RUNTIME_ROOT, read at each call, else /opt/offload/runtimes."""
+    return Path(os.environ.get("OFFLOAD_RUNTIME_ROOT") or DEFAULT_RUNTIME_ROOT)
 
 
-def describe(name: str = DEFAULT_RUNTIME, root: Path = RUNTIME_ROOT) -> RuntimeInfo:
+def runtime_dir(name: str = DEFAULT_RUNTIME, root: Path | None = None) -> Path:
+    return (root or runtime_root()) / name
+
+
+def describe(name: str = DEFAULT_RUNTIME, root: Path | None = None) -> RuntimeInfo:
+    root = root or runtime_root()
     path = runtime_dir(name, root)
     try:
         doc = json.loads((path / MANIFEST).read_text())
@@ -77,8 +83,9 @@ def from_interpreter(python: Path, name: str = DEFAULT_RUNTIME) -> RuntimeInfo:
 
 
 def install(name: str = DEFAULT_RUNTIME, packages: Sequence[str] = DEFAULT_PACKAGES, *,
-            python: str = "/usr/bin/python3", root: Path = RUNTIME_ROOT) -> RuntimeInfo:
+            python: str = "/usr/bin/python3", root: Path | None = None) -> RuntimeInfo:
     """Build (or reuse) a venv from the system Python, world-readable, and write its manifest."""
+    root = root or runtime_root()
     path = runtime_dir(name, root)
     try:
         existing = json.loads((path / MANIFEST).read_text())

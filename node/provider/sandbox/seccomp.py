@@ -11,13 +11,9 @@ import errno
 import platform
 import struct
 
-from node.provider.sandbox.errors import SandboxUnavailable
+from node.errors import SeccompUnsupported as SeccompUnsupported
 
 __all__ = ["SeccompUnsupported", "build_filter", "describe"]
-
-
-class SeccompUnsupported(SandboxUnavailable):
-    """This architecture has no syscall table here; run jobs on x86_64 or aarch64."""
 
 
 # struct seccomp_data: nr at 0, arch at 4, args[i] (u64) at 16 + 8 * i, low word first.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli.jobs import split_script_argv as split_submit_argv
+from node.cli.common import split_script_argv as split_submit_argv
 
 
 @pytest.mark.parametrize(("argv", "ours", "theirs"), [

@@ -24,21 +24,17 @@ from node.net.discovery import (
     rendezvous_key,
     retry,
 )
-from node.net.host import open_host
-from protocol import CapacityAd, Device, Expired, Identity, Price, Runtime, sign
+from node.net.host import libp2p_host, open_host
+from protocol import CapacityAd, Expired, Identity, sign
+from tests.factories import cpu_device, plain_ad
 
 NOW_MS = 1_800_000_000_000
 
 
 def make_ad(identity: Identity, *, seq: int = 1, expires: int = NOW_MS + 120_000) -> CapacityAd:
-    return CapacityAd(
-        peer_id=identity.peer_id, addrs=("/ip4/127.0.0.1/tcp/4001",),
-        devices=(Device(kind="cpu", model="test", memory_mb=1024, compute_capability="",
-                        count=1, gflops=0.0),),
-        cpus=2, memory_mb=1024,
-        runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),),
-        price=Price(), sandbox_tier="none", region="", coords=(), cached=(), load=0.0,
-        seq=seq, expires=expires)
+    return plain_ad(peer_id=identity.peer_id, addrs=("/ip4/127.0.0.1/tcp/4001",),
+                    devices=(cpu_device(model="test", memory_mb=1024),), cpus=2,
+                    memory_mb=1024, seq=seq, expires=expires)
 
 
 def test_ad_keys_fit_the_dht_limit_and_rendezvous_is_a_cid() -> None:
@@ -180,7 +176,7 @@ async def _hold_silent_streams(host: Any, server: Any, n: int) -> list[Any]:
     from libp2p.custom_types import TProtocol
     from libp2p.kad_dht.common import PROTOCOL_ID
 
-    return [await host.raw.new_stream(server, [TProtocol(PROTOCOL_ID)]) for _ in range(n)]
+    return [await libp2p_host(host).new_stream(server, [TProtocol(PROTOCOL_ID)]) for _ in range(n)]
 
 
 async def test_silent_dht_streams_neither_lock_out_others_nor_hold_slots_forever() -> None:
@@ -255,7 +251,7 @@ async def test_search_names_providers_it_could_not_reach_apart_from_gone_ones() 
     async with open_host(me, ["/ip4/127.0.0.1/tcp/0"]) as server_host, \
             open_discovery(server_host, server=True, clock=time.time) as server, \
             open_host(hostile, ["/ip4/127.0.0.1/tcp/0"]) as bad:
-        bad.raw.set_stream_handler(TProtocol(PROTOCOL_ID), reset_all)
+        libp2p_host(bad).set_stream_handler(TProtocol(PROTOCOL_ID), reset_all)
         await server.advertise(signed, ["cpu"])
         key = _encode_key(rendezvous_key("cpu"))
         for who, addr in ((hostile, bad.addrs()[0].rpartition("/p2p/")[0]), (dead, dead_addr)):

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from node.errors import PeerRefused, PeerTimeout
-from node.net.host import Stream
+from node.net.host import FramedStream
 from node.net.transfer import (
     MIN_RATE_BPS,
     STALL_S,
@@ -44,14 +44,8 @@ from protocol import wire
 PEER = "12D3KooWPeerOnTheOtherEndOfAMemoryStream"
 
 
-class _Conn:
-    peer_id = PEER
-
-
 class _Raw:
     """A libp2p-like stream over one of trio's in-memory byte streams."""
-
-    muxed_conn = _Conn()
 
     def __init__(self, s: trio.abc.Stream) -> None:
         self._s = s
@@ -69,10 +63,10 @@ class _Raw:
         await self._s.aclose()
 
 
-def _pair(lockstep: bool = False) -> tuple[Stream, Stream]:
+def _pair(lockstep: bool = False) -> tuple[FramedStream, FramedStream]:
     a, b = (trio.testing.lockstep_stream_pair() if lockstep
             else trio.testing.memory_stream_pair())
-    return Stream(_Raw(a)), Stream(_Raw(b))
+    return FramedStream(_Raw(a), remote_peer=PEER), FramedStream(_Raw(b), remote_peer=PEER)
 
 
 def _blob(tmp_path: Path, size: int) -> tuple[Path, str]:

@@ -15,7 +15,7 @@ import pytest
 
 from ledger import Ledger
 from ledger.errors import LedgerUnavailable
-from node.cli.ledger import LEDGER_FILE
+from node.home import LEDGER_FILE
 from node.net.peers import PeerBook
 from node.requester.escrows import Lease, read_leases
 from node.requester.payments import Payments

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger
-from node.cli.ledger import LEDGER_FILE
+from node.home import LEDGER_FILE
 from node.requester.escrows import (
     LEASES,
     ORPHAN_GRACE_S,

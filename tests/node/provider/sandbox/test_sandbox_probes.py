@@ -28,9 +28,9 @@ def ctx(tmp_path: Path) -> Iterator[ProbeContext]:
 
 
 def _runtime_dir() -> Path:
-    from node.provider.sandbox.runtime import RUNTIME_ROOT
+    from node.provider.sandbox.runtime import runtime_root
 
-    return RUNTIME_ROOT / "python3"
+    return runtime_root() / "python3"
 
 
 @pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.name)

@@ -1,9 +1,9 @@
-"""Requirement filters and offer ranking. This issue's rule: the first valid offer wins."""
+"""A job's hard needs (runtime, cpus, memory, gpus, sandbox tiers, --where) and the check
+of an ad against them; what passes is ranked by scoring.py."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 from protocol import CapacityAd
 from scheduler.filters import Filter
@@ -30,10 +30,3 @@ def meets(ad: CapacityAd, req: Requirements, *, now_ms: int) -> bool:
     if gpus < req.gpus or ad.sandbox_tier not in req.tiers:
         return False
     return req.where is None or req.where(ad, now_ms=now_ms)
-
-
-def rank_offers(ads: Sequence[CapacityAd], req: Requirements, *,
-                now_ms: int) -> list[CapacityAd]:
-    """Offers that meet `req`, best first: least loaded, then in discovery order."""
-    eligible = [ad for ad in ads if meets(ad, req, now_ms=now_ms)]
-    return sorted(eligible, key=lambda ad: ad.load)

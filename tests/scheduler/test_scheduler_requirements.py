@@ -1,12 +1,13 @@
-"""Requirement filters and the first-valid-offer ranking."""
+"""Requirement checks of an ad against a job's hard needs."""
 
 from __future__ import annotations
 
 import pytest
 
 from protocol import Device
-from scheduler import Requirements, meets, rank_offers
-from tests.scheduler.ads import NOW, ad
+from scheduler import Requirements, meets
+from tests.factories import NOW
+from tests.factories import plain_ad as ad
 
 
 @pytest.mark.parametrize(("changes", "req", "ok"), [
@@ -22,8 +23,3 @@ from tests.scheduler.ads import NOW, ad
 ])
 def test_meets(changes: dict[str, object], req: Requirements, ok: bool) -> None:
     assert meets(ad(**changes), req, now_ms=NOW) is ok
-
-
-def test_rank_prefers_the_least_loaded_and_drops_the_ineligible() -> None:
-    busy, idle, dead = ad(load=0.9), ad(load=0.1), ad(expires=NOW - 1)
-    assert rank_offers([busy, dead, idle], Requirements(), now_ms=NOW) == [idle, busy]

@@ -1,0 +1,95 @@
+"""What the verb modules share: argv splitting, output, and the requester core from flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from node.config import resolve_list
+from node.home import resolve_home
+from node.requester.events import Emit, ignore
+from node.requester.payments import Swept
+from node.requester.session import Job, Session
+
+OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out", "--config",
+                      "--cpus", "--memory", "--disk", "--gpus", "--max-price", "--runtime",
+                      "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
+                      "--gflop", "--items", "--workers", "--hold",
+                      "--per-provider"}
+FLAGS = {"--json", "-h", "--help", "--follow"}
+SCRIPT_VERBS = ("submit", "plan", "map")
+
+
+def split_script_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """For submit/plan/map: our options anywhere; other words after SCRIPT go to it."""
+    i = next((n for n, w in enumerate(argv) if w in SCRIPT_VERBS), None)
+    if i is None:
+        return list(argv), []
+    ours, theirs = list(argv[: i + 1]), []
+    rest = list(argv[i + 1:])
+    seen_script = False
+    while rest:
+        word = rest.pop(0)
+        name = word.split("=", 1)[0]
+        if seen_script and word == "--":
+            theirs += rest
+            break
+        if name in OPTIONS_WITH_VALUE:
+            ours.append(word)
+            if "=" not in word and rest:
+                ours.append(rest.pop(0))
+        elif name in FLAGS or not seen_script:
+            ours.append(word)
+            seen_script = seen_script or not word.startswith("-")
+        else:
+            theirs.append(word)
+    return ours, theirs
+
+
+def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    """One JSON document with --json, else the text."""
+    print(json.dumps(doc) if getattr(args, "json", False) else text)
+
+
+def bootstrap(args: argparse.Namespace, file: Sequence[str] = ()) -> list[str]:
+    """--bootstrap, else OFFLOAD_BOOTSTRAP, else the config file's."""
+    return resolve_list(args.bootstrap, "OFFLOAD_BOOTSTRAP", file)
+
+
+def job_from(args: argparse.Namespace) -> Job:
+    """The one job description from submit/plan/map's flags."""
+    return Job(args.script, args=tuple(args.script_args), files=tuple(args.file),
+               gpus=args.gpus, cpus=args.cpus, memory_gb=args.memory, disk_gb=args.disk,
+               timeout=args.timeout, max_price=args.max_price, runtime=args.runtime,
+               where=args.where, provider=getattr(args, "provider", None),
+               redundancy=getattr(args, "redundancy", 1),
+               verify=getattr(args, "verify", "none"),
+               tolerance=getattr(args, "tolerance", None),
+               deadline=getattr(args, "deadline", None), gflop=args.gflop,
+               hold=getattr(args, "hold", None))
+
+
+def session_from(args: argparse.Namespace, *, emit: Emit = ignore,
+                 config: Path | None = None) -> Session:
+    """The requester core for a verb: --home, --bootstrap (else OFFLOAD_BOOTSTRAP, else
+    the config's), the config's defaults; errors name the flags (`--timeout ...`)."""
+    from node.config import load_requester
+
+    settings = load_requester(config)
+    return Session(home=resolve_home(args.home),
+                   bootstrap=bootstrap(args, settings.bootstrap),
+                   settings=settings, emit=emit, prefix="--")
+
+
+def report_swept(swept: Swept) -> None:
+    """One stderr line per orphaned escrow settled (stdout stays one document)."""
+    for job_id in swept.released:
+        print(f"offload: job {job_id[:12]}: its process had died; the provider proved a "
+              "verified result, so its charge was paid and the rest refunded", file=sys.stderr)
+    for job_id in swept.refunded:
+        print(f"offload: job {job_id[:12]}: its process had died; escrow refunded",
+              file=sys.stderr)

@@ -1,0 +1,281 @@
+"""The provider's side of the job and settle exchanges, driven by protocol/exchange.py.
+
+Every stream is wrapped in its exchange table (node/net/guard.py), so a frame out of order
+is refused there (`OutOfOrder`, answered as `bad_request`); the checks here are about
+values: signatures, addressing, freshness, price, capacity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+import trio
+
+from ledger import ReceiptRefused, RemoteLedgerError
+from node.net.guard import guarded
+from node.net.host import Stream
+from node.net.transfer import send_file, transfer_deadline
+from node.provider.admission import Busy, Ticket
+from node.provider.executor import SandboxExecutor
+from node.provider.jobio import collect_outputs, receive_inputs
+from node.provider.live import LIVE_BACKLOG, forward_output, offer
+from node.provider.replies import REFUSAL_OUTCOME, error_code, error_text, refuse, try_send
+from node.provider.runner import output_sink
+from node.provider.sandbox.errors import LaunchFailed
+from protocol import (
+    BadSignature,
+    Expired,
+    FrameTooLarge,
+    JobResult,
+    JobSpec,
+    MalformedMessage,
+    ProtocolError,
+    Quote,
+    Replayed,
+    Usage,
+    ValueOutOfRange,
+    check_receipt,
+    check_spec_fresh,
+    open_signed,
+    sign,
+    wire,
+)
+from protocol.exchange import JOB, SETTLE
+from protocol.messages import clip_text
+from scheduler.pricing import charge, credits
+
+if TYPE_CHECKING:
+    from node.provider.daemon import Provider
+
+log = logging.getLogger("node.provider.daemon")
+
+MAX_INPUT_BYTES = 512 * 1024 * 1024
+HEARTBEAT_S = 2.0
+SETTLE_IDLE_S = 10.0
+FIRST_FRAME_S = 10.0
+"""A stream that sends no job spec within this is closed (silent streams hold shares)."""
+
+
+async def handle_settle(p: Provider, raw: Stream) -> None:
+    """A requester's receipt for one of our jobs, and its cheque when it paid; or its
+    question for the signed result of a job it lost (`result_query`)."""
+    stream = guarded(raw, SETTLE, "provider")
+    try:
+        frame = await stream.receive_within(SETTLE_IDLE_S, "a settle frame")
+        if isinstance(frame, wire.ResultQuery):
+            await p.results.answer(stream, frame.job_id)
+            return
+        assert isinstance(frame, wire.Settle | wire.ErrorReply)  # the table allows no other
+        if isinstance(frame, wire.ErrorReply):
+            return
+        receipt = check_receipt(frame.receipt, p.now_ms())
+        if receipt.provider != p.identity.peer_id or receipt.requester != stream.remote_peer:
+            raise ReceiptRefused("the receipt is not about a job this peer gave us")
+        if frame.cheque:
+            await trio.to_thread.run_sync(p.ledger.accept_cheque, frame.cheque)
+        await trio.to_thread.run_sync(p.ledger.record_receipt, frame.receipt)
+        await p.gossip.publish(frame.receipt)  # the requester gossips it too; we stay online
+    except (ProtocolError, RemoteLedgerError) as exc:
+        p.peer_errors.failed("settle exchange", stream.remote_peer, exc)
+        await refuse(stream, "too_large" if isinstance(exc, FrameTooLarge) else "payment",
+                     str(exc))
+        return
+    except Exception as exc:  # e.g. the ledger's disk: the peer hears a named error
+        p.peer_errors.failed("settle exchange", stream.remote_peer, exc)
+        await try_send(stream, wire.ErrorReply(code=error_code(exc), message=error_text(exc)))
+        return
+    log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
+             receipt.requester[:16], receipt.outcome, credits(receipt.charge))
+    await try_send(stream, wire.SettleAck(job_id=receipt.job_id))
+
+
+async def handle_job(p: Provider, raw: Stream) -> None:
+    """One job exchange; every failure ends in a named error frame, never a traceback."""
+    stream = guarded(raw, JOB, "provider")
+    if not p.admission.open_stream():
+        await try_send(stream, wire.ErrorReply(
+            code="busy", message="too many open job streams",
+            retry_after_s=p.admission.retry_after_s))
+        return
+    try:
+        await _serve(p, stream)
+    except Exception as exc:  # the boundary: the peer hears a named error, we go on
+        p.peer_errors.failed("job exchange", stream.remote_peer, exc)
+        await try_send(stream, wire.ErrorReply(code=error_code(exc), message=error_text(exc)))
+    finally:
+        p.admission.close_stream()
+
+
+async def _serve(p: Provider, stream: Stream) -> None:
+    frame = await stream.receive_within(FIRST_FRAME_S, "job")
+    if not isinstance(frame, wire.SubmitJob):  # an error frame: the requester gave up
+        return
+    try:
+        signed = open_signed(frame.spec, JobSpec)
+    except ProtocolError as exc:
+        await refuse(stream, "bad_signature" if isinstance(exc, BadSignature)
+                     else "bad_request", str(exc))
+        return
+    spec, job_id = signed.message, signed.digest
+    refusal = check_spec(p, spec, stream.remote_peer)
+    if refusal:
+        p.metrics.jobs_total.labels(outcome=REFUSAL_OUTCOME.get(refusal[0], "refused")).inc()
+        await refuse(stream, *refusal)
+        return
+    try:
+        check_spec_fresh(spec, now_ms=p.now_ms())
+        p.replay.check_and_remember(job_id, now_ms=p.now_ms())
+    except Expired as exc:
+        await refuse(stream, "expired", str(exc))
+        return
+    except Replayed as exc:
+        await refuse(stream, "replayed", str(exc))
+        return
+    if p.draining:
+        await refuse(stream, "draining", "this provider is shutting down; use another")
+        return
+    try:
+        quote = p.quote(spec, job_id)
+    except ValueOutOfRange:
+        await refuse(stream, "price", "price: this job could cost more than any ledger "
+                     "holds; ask for less time or fewer resources")
+        return
+    if spec.max_price is not None and quote.max_charge > spec.max_price:
+        p.metrics.jobs_total.labels(outcome="price").inc()
+        await refuse(stream, "price", f"price: this job can cost up to "
+                     f"{credits(quote.max_charge)} credits here, above your cap of "
+                     f"{credits(spec.max_price)}")
+        return
+    try:
+        ticket = p.admission.admit(stream.remote_peer)
+    except Busy as exc:
+        p.metrics.jobs_total.labels(outcome="busy").inc()
+        await try_send(stream, wire.ErrorReply(code="busy", message=str(exc),
+                                               retry_after_s=exc.retry_after_s))
+        return
+    try:
+        await stream.send(wire.QuoteOffer(quote=sign(quote, p.identity).raw))
+        answer = await stream.receive_within(p.config.quote_hold_s, "quote acceptance")
+        if isinstance(answer, wire.ErrorReply):
+            log.info("job %s: quote declined (%s)", job_id[:12], answer.message)
+            return
+        assert isinstance(answer, wire.QuoteAccept)  # the table allows no other
+        if answer.job_id != job_id:
+            raise MalformedMessage("the quote acceptance names another job")
+        await _queue(p, stream, ticket)
+        p.running += 1
+        try:
+            await _run(p, stream, spec, job_id, quote)
+        except* LaunchFailed as group:  # e.g. EAGAIN from the kernel: try elsewhere
+            p.metrics.jobs_total.labels(outcome="busy").inc()
+            await refuse(stream, "busy", f"the job's sandbox could not start here "
+                         f"({group.exceptions[0]}); try again or another provider")
+        finally:
+            p.running -= 1
+            p.last_job_end = time.monotonic()
+    finally:
+        p.admission.release(ticket)
+
+
+async def _queue(p: Provider, stream: Stream, ticket: Ticket) -> None:
+    """Wait for the ticket's slot, telling the requester its place every few seconds."""
+    if ticket.has_slot:
+        return
+
+    async def tell(pos: int) -> None:
+        await stream.send(wire.Queued(position=pos))
+
+    async with trio.open_nursery() as nursery:
+        async def keep_telling() -> None:
+            while True:
+                await trio.sleep(HEARTBEAT_S)
+                await stream.send(wire.Queued(position=max(1, p.admission.position(ticket))))
+
+        nursery.start_soon(keep_telling)
+        await p.admission.wait(ticket, tell)
+        nursery.cancel_scope.cancel()
+
+
+def check_spec(p: Provider, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, str] | None:
+    """Why this provider will not run `spec` from `peer` (code and text), or None."""
+    if p.executor is None:
+        return ("no_sandbox", f"this provider runs no remote jobs: {p.setup.reason}")
+    if spec.provider != p.identity.peer_id:
+        return ("wrong_provider", "this job spec is addressed to another provider")
+    if spec.requester != peer:
+        return ("bad_request", "the job spec was signed by a peer other than the sender")
+    if spec.runtime != p.setup.runtime.name:
+        return ("bad_request", f"runtime {spec.runtime!r} is not offered here")
+    free_gpus = p.executor.gpus.free if isinstance(p.executor, SandboxExecutor) else 0
+    if spec.resources.gpus > free_gpus:
+        return ("busy" if p.gpu_devices() else "bad_request",
+                f"{spec.resources.gpus} GPU(s) asked, {free_gpus} free here")
+    if spec.resources.max_seconds > p.config.max_seconds:
+        return ("bad_request", f"max_seconds above this provider's {p.config.max_seconds}")
+    if sum(f.size for f in spec.inputs) > MAX_INPUT_BYTES:
+        return ("too_large", f"inputs exceed {MAX_INPUT_BYTES} bytes")
+    return None
+
+
+async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Quote) -> None:
+    assert p.executor is not None
+    async with p.executor.slot(spec, job_id) as slot:
+        await receive_inputs(stream, spec, job_id, slot, cache=p.cache, metrics=p.metrics,
+                             on_cached=p.wake_advertiser)
+        log.info("job %s from %s: running %s", job_id[:12], spec.requester[:16],
+                 spec.entrypoint)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_heartbeat, stream)
+            send, recv = trio.open_memory_channel[tuple[str, bytes]](LIVE_BACKLOG)
+            async with trio.open_nursery() as forwarding:
+                forwarding.start_soon(forward_output, stream, recv)
+                with send:
+                    token = output_sink.set(partial(offer, send))
+                    try:
+                        ex = await slot.run()
+                    finally:
+                        output_sink.reset(token)
+                forwarding.cancel_scope.deadline = trio.current_time() + 2.0
+            # heartbeats go on while outputs are hashed (large outputs, slow disks)
+            outputs = await trio.to_thread.run_sync(collect_outputs, slot.out_dir)
+            nursery.cancel_scope.cancel()
+        proc = ex.process
+        price_charged = charge(
+            p.config.price, spec.resources, cpu_s=proc.cpu_s, wall_s=proc.wall_s,
+            bytes_in=sum(f.size for f in spec.inputs),
+            bytes_out=sum(o.size for o, _ in outputs), quoted=quote.max_charge)
+        stdout, out_clipped = clip_text(proc.stdout)
+        stderr, err_clipped = clip_text(proc.stderr)
+        result = JobResult(
+            job_id=job_id, provider=p.identity.peer_id, requester=spec.requester,
+            status=proc.status, exit_code=proc.exit_code, stdout=stdout, stderr=stderr,
+            stdout_truncated=proc.stdout_truncated or out_clipped,
+            stderr_truncated=proc.stderr_truncated or err_clipped,
+            outputs=tuple(o for o, _ in outputs), limits_hit=ex.limits_hit,
+            usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3),
+                        gpu_s=0.0, peak_memory_mb=proc.peak_memory_mb),
+            sandbox=ex.profile, price_charged=price_charged, finished_at=p.now_ms())
+        signed = sign(result, p.identity)
+        await trio.to_thread.run_sync(p.results.put, job_id, signed.raw)
+        m = p.metrics
+        m.jobs_total.labels(outcome=proc.status).inc()
+        m.job_seconds.observe(proc.wall_s)
+        m.earnings_total.inc(price_charged)
+        await stream.send(wire.ResultReady(result=signed.raw))
+        with transfer_deadline(sum(o.size for o, _ in outputs), f"the outputs of job "
+                               f"{job_id[:12]}"):
+            for out, path in outputs:
+                await send_file(stream, out.name, path)
+                m.bytes_out_total.inc(out.size)
+    log.info("job %s: %s (exit %d%s) in %.2f s", job_id[:12], proc.status, proc.exit_code,
+             f", hit {','.join(ex.limits_hit)}" if ex.limits_hit else "", proc.wall_s)
+
+
+async def _heartbeat(stream: Stream) -> None:
+    started = time.monotonic()
+    while True:
+        await trio.sleep(HEARTBEAT_S)
+        await stream.send(wire.Running(elapsed_s=round(time.monotonic() - started, 3)))

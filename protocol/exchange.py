@@ -1,0 +1,166 @@
+"""The job and settle exchanges as transition tables, one view per role, sans-I/O (like h11).
+
+A `Table` lists every allowed step of one exchange as (state, sender, event, next state);
+an event is a frame type, or `inputs_done` (no needed input is left to receive), which the
+machine takes on its own. An `error` frame from either side ends every open state in
+`closed`. `Exchange` is one side's machine: feed it each frame this side sends
+(`send`) or receives (`receive`); a frame its table does not allow raises `OutOfOrder`
+(from the peer) or `SendOutOfOrder` (our own bug) and leaves the state as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from protocol import wire
+from protocol.errors import OutOfOrder, SendOutOfOrder
+
+Role = Literal["provider", "requester"]
+Direction = Literal["send", "receive"]
+ROLES: tuple[Role, Role] = ("provider", "requester")
+INPUTS_DONE = "inputs_done"
+"""The automatic event: the last needed input's final chunk arrived (or none was needed)."""
+CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    state: str
+    sender: Role | None
+    """Who sends the frame; None for the automatic `inputs_done`."""
+    event: str
+    next: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Table:
+    """One exchange: its stream protocol, start state, terminal states and steps."""
+
+    name: str
+    protocol: str
+    start: str
+    terminal: frozenset[str]
+    steps: tuple[Step, ...]
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {self.start: None}
+        for s in self.steps:
+            seen.setdefault(s.state)
+            seen.setdefault(s.next)
+        return tuple(seen)
+
+    def next_state(self, state: str, sender: Role | None, event: str) -> str | None:
+        for s in self.steps:
+            if (s.state, s.sender, s.event) == (state, sender, event):
+                return s.next
+        return None
+
+    def allowed(self, state: str, sender: Role) -> tuple[str, ...]:
+        """The frame types `sender` may send in `state`."""
+        return tuple(s.event for s in self.steps if s.state == state and s.sender == sender)
+
+    def for_role(self, role: Role) -> tuple[tuple[str, Direction, str, str], ...]:
+        """This table as one side sees it: (state, send|receive, frame type, next state)."""
+        return tuple((s.state, "send" if s.sender == role else "receive", s.event, s.next)
+                     for s in self.steps if s.sender is not None)
+
+
+def _with_errors(name: str, protocol: str, start: str, terminal: frozenset[str],
+                 steps: tuple[Step, ...]) -> Table:
+    """`steps`, and an `error` from either side in every state that is not terminal."""
+    open_states = dict.fromkeys(s.state for s in steps)
+    errors = tuple(Step(state, sender, wire.ErrorReply.type_name, CLOSED)
+                   for state in open_states for sender in ROLES)
+    return Table(name=name, protocol=protocol, start=start, terminal=terminal,
+                 steps=steps + errors)
+
+
+P: Role = "provider"
+R: Role = "requester"
+
+JOB = _with_errors("job", wire.JOB_PROTOCOL, "start", frozenset({CLOSED}), (
+    Step("start", R, wire.SubmitJob.type_name, "submitted"),
+    Step("submitted", P, wire.QuoteOffer.type_name, "quoted"),
+    Step("quoted", R, wire.QuoteAccept.type_name, "waiting"),
+    Step("waiting", P, wire.Queued.type_name, "waiting"),
+    Step("waiting", P, wire.Accepted.type_name, "inputs"),
+    Step("inputs", R, wire.Chunk.type_name, "inputs"),
+    Step("inputs", None, INPUTS_DONE, "running"),
+    Step("running", P, wire.Running.type_name, "running"),
+    Step("running", P, wire.Output.type_name, "running"),
+    Step("running", P, wire.ResultReady.type_name, "outputs"),
+    Step("outputs", P, wire.Chunk.type_name, "outputs"),
+))
+"""`/offload/job/1.0.0`. The stream ends after the last output chunk (the signed result
+names the outputs), or after an error frame."""
+
+SETTLE = _with_errors("settle", wire.SETTLE_PROTOCOL, "start", frozenset({"done", CLOSED}), (
+    Step("start", R, wire.Settle.type_name, "settling"),
+    Step("start", R, wire.ResultQuery.type_name, "querying"),
+    Step("settling", P, wire.SettleAck.type_name, "done"),
+    Step("querying", P, wire.ResultReady.type_name, "done"),
+))
+"""`/offload/settle/1.0.0`: a receipt (and cheque) acknowledged, or a lost result asked
+for again; one request, one answer."""
+
+TABLES = (JOB, SETTLE)
+
+
+class Exchange:
+    """One side of one exchange: the current state, moved only by frames its table allows."""
+
+    def __init__(self, table: Table, role: Role) -> None:
+        self.table = table
+        self.role = role
+        self.peer: Role = R if role == P else P
+        self.state = table.start
+        self._inputs_left = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.state in self.table.terminal
+
+    def send(self, frame: wire.Frame) -> None:
+        """Record a frame this side is about to send; SendOutOfOrder if the table forbids it."""
+        self._step(frame, self.role, SendOutOfOrder)
+
+    def receive(self, frame: wire.Frame) -> None:
+        """Record a frame the peer sent; OutOfOrder if the table forbids it."""
+        self._step(frame, self.peer, OutOfOrder)
+
+    def _step(self, frame: wire.Frame, sender: Role,
+              error: type[OutOfOrder] | type[SendOutOfOrder]) -> None:
+        nxt = self.table.next_state(self.state, sender, frame.type_name)
+        if nxt is None:
+            allowed = ", ".join(map(repr, self.table.allowed(self.state, sender)))
+            raise error(f"frame {frame.type_name!r} from the {sender} is out of order: in "
+                        f"state {self.state!r} of the {self.table.name} exchange the "
+                        f"{sender} may send {allowed or 'nothing'}")
+        if isinstance(frame, wire.Accepted):
+            self._inputs_left = len(frame.need)
+        elif isinstance(frame, wire.Chunk) and self.state == "inputs" and frame.final:
+            self._inputs_left -= 1
+        self.state = nxt
+        if self.state == "inputs" and self._inputs_left <= 0:
+            auto = self.table.next_state(self.state, None, INPUTS_DONE)
+            assert auto is not None
+            self.state = auto
+
+
+def markdown(table: Table) -> str:
+    """The table as SPEC.md shows it (a test keeps the two equal)."""
+    error = wire.ErrorReply.type_name
+    lines = [f"#### `{table.protocol}` ({table.name} exchange)", "",
+             "| state | sender | frame | next state |", "| --- | --- | --- | --- |"]
+    for s in table.steps:
+        if s.event != error:
+            frame = f"`{s.event}`" if s.sender else f"({s.event}: automatic)"
+            lines.append(f"| `{s.state}` | {s.sender or '-'} | {frame} | `{s.next}` |")
+    open_states = [s for s in table.states if s not in table.terminal]
+    lines += ["", f"Start state `{table.start}`; terminal: "
+              + ", ".join(f"`{t}`" for t in sorted(table.terminal)) + ". In "
+              + ", ".join(f"`{s}`" for s in open_states)
+              + f", either side may send `{error}`, which moves to `{CLOSED}`."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,13 @@
+"""protocol/errors.py draws its whole tree in its docstring."""
+
+from __future__ import annotations
+
+from protocol import errors
+from tests.errortree import drawn, tree_problems
+
+
+def test_the_docstring_tree_matches_the_classes() -> None:
+    assert tree_problems(errors) == []
+    tree = drawn(errors)
+    assert tree["ProtocolError"] is None
+    assert tree["LocalProtocolError"] == tree["RemoteProtocolError"] == "ProtocolError"
