@@ -22,11 +22,6 @@ from protocol.identity import Identity
 if TYPE_CHECKING:
     from ledger import Ledger
 
-KEY_FILE = "identity.key"
-LOCK_FILE = "provider.lock"
-LEDGER_FILE = "ledger.db"
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Home:
     """Every path under one node's home, by what it holds."""
@@ -36,16 +31,16 @@ class Home:
     @property
     def identity(self) -> Path:
         """The Ed25519 seed (0600)."""
-        return self.root / KEY_FILE
+        return self.root / "identity.key"
 
     @property
     def ledger(self) -> Path:
-        return self.root / LEDGER_FILE
+        return self.root / "ledger.db"
 
     @property
     def lock(self) -> Path:
         """A provider's flock on this home (HomeLock)."""
-        return self.root / LOCK_FILE
+        return self.root / "provider.lock"
 
     @property
     def peers(self) -> Path:
@@ -116,7 +111,9 @@ def atomic_write_json(path: Path, doc: Any, *, indent: int | None = None,
 
 
 def default_home() -> Path:
-    env = os.environ.get("OFFLOAD_HOME")
+    from node.config import resolve
+
+    env = resolve(None, "OFFLOAD_HOME")
     if env:
         return Path(env)
     import platformdirs

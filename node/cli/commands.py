@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import trio
 from node.cli import jobs as jobs_cli
 from node.cli import ledger as ledger_cli
 from node.cli.common import bootstrap, emit
+from node.config import resolve
 from node.home import init_identity, load_identity, resolve_home
 
 EXAMPLES = {
@@ -37,10 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="offload", description="Offload compute jobs to providers found over libp2p.",
         epilog="Every global flag has an OFFLOAD_* environment variable "
                "(OFFLOAD_HOME, OFFLOAD_BOOTSTRAP). OFFLOAD_DEBUG=1 shows tracebacks.")
-    p.add_argument("--home", default=os.environ.get("OFFLOAD_HOME"),
+    p.add_argument("--home",
                    help="node home (identity, jobs); default: the platform's data dir")
     p.add_argument("--log-format", choices=("text", "json"),
-                   default=os.environ.get("OFFLOAD_LOG_FORMAT", "text"),
                    help="logs on stderr as text lines or one JSON object per line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -60,7 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ready-file", type=Path, metavar="F",
                    help='write {"peer_id", "addrs"} here once listening and advertised')
     c.add_argument("--config", type=Path, metavar="FILE",
-                   default=os.environ.get("OFFLOAD_PROVIDER_CONFIG"),
                    help="provider.toml (see configs/); flags given here override it")
     c.add_argument("--slots", type=int, metavar="N", help="jobs at once (default 2)")
     c.add_argument("--queue", type=int, metavar="N",
@@ -134,7 +132,8 @@ def cmd_provide(args: argparse.Namespace) -> int:
     from node.config import load_provider
     from node.provider.daemon import ProviderConfig, serve
 
-    s = load_provider(args.config)
+    toml = resolve(args.config, "OFFLOAD_PROVIDER_CONFIG")
+    s = load_provider(Path(toml) if toml else None)
     home = resolve_home(args.home)
     identity, _ = init_identity(home)
 

@@ -77,9 +77,10 @@ def session_from(args: argparse.Namespace, *, emit: Emit = ignore,
                  config: Path | None = None) -> Session:
     """The requester core for a verb: --home, --bootstrap (else OFFLOAD_BOOTSTRAP, else
     the config's), the config's defaults; errors name the flags (`--timeout ...`)."""
-    from node.config import load_requester
+    from node.config import load_requester, resolve
 
-    settings = load_requester(config)
+    path = resolve(config, "OFFLOAD_REQUESTER_CONFIG")
+    settings = load_requester(Path(path) if path else None)
     return Session(home=resolve_home(args.home),
                    bootstrap=bootstrap(args, settings.bootstrap),
                    settings=settings, emit=emit, prefix="--")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ EXAMPLES = {
 def _job_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("script", type=Path, metavar="SCRIPT")
     c.add_argument("--config", type=Path, metavar="FILE",
-                   default=os.environ.get("OFFLOAD_REQUESTER_CONFIG"),
                    help="requester.toml: bootstrap, price caps, defaults; flags override it")
     c.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
                    help="an extra input file, placed beside the script")

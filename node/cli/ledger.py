@@ -21,7 +21,7 @@ from typing import Any
 from ledger import Entry, Job, Ledger, LedgerError, LocalLedgerError
 from node.cli.common import report_swept
 from node.errors import LedgerFailed, UserError
-from node.home import LEDGER_FILE, Home, init_identity, open_ledger, resolve_home
+from node.home import Home, init_identity, open_ledger, resolve_home
 from node.requester import session
 from node.requester.payments import Swept
 from protocol.identity import Identity
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     c = sub.add_parser("ledger", help="this node's credit: balance, history, deposits, checks",
                        description="this node's signed, hash-chained credit ledger "
-                                   f"(<home>/{LEDGER_FILE}); amounts in credits",
+                                   f"(<home>/{Home(Path()).ledger.name}); amounts in credits",
                        epilog=f"example: {EXAMPLES['ledger']}", formatter_class=raw)
     actions = c.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     for name, help_ in (
@@ -192,8 +192,8 @@ def _verify(args: argparse.Namespace, ledger: Ledger) -> int:
               "and signature checks and every balance matches its entries")
         return 0
     _emit(args, {"valid": False, "entries": entries, "seq": fault.seq, "reason": fault.reason},
-          f"INVALID at {fault}; restore {LEDGER_FILE} from a backup (`offload ledger export` "
-          "shows what it holds)")
+          f"INVALID at {fault}; restore {Home(Path()).ledger.name} from a backup "
+          "(`offload ledger export` shows what it holds)")
     return 1
 
 
@@ -272,5 +272,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ledger": cmd_ledger, "jobs": cmd_jobs,
 }
 
-__all__ = ["COMMANDS", "LEDGER_FILE", "ledger_path", "open_ledger", "parse_credits", "register",
+__all__ = ["COMMANDS", "ledger_path", "open_ledger", "parse_credits", "register",
            "sweep_orphans"]

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from node.cli.commands import COMMANDS, build_parser
 from node.cli.common import split_script_argv
+from node.config import resolve
 from node.errors import NodeError, sole_error, translated
 
 
@@ -23,9 +24,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     ours, script_args = split_script_argv(argv)
     args = build_parser().parse_args(ours)
     args.script_args = script_args
-    level = os.environ.get("OFFLOAD_LOG", "INFO" if args.command == "provide" else "WARNING")
+    level = resolve(None, "OFFLOAD_LOG", None,
+                    "INFO" if args.command == "provide" else "WARNING")
+    json_logs = resolve(args.log_format, "OFFLOAD_LOG_FORMAT", None, "text") == "json"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if args.log_format == "json" else logging.Formatter(
+    handler.setFormatter(JsonLogFormatter() if json_logs else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     try:

@@ -22,7 +22,6 @@ from scheduler.verification import TrustTracker, _Trust
 from scheduler.vivaldi import ORIGIN, Coord, from_ad, to_ad, update
 
 log = logging.getLogger(__name__)
-FILE = "peers.json"
 RTT_SMOOTHING = 0.3
 MAX_PEERS = 10_000
 
@@ -87,7 +86,7 @@ class PeerBook:
 
     def _save(self) -> None:
         assert self.path is not None
-        fd = os.open(self.path.with_name(FILE + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._merge(self._read())

@@ -21,7 +21,6 @@ from protocol import JobResult, ProtocolError, open_signed, wire
 from protocol.messages import check_sha256
 
 log = logging.getLogger(__name__)
-FOLDER = "results"
 MAX_RESULTS = 1000
 MAX_AGE_S = 24 * 3600.0
 MAX_RESULT_BYTES = 1024 * 1024

@@ -29,7 +29,6 @@ from node.home import Home
 from node.requester.holds import HoldBook
 
 log = logging.getLogger(__name__)
-LEASES = "leases"  # Home.leases is its path
 SWEEP_LOCK = ".sweep.lock"
 ORPHAN_GRACE_S = 120.0
 """After the lock, how long an orphan whose provider cannot be reached stays locked:

@@ -23,7 +23,6 @@ from pathlib import Path
 from node.home import Home, atomic_write_json
 
 log = logging.getLogger(__name__)
-FILE = "holds.json"
 MAX_HOLDS = 100_000
 DEFAULT_HOLD_S = 600.0
 """How long `verify="adaptive"` holds a payment no second provider checked."""
@@ -76,7 +75,7 @@ class HoldBook:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         assert self.path is not None
-        fd = os.open(self.path.with_name(FILE + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

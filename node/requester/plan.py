@@ -26,7 +26,6 @@ from scheduler.decide import LocalCapacity, Plan, decide, gflop_estimate
 from scheduler.scoring import JobEstimate, Observations, ScoreParts, rank
 
 log = logging.getLogger(__name__)
-BENCHMARK_FILE = "local-benchmark.json"  # Home.local_benchmark is its path
 BENCHMARK_MAX_AGE_S = 7 * 86_400.0
 BENCHMARK_BUDGET_S = 3.0
 _HINT = re.compile(r"^#\s*offload:\s*(.*)$")

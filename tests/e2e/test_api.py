@@ -53,13 +53,13 @@ def _seed_benchmark(home: Path, tflops: float = 0.05) -> None:
     """This node's speed for `plan`, as if measured (the measurement has its own tests and
     takes seconds of CPU that a loaded test host may not give it)."""
     from node import benchmark
-    from node.requester.plan import BENCHMARK_FILE
+    from node.home import Home
 
     cpu = benchmark.DeviceBenchmark(device="cpu", fp32_tflops=tflops, fp16_tflops=None,
                                     bf16_tflops=None, mem_gbps=5.0)
     benchmark.save(benchmark.BenchmarkReport(devices=(cpu,), measured_at=time.time(),
                                              runtime_digest="local", seconds=1.0),
-                   home / BENCHMARK_FILE)
+                   Home(home).local_benchmark)
 
 
 async def test_requester_offers_submit_map_plan_with_events(net: Network) -> None:

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from node.errors import UserError
-from node.home import LOCK_FILE, HomeLock, HomeLocked
+from node.home import Home, HomeLock, HomeLocked
 from node.net.host import open_host
 from protocol.identity import Identity
 
@@ -35,7 +35,7 @@ def _holder(home: Path) -> subprocess.Popen[str]:
 def test_second_lock_names_the_holder_and_dies_with_it(tmp_path: Path) -> None:
     proc = _holder(tmp_path)
     try:
-        assert (tmp_path / LOCK_FILE).read_text() == f"{proc.pid}\n"
+        assert Home(tmp_path).lock.read_text() == f"{proc.pid}\n"
         with pytest.raises(HomeLocked, match=rf"^{tmp_path} is in use by another provider "
                            rf"\(pid {proc.pid}\); stop it first \(kill {proc.pid}\), or give "
                            "this one its own home with --home DIR$"):
@@ -44,8 +44,8 @@ def test_second_lock_names_the_holder_and_dies_with_it(tmp_path: Path) -> None:
         proc.kill()  # kill -9: the kernel drops the flock with its holder
         proc.wait()
     with HomeLock(tmp_path) as lock:
-        assert (tmp_path / LOCK_FILE).read_text() == f"{__import__('os').getpid()}\n"
-        assert lock.path == tmp_path / LOCK_FILE
+        assert Home(tmp_path).lock.read_text() == f"{__import__('os').getpid()}\n"
+        assert lock.path == Home(tmp_path).lock
 
 
 def test_lock_is_not_inherited_by_children(tmp_path: Path) -> None:

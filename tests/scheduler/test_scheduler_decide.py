@@ -99,3 +99,14 @@ def test_allocate_hands_out_every_item_in_proportion(items: int, rates: list[flo
     if whole > 0:
         for s, r in zip(shares, rates, strict=True):
             assert abs(s - items * r / whole) < 1.0 + 1e-9
+
+
+def test_a_cheaper_provider_with_a_bad_reputation_loses_the_offload() -> None:
+    cheap, dear = cpu_ad(10_000.0, per_cpu_second=8), cpu_ad(10_000.0, per_cpu_second=10)
+    neutral = plan(JOB, SLOW_HERE, [cheap, dear])
+    assert neutral.chosen.parts[0].peer == cheap.peer_id
+    obs = Observations(reputation={cheap.peer_id: 0.0, dear.peer_id: 1.0})
+    p = decide(JOB, SLOW_HERE, rank([cheap, dear], JOB, obs, now_ms=NOW))
+    assert p.decision == "offload" and p.chosen.parts[0].peer == dear.peer_id
+    local = next(o for o in p.options if o.kind == "local")
+    assert local.objective == next(o for o in neutral.options if o.kind == "local").objective

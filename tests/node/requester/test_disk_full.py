@@ -15,7 +15,7 @@ import pytest
 
 from ledger import Ledger
 from ledger.errors import LedgerUnavailable
-from node.home import LEDGER_FILE
+from node.home import Home
 from node.net.peers import PeerBook
 from node.requester.escrows import Lease, read_leases
 from node.requester.payments import Payments
@@ -81,7 +81,7 @@ async def test_a_refund_that_fails_on_a_full_disk_stays_pending_and_lands_later(
         small: Path) -> None:
     home = small / "home"
     home.mkdir()
-    ledger = Ledger.open(home / LEDGER_FILE, ME)
+    ledger = Ledger.open(Home(home).ledger, ME)
     ledger.deposit(5_000_000)
     pay = Payments(ledger, None, lease=Lease.open(home))
     await pay.lock(JOB, PROVIDER, 4000)

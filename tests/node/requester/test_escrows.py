@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger
-from node.home import LEDGER_FILE
+from node.home import Home
 from node.requester.escrows import (
-    LEASES,
     ORPHAN_GRACE_S,
     UNCLAIMED_GRACE_S,
     Lease,
@@ -74,7 +73,7 @@ def holders() -> Iterator[list[Holder]]:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / LEDGER_FILE, ME) as book:
+    with Ledger.open(Home(tmp_path).ledger, ME) as book:
         book.deposit(10_000_000)
         yield book
 
@@ -95,7 +94,7 @@ def test_a_lease_is_live_while_its_process_runs_and_dead_after_kill_9(
     assert live_owner(tmp_path, job(1)) is None
     mine.close()
     assert read_leases(tmp_path).live == set()
-    left = [p.name for p in (tmp_path / LEASES).glob("*.lease")]
+    left = [p.name for p in Home(tmp_path).leases.glob("*.lease")]
     assert len(left) == 1 and left[0].startswith(f"{holder.proc.pid}-")  # the dead one
 
 
@@ -131,13 +130,13 @@ async def test_sweep_waits_out_the_grace_for_an_unreachable_provider_then_refund
     early = await pay.sweep(tmp_path, now_ms=locked_at + 1000)
     assert (early.waiting, early.refunded) == ([job(1)], [])
     assert ledger.job(job(1)).state == "locked" and ledger.balance().escrow == 1500
-    assert len(list((tmp_path / LEASES).glob("*.lease"))) == 1  # kept: still locked
+    assert len(list(Home(tmp_path).leases.glob("*.lease"))) == 1  # kept: still locked
     late = await pay.sweep(tmp_path, now_ms=locked_at + int(ORPHAN_GRACE_S * 1000) + 1)
     assert (late.waiting, late.refunded) == ([], [job(1)])
     j = ledger.job(job(1))
     assert (j.state, j.reason) == ("refunded", "cancelled")
     assert ledger.balance().escrow == 0 and ledger.balance().available == 10_000_000
-    assert list((tmp_path / LEASES).glob("*.lease")) == []  # settled: the dead lease goes
+    assert list(Home(tmp_path).leases.glob("*.lease")) == []  # settled: the dead lease goes
     assert ledger.verify() is None
 
 
@@ -160,7 +159,7 @@ async def test_a_session_claims_before_it_locks_and_removes_its_lease_when_settl
     await pay.settle_all()
     pay.close()
     assert ledger.job(job(1)).state == "refunded"
-    assert list((tmp_path / LEASES).glob("*.lease")) == []
+    assert list(Home(tmp_path).leases.glob("*.lease")) == []
 
 
 def test_a_second_sweeper_on_the_same_home_stands_aside(tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ import trio
 import trio.testing
 
 from ledger import Ledger
+from node.home import Home
 from node.net.memory import memory_network
 from node.requester.exchange import run_job
-from node.requester.holds import FILE, Hold, HoldBook
+from node.requester.holds import Hold, HoldBook
 from node.requester.payments import Payments
 from protocol import Identity, sha256_hex
 from tests.node.requester.fake_provider import job_request, providers
@@ -74,7 +75,7 @@ async def test_nothing_is_held_without_an_escrow(tmp_path: Path) -> None:
         outcome = await run_job(host, provider.ad(), job_request(tmp_path / "in"),
                                 tmp_path / "out", payments=pay)
         assert not await pay.hold(outcome.signed, 1000.0)
-    assert not (tmp_path / FILE).exists()
+    assert not Home(tmp_path).holds.exists()
 
 
 def test_two_books_on_one_home_merge_their_changes(tmp_path: Path) -> None:
@@ -89,7 +90,7 @@ def test_two_books_on_one_home_merge_their_changes(tmp_path: Path) -> None:
     assert sorted(h.charge for h in first.all()) == [1, 2]
     first.remove(hold(2).job_id)
     assert [h.charge for h in second.all()] == [1]
-    assert [d["charge"] for d in json.loads((tmp_path / FILE).read_text())] == [1]
+    assert [d["charge"] for d in json.loads(Home(tmp_path).holds.read_text())] == [1]
     memory = HoldBook(None)  # no home: kept in memory only
     memory.add(hold(3))
     assert [h.charge for h in memory.all()] == [3] and len(memory) == 1

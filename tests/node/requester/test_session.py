@@ -130,14 +130,14 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
 def _seed_benchmark(home: Path) -> None:
     """A slow machine, so the plan offloads the job."""
     from node import benchmark
-    from node.requester.plan import BENCHMARK_FILE
+    from node.home import Home
 
     cpu = benchmark.DeviceBenchmark(device="cpu", fp32_tflops=0.0001, fp16_tflops=None,
                                     bf16_tflops=None, mem_gbps=5.0)
     home.mkdir(parents=True, exist_ok=True)
     benchmark.save(benchmark.BenchmarkReport(devices=(cpu,), measured_at=time.time(),
                                              runtime_digest="local", seconds=1.0),
-                   home / BENCHMARK_FILE)
+                   Home(home).local_benchmark)
 
 
 def _both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, Any], Any]:
