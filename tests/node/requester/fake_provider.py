@@ -24,14 +24,12 @@ from node.net.transfer import receive_file, send_file
 from node.requester.exchange import JobRequest
 from protocol import (
     CapacityAd,
-    Device,
     JobResult,
     JobSpec,
     OutputFile,
     Price,
     Quote,
     Receipt,
-    Runtime,
     SandboxProfile,
     Usage,
     open_signed,
@@ -39,6 +37,7 @@ from protocol import (
     wire,
 )
 from scheduler.scoring import ScoreParts
+from tests.factories import cpu_device, plain_ad
 
 Move = Literal["ok", "busy", "refuse", "vanish", "silent", "stall", "wrong", "forged"]
 NOW_MS = 1_800_000_000_000
@@ -66,14 +65,9 @@ class FakeProvider:
         self.peer_id = self.host.peer_id
 
     def ad(self) -> CapacityAd:
-        return CapacityAd(
-            peer_id=self.peer_id, addrs=tuple(self.host.addrs()),
-            devices=(Device(kind="cpu", model="fake", memory_mb=1024, compute_capability="",
-                            count=1, gflops=0.0),),
-            cpus=2, memory_mb=1024,
-            runtimes=(Runtime(name="python3", version="3.11", packages={}, digest=""),),
-            price=Price(), sandbox_tier="none", region="", coords=(), cached=(), load=0.0,
-            seq=1, expires=NOW_MS + 120_000)
+        return plain_ad(peer_id=self.peer_id, addrs=tuple(self.host.addrs()), cpus=2,
+                        memory_mb=1024, devices=(cpu_device(model="fake", memory_mb=1024),),
+                        expires=NOW_MS + 120_000)
 
     def receipts(self) -> list[Receipt]:
         return [open_signed(s.receipt, Receipt).message for s in self.settled]
