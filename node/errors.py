@@ -7,6 +7,7 @@ remote (a peer failed or misbehaved). `exit_code` is what `offload` exits with.
             HomeLocked            another provider holds this home
             StatusMissing         no provider has run with this home
             CacheError            the input cache refused an operation
+            OfferCacheRefused     the home's offer cache is corrupt or forged (ignored)
             InvalidInput          a protocol or scheduler error from local input
             LedgerRefused         the books forbid this move (a LocalLedgerError)
             HostError             this machine cannot do it: disk, sandbox, benchmark (exit 1)
@@ -35,6 +36,7 @@ remote (a peer failed or misbehaved). `exit_code` is what `offload` exits with.
             RemoteAdError         an ad found under a key it does not belong to
             TransferFailed        a file arrived out of order, too long or wrong
                 TransferTimeout   a transfer stalled (also a PeerTimeout)
+                LaneRefused       a fast lane's peer did not prove the stream's peer id
             ProtocolViolation     a peer's bytes broke the protocol (exit 2, as ever)
             PaymentRefused        a peer's cheque or receipt was refused
 
@@ -98,6 +100,10 @@ class CacheError(UserError):
     """The input cache refused an operation; the message says why and what to do next."""
 
     exit_code: ClassVar[int] = 1
+
+
+class OfferCacheRefused(UserError):
+    """The home's offer cache failed a check (corrupt, forged, foreign): never trusted."""
 
 
 class InvalidInput(UserError):
@@ -251,6 +257,11 @@ class TransferFailed(RemoteError):
 
 class TransferTimeout(TransferFailed, PeerTimeout):
     """A transfer stalled or went slower than `MIN_RATE_BPS`; the peer is cut."""
+
+
+class LaneRefused(TransferFailed):
+    """A fast lane's certificate or token does not prove the job stream's peer
+    (node/net/lane.py); the data takes the stream instead."""
 
 
 class ProtocolViolation(RemoteError):

@@ -48,6 +48,11 @@ class Home:
         return self.root / "peers.json"
 
     @property
+    def offers(self) -> Path:
+        """Verified ads kept until they expire (node/requester/offers.py)."""
+        return self.root / "offers.msgpack"
+
+    @property
     def holds(self) -> Path:
         """Results held for a verdict (node/requester/holds.py)."""
         return self.root / "holds.json"

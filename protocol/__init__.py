@@ -12,6 +12,7 @@ replay.py     bounded replay guard
 framing.py    length-prefixed frames with a size cap
 wire.py       frames of the job and settle exchange streams
 exchange.py   the job and settle exchanges as transition tables, one per role
+lanecert.py   libp2p TLS certificates bound to peer ids, for the fast lane
 SPEC.md       the wire spec another libp2p implementation follows
 """
 

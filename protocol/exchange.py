@@ -21,6 +21,8 @@ Direction = Literal["send", "receive"]
 ROLES: tuple[Role, Role] = ("provider", "requester")
 INPUTS_DONE = "inputs_done"
 """The automatic event: the last needed input's final chunk arrived (or none was needed)."""
+INPUT_STATES = ("inputs", "inputs_lane")
+"""Where the requester's chunks count towards `inputs_done`."""
 CLOSED = "closed"
 
 
@@ -88,13 +90,25 @@ JOB = _with_errors("job", wire.JOB_PROTOCOL, "start", frozenset({CLOSED}), (
     Step("waiting", P, wire.Accepted.type_name, "inputs"),
     Step("inputs", R, wire.Chunk.type_name, "inputs"),
     Step("inputs", None, INPUTS_DONE, "running"),
+    Step("inputs", P, wire.Lane.type_name, "inputs"),
+    Step("inputs", R, wire.Lane.type_name, "inputs_lane"),
+    Step("inputs_lane", R, wire.Chunk.type_name, "inputs_lane"),
+    Step("inputs_lane", None, INPUTS_DONE, "running"),
+    Step("inputs_lane", P, wire.Running.type_name, "running"),
+    Step("inputs_lane", P, wire.Output.type_name, "running"),
+    Step("inputs_lane", P, wire.ResultReady.type_name, "outputs"),
     Step("running", P, wire.Running.type_name, "running"),
     Step("running", P, wire.Output.type_name, "running"),
     Step("running", P, wire.ResultReady.type_name, "outputs"),
     Step("outputs", P, wire.Chunk.type_name, "outputs"),
+    Step("outputs", R, wire.Lane.type_name, "outputs"),
+    Step("outputs", P, wire.Lane.type_name, "outputs_lane"),
+    Step("outputs_lane", P, wire.Chunk.type_name, "outputs_lane"),
 ))
 """`/offload/job/1.0.0`. The stream ends after the last output chunk (the signed result
-names the outputs), or after an error frame."""
+names the outputs), or after an error frame. A phase of at least `wire.LANE_MIN_BYTES`
+starts with the receiver's `lane` offer; the sender's `lane` answer means it dials the
+lane (`inputs_lane`, `outputs_lane`), and chunks may still follow there if it fails."""
 
 SETTLE = _with_errors("settle", wire.SETTLE_PROTOCOL, "start", frozenset({"done", CLOSED}), (
     Step("start", R, wire.Settle.type_name, "settling"),
@@ -140,10 +154,10 @@ class Exchange:
                         f"{sender} may send {allowed or 'nothing'}")
         if isinstance(frame, wire.Accepted):
             self._inputs_left = len(frame.need)
-        elif isinstance(frame, wire.Chunk) and self.state == "inputs" and frame.final:
+        elif isinstance(frame, wire.Chunk) and self.state in INPUT_STATES and frame.final:
             self._inputs_left -= 1
         self.state = nxt
-        if self.state == "inputs" and self._inputs_left <= 0:
+        if self.state in INPUT_STATES and self._inputs_left <= 0:
             auto = self.table.next_state(self.state, None, INPUTS_DONE)
             assert auto is not None
             self.state = auto

@@ -24,6 +24,10 @@ JOB_PROTOCOL = "/offload/job/1.0.0"
 SETTLE_PROTOCOL = "/offload/settle/1.0.0"
 MAX_OUTPUT_TEXT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
+LANE_MIN_BYTES = 4 * 1024 * 1024
+"""A phase (the inputs left to send, or all outputs) of at least this many bytes gets a
+`lane` offer from its receiver; smaller ones move as chunks on the stream."""
+MAX_LANE_CERT = 4096
 MAX_RETRY_AFTER_S = float(MAX_JOB_SECONDS)
 """The longest back-off a `busy` may ask for; a requester waits at most its own deadline."""
 
@@ -108,6 +112,23 @@ class Chunk(Frame):
 
 
 @message
+class Lane(Frame):
+    """Either side, before a phase of at least LANE_MIN_BYTES: the receiver's offer of a
+    TLS 1.3 lane on `port` of its stream IP (port 0 and nothing else: no lane), then the
+    sender's answer before it dials (port 0, no token, its own `cert`). `cert` is a libp2p
+    TLS certificate (DER) bound to the sender's peer id; `token` is a one-time secret."""
+
+    type_name: ClassVar[str] = "lane"
+    port: int = field(ge=0, le=65535)
+    token: bytes = field(max_len=32)
+    cert: bytes = field(max_len=MAX_LANE_CERT)
+
+    def validate(self) -> None:
+        if self.port and (len(self.token) != 32 or not self.cert):
+            raise InvalidMessage("a lane offer needs a 32-byte token and a certificate")
+
+
+@message
 class Running(Frame):
     """Provider -> requester heartbeat while the job runs."""
 
@@ -181,7 +202,7 @@ F = TypeVar("F", bound=Frame)
 FRAME_TYPES: dict[str, type[Frame]] = {
     t.type_name: t for t in (SubmitJob, QuoteOffer, QuoteAccept, Queued, Accepted, Chunk,
                              Running, ResultReady, ErrorReply, Output, Settle, SettleAck,
-                             ResultQuery)
+                             ResultQuery, Lane)
 }
 
 

@@ -121,6 +121,7 @@ def frames() -> list[wire.Frame]:
         wire.Output(stream="stdout", text="hello\n"),
         wire.Settle(receipt=s["receipt"][0], cheque=s["cheque"][0]),
         wire.SettleAck(job_id=JOB),
+        wire.Lane(port=40123, token=bytes(range(32)), cert=b"\x30\x82" + bytes(200)),
     ]
     seeded = {type(f) for f in out}
     for cls in wire.FRAME_TYPES.values():

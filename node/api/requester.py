@@ -98,7 +98,7 @@ class Requester:
                  bootstrap: Sequence[str] | None = None,
                  config: str | os.PathLike[str] | None = None,
                  out: str | os.PathLike[str] = "offload-out", workers: int = 4,
-                 ledger: bool = True) -> None:
+                 ledger: bool = True, fresh: bool = False) -> None:
         from node.config import load_requester, resolve, resolve_list
 
         config = resolve(config, "OFFLOAD_REQUESTER_CONFIG")
@@ -108,7 +108,7 @@ class Requester:
         self.out = Path(out)
         self.workers = max(1, workers)
         self.core = Session(home=self.home, bootstrap=self.bootstrap, settings=self.settings,
-                            emit=self.emit, ledger=ledger)
+                            emit=self.emit, ledger=ledger, fresh=fresh)
         self._listeners: list[Emit] = []
         self._channels: list[trio.MemorySendChannel[Event]] = []
         self._stack: AsyncExitStack | None = None

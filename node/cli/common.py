@@ -20,7 +20,7 @@ OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out
                       "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
                       "--gflop", "--items", "--workers", "--hold",
                       "--per-provider"}
-FLAGS = {"--json", "-h", "--help", "--follow"}
+FLAGS = {"--json", "-h", "--help", "--follow", "--fresh"}
 SCRIPT_VERBS = ("submit", "plan", "map")
 
 
@@ -76,14 +76,15 @@ def job_from(args: argparse.Namespace) -> Job:
 def session_from(args: argparse.Namespace, *, emit: Emit = ignore,
                  config: Path | None = None) -> Session:
     """The requester core for a verb: --home, --bootstrap (else OFFLOAD_BOOTSTRAP, else
-    the config's), the config's defaults; errors name the flags (`--timeout ...`)."""
+    the config's), the config's defaults, --fresh; errors name the flags (`--timeout ...`)."""
     from node.config import load_requester, resolve
 
     path = resolve(config, "OFFLOAD_REQUESTER_CONFIG")
     settings = load_requester(Path(path) if path else None)
     return Session(home=resolve_home(args.home),
                    bootstrap=bootstrap(args, settings.bootstrap),
-                   settings=settings, emit=emit, prefix="--")
+                   settings=settings, emit=emit, prefix="--",
+                   fresh=getattr(args, "fresh", False))
 
 
 def report_swept(swept: Swept) -> None:

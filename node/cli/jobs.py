@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,9 @@ from node.errors import UserError
 from node.requester.session import Session
 from protocol import CapacityAd
 
+log = logging.getLogger(__name__)
+FRESH_HELP = ("search the DHT now instead of answering from the offer cache under the home "
+              "(verified ads kept until they expire)")
 EXAMPLES = {
     "offers": "offload offers --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... --json",
     "submit": "offload submit examples/torch_demo.py --steps 50 --redundancy 2 "
@@ -54,6 +59,7 @@ def _job_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--gflop", type=float, metavar="G",
                    help="the job's size in GFLOP (else a '# offload: gflop=G' comment, "
                         "else assumed)")
+    c.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     c.add_argument("--json", action="store_true")
 
 
@@ -69,6 +75,7 @@ def register(sub: Any, cmd: Any) -> None:
                    help="score offers for a job of N GPUs (default 0)")
     c.add_argument("--timeout", type=int, default=600, metavar="S",
                    help="score offers for a job of at most S seconds (default 600)")
+    c.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     c.add_argument("--json", action="store_true")
 
     c = cmd("submit", "offload SCRIPT [ARGS]... to a provider and verify its signed result")
@@ -121,14 +128,31 @@ def _ad_json(ad: CapacityAd) -> dict[str, Any]:
 def cmd_offers(args: argparse.Namespace) -> int:
     core = session_from(args)
     core.where(args.where)
+    options = dict(cpus=args.cpus, gpus=args.gpus, timeout=args.timeout, limit=args.limit)
 
     async def find() -> Any:
         async with core:
             report_swept(core.swept)
-            return await core.offers(args.where, cpus=args.cpus, gpus=args.gpus,
-                                     timeout=args.timeout, limit=args.limit)
+            return await core.offers(args.where, **options)
 
-    found = trio.run(find)
+    found = core.cached_offers(args.where, **options)
+    if found is None:
+        log.info("searching the DHT for offers")
+        found = trio.run(find)
+    else:
+        ago = time.time() - (found.cached_at or 0.0)
+        log.info("offers from the offer cache (searched %.0f s ago; --fresh searches the "
+                 "DHT)", ago)
+    _print_offers(args, found)
+    if found.cached_at is not None and core.offers_due():
+        sys.stdout.flush()  # the answer is out: refresh the cache for the next command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        log.info("refreshing the offer cache")
+        trio.run(find)
+    return 0
+
+
+def _print_offers(args: argparse.Namespace, found: Any) -> None:
     if found.shortfall:  # stdout stays the offers (a JSON list with --json)
         print(f"offload: warning: {found.shortfall}", file=sys.stderr)
     docs = []
@@ -143,7 +167,6 @@ def cmd_offers(args: argparse.Namespace) -> int:
              f"rtt={p.rtt_ms:.1f}ms  score={p.total:.6f}"
              for a, p in ((o.ad, o.score) for o in found.offers)]
     emit(args, docs, "\n".join(lines) or "no offers found")
-    return 0
 
 
 def _core(args: argparse.Namespace) -> Session:

@@ -5,10 +5,13 @@ compat.py      every py-libp2p 0.8.1 workaround but the DHT's, in one place
 compat_kad.py  the DHT's: one-peer Kademlia requests that raise, a fair DHT server
 memory.py      an in-memory host pair on trio memory streams, for tests without sockets
 client.py      a requester-side node session: a host, a DHT client and the bootstrap peers
+addrs.py       peer addresses as text, checked without importing libp2p
 discovery.py   Kademlia: signed CapacityAds under short keys, provider records, re-checks
 gossip.py      receipts on a pubsub topic, so reputation needs no central server
 guard.py       a Stream whose every frame passes one side's exchange table
 transfer.py    content-addressed files in <= 1 MiB chunks, resumable
+lane.py        a fast lane for bulk data: TLS 1.3 on a direct TCP connection, certificates
+               bound to libp2p peer ids, negotiated over the job stream, else the stream
 proximity.py   Vivaldi coordinates from measured round trips
 peers.py       the requester's memory of peers: RTTs, its coordinate, trust and bans
 limits.py      per-peer and per-IP shares of streams and connections; peer errors by kind

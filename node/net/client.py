@@ -6,9 +6,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from node.errors import NoProviders, UserError, sole_error
+from node.errors import NoProviders, sole_error
+from node.net.addrs import check_bootstrap
 from node.net.discovery import Discovery, open_discovery
-from node.net.host import Host, open_host, split_peer_addr
+from node.net.host import Host, open_host
 from protocol.identity import Identity
 
 CLIENT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
@@ -18,11 +19,7 @@ CLIENT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 async def open_client(identity: Identity, bootstrap: Sequence[str], *,
                       clock: Callable[[], float] = time.time
                       ) -> AsyncIterator[tuple[Host, Discovery]]:
-    if not bootstrap:
-        raise UserError("no bootstrap peer: pass --bootstrap /ip4/.../tcp/N/p2p/ID "
-                        "or set OFFLOAD_BOOTSTRAP")
-    for maddr in bootstrap:
-        split_peer_addr(maddr)
+    check_bootstrap(bootstrap)
     try:
         async with open_host(identity, CLIENT_LISTEN) as host, \
                 open_discovery(host, server=False, clock=clock) as disc:

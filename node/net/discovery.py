@@ -35,6 +35,7 @@ REQUEST_TIMEOUT_S = 5.0   # one DHT request to one peer
 LOOKUP_SHARE = 0.6        # of a search's time, the most the provider lookup may take
 MAX_CANDIDATES = 100      # peers a lookup keeps in view (a hostile answer cannot grow it)
 MAX_FOUND = 200           # provider entries a lookup keeps
+MIN_ASKED = 3             # closest servers asked even if named as providers (they hold others')
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -264,9 +265,10 @@ class Discovery:
                       deadline: float) -> tuple[list[Any], list[Any], int, bool]:
         """Iterative GET_PROVIDERS over the closest peers to `key` (Kademlia), counting
         distinct providers; it ends when the K_CLOSEST closest peers that answered have all
-        been asked, `limit` providers are known, or at `deadline`. A peer already named as
-        a provider is not asked: it holds its own record, and asking it is a dial; in a
-        small network the bootstrap peer's answer then ends the lookup. Connected peers are
+        been asked, `limit` providers are known, or at `deadline`. Past the MIN_ASKED
+        closest, a peer already named as a provider is not asked (asking it is a dial); the
+        first MIN_ASKED are asked even so, since a provider's record may have reached only
+        some servers. Connected peers are
         asked LOOKUP_CONCURRENCY at a time, but only LOOKUP_DIALS peers are dialled at once:
         each answer may name the next ones as providers, sparing their dials. (Any provider
         missing from all answers is a DHT server that is in view and gets asked, so the
@@ -278,7 +280,7 @@ class Discovery:
         for info in compat_kad.kad_local_providers(self.dht, key):
             found.setdefault(str(info.peer_id), info)
         candidates = compat_kad.kad_seed_peers(self.dht, key, K_CLOSEST)
-        known, asked = set(candidates), set()
+        known, asked = set(candidates), set[Any]()
         answered: list[Any] = []
         failed = 0
 
@@ -293,7 +295,7 @@ class Discovery:
                     for peer in candidates[:K_CLOSEST]:
                         if inflight >= LOOKUP_CONCURRENCY:
                             break
-                        if peer in asked or str(peer) in found:
+                        if peer in asked or (str(peer) in found and len(asked) >= MIN_ASKED):
                             continue
                         dial = not compat_kad.kad_connected(self.dht, peer)
                         if dial and len(dialing) >= LOOKUP_DIALS:
@@ -379,7 +381,10 @@ class Discovery:
             return "invalid"
         return signed
 
-    async def require_ads(self, capability: str = "cpu", **kw: Any) -> list[Signed[CapacityAd]]:
+    async def require_ads(self, capability: str = "cpu", *,
+                          want: Callable[[CapacityAd], bool] | None = None,
+                          **kw: Any) -> list[Signed[CapacityAd]]:
+        """A search's ads (it always searches: `want` is for caches), else NoProviders."""
         found = await self.search(capability, **kw)
         if found.ads:
             return found.ads

@@ -19,6 +19,7 @@ import trio
 
 from node.errors import PeerGone, PeerTimeout, UserError
 from node.net import compat
+from node.net.addrs import split_peer_addr
 from node.net.limits import ConnectionShares, Limits, PeerErrors, StreamShares
 from protocol import wire
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
@@ -212,15 +213,6 @@ def remote_ip(conn: Any) -> str:
     except Exception:
         return ""
     return str(addr[0]) if addr else ""
-
-
-def split_peer_addr(maddr: str) -> tuple[str, str]:
-    """`/ip4/.../tcp/N/p2p/ID` -> (transport part, peer id); UserError when malformed."""
-    head, sep, peer = maddr.rpartition("/p2p/")
-    if not sep or not head or not peer or "/" in peer:
-        raise UserError(f"address {maddr!r} must end in /p2p/<peer id>; copy it from the "
-                        "provider's ready file or `offload id`")
-    return head, peer
 
 
 def libp2p_host(host: Host) -> Any:

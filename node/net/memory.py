@@ -24,6 +24,7 @@ import trio
 import trio.testing
 
 from node.errors import PeerGone, sole_error
+from node.net.addrs import split_peer_addr
 from node.net.host import (
     FramedStream,
     Handler,
@@ -31,7 +32,6 @@ from node.net.host import (
     Refuser,
     Stream,
     serve_stream,
-    split_peer_addr,
 )
 from node.net.limits import Limits, PeerErrors, StreamShares
 from protocol.framing import DEFAULT_MAX_FRAME

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from scheduler.vivaldi import ORIGIN, Coord, from_ad, to_ad, update
 log = logging.getLogger(__name__)
 RTT_SMOOTHING = 0.3
 MAX_PEERS = 10_000
+RTT_FRESH_S = 30.0
+"""A peer measured this recently (this process) is not pinged again before a job."""
 
 
 class PeerBook:
@@ -34,6 +37,8 @@ class PeerBook:
         self.rtt_ms: dict[str, float] = {}
         self.coord: Coord = ORIGIN
         self.trust = TrustTracker()
+        self.measured_at: dict[str, float] = {}
+        """When this process last measured each peer (time.monotonic())."""
         self._seen_rtt: dict[str, float] = {}
         self._seen_trust: dict[str, tuple[int, int, float]] = {}
         """What the file said at load (or the last save): changes since are ours."""
@@ -74,10 +79,15 @@ class PeerBook:
         self._seen_rtt = dict(self.rtt_ms)
         self._seen_trust = {p: _key(t) for p, t in self.trust._peers.items()}
 
+    def changed(self) -> bool:
+        """Whether this process changed anything since the last load or save."""
+        return self.rtt_ms != self._seen_rtt or self._seen_trust != {
+            p: _key(t) for p, t in self.trust._peers.items()}
+
     def save(self) -> None:
         """Merge this process's changes into the file (never fatal: a full disk costs
-        peer history, not the job)."""
-        if self.path is None:
+        peer history, not the job); nothing is written when nothing changed."""
+        if self.path is None or not self.changed():
             return
         try:
             self._save()
@@ -120,12 +130,19 @@ class PeerBook:
         """A measured round trip: smooth it, and move our coordinate."""
         if not (math.isfinite(rtt_ms) and rtt_ms >= 0):
             return
+        self.measured_at[peer] = time.monotonic()
         rtt_ms = max(rtt_ms, 0.01)
         old = self.rtt_ms.pop(peer, None)
         self.rtt_ms[peer] = rtt_ms if old is None else (
             (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * rtt_ms)
         # A peer without a coordinate yet sits at the origin with full error, as in Vivaldi.
         self.coord = update(self.coord, from_ad(their_coords) or ORIGIN, rtt_ms)
+
+    def measured_recently(self, peer: str, within_s: float = RTT_FRESH_S) -> bool:
+        """Measured by this process within `within_s`: its RTT (and the connection that
+        carried the ping) are still warm, so a job need not ping it again."""
+        at = self.measured_at.get(peer)
+        return at is not None and time.monotonic() - at < within_s
 
     def observations(self, reputation: dict[str, float] | None = None) -> Observations:
         return Observations(rtt_ms=dict(self.rtt_ms), reputation=reputation or {},

@@ -17,10 +17,10 @@ import trio
 from ledger import ReceiptRefused, RemoteLedgerError
 from node.net.guard import guarded
 from node.net.host import Stream
-from node.net.transfer import send_file, transfer_deadline
+from node.net.transfer import transfer_deadline
 from node.provider.admission import Busy, Ticket
 from node.provider.executor import SandboxExecutor
-from node.provider.jobio import collect_outputs, receive_inputs
+from node.provider.jobio import collect_outputs, receive_inputs, send_outputs
 from node.provider.live import LIVE_BACKLOG, forward_output, offer
 from node.provider.replies import REFUSAL_OUTCOME, error_code, error_text, refuse, try_send
 from node.provider.runner import output_sink
@@ -220,11 +220,27 @@ def check_spec(p: Provider, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, s
     return None
 
 
+class _Marks:
+    """Phase durations of one job here, logged at debug level when it ends."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.ms: list[str] = []
+
+    def __call__(self, phase: str) -> None:
+        now = time.monotonic()
+        self.ms.append(f"{phase}={(now - self.last) * 1000:.1f}")
+        self.last = now
+
+
 async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Quote) -> None:
     assert p.executor is not None
+    mark = _Marks()
     async with p.executor.slot(spec, job_id) as slot:
+        mark("slot")
         await receive_inputs(stream, spec, job_id, slot, cache=p.cache, metrics=p.metrics,
-                             on_cached=p.wake_advertiser)
+                             on_cached=p.wake_advertiser, identity=p.identity)
+        mark("inputs")
         log.info("job %s from %s: running %s", job_id[:12], spec.requester[:16],
                  spec.entrypoint)
         async with trio.open_nursery() as nursery:
@@ -239,9 +255,11 @@ async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Q
                     finally:
                         output_sink.reset(token)
                 forwarding.cancel_scope.deadline = trio.current_time() + 2.0
+            mark("sandbox")
             # heartbeats go on while outputs are hashed (large outputs, slow disks)
             outputs = await trio.to_thread.run_sync(collect_outputs, slot.out_dir)
             nursery.cancel_scope.cancel()
+        mark("collect")
         proc = ex.process
         price_charged = charge(
             p.config.price, spec.resources, cpu_s=proc.cpu_s, wall_s=proc.wall_s,
@@ -264,12 +282,14 @@ async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Q
         m.jobs_total.labels(outcome=proc.status).inc()
         m.job_seconds.observe(proc.wall_s)
         m.earnings_total.inc(price_charged)
+        mark("sign+store")
         await stream.send(wire.ResultReady(result=signed.raw))
         with transfer_deadline(sum(o.size for o, _ in outputs), f"the outputs of job "
                                f"{job_id[:12]}"):
-            for out, path in outputs:
-                await send_file(stream, out.name, path)
-                m.bytes_out_total.inc(out.size)
+            await send_outputs(stream, outputs, metrics=m, identity=p.identity)
+        mark("send")
+    mark("teardown")
+    log.debug("job %s phases (ms): %s", job_id[:12], " ".join(mark.ms))
     log.info("job %s: %s (exit %d%s) in %.2f s", job_id[:12], proc.status, proc.exit_code,
              f", hit {','.join(ex.limits_hit)}" if ex.limits_hit else "", proc.wall_s)
 

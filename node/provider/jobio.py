@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from node.net import lane
 from node.net.host import Stream
 from node.net.transfer import (
     STALL_S,
@@ -18,12 +19,13 @@ from node.net.transfer import (
     file_sha256,
     receive_file,
     receive_into,
+    send_file,
     transfer_deadline,
 )
 from node.provider.cache import CacheError, InputCache, PartialFile
 from node.provider.executor import Slot
 from node.provider.metrics import ProviderMetrics
-from protocol import InputFile, JobSpec, OutputFile, wire
+from protocol import Identity, InputFile, JobSpec, OutputFile, wire
 from protocol.messages import MAX_OUTPUTS
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,13 @@ MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
 
 async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot, *,
                          cache: InputCache | None, metrics: ProviderMetrics,
-                         on_cached: Callable[[], None]) -> None:
+                         on_cached: Callable[[], None],
+                         identity: Identity | None = None) -> None:
     """Inputs the cache holds are not sent again; interrupted ones resume where they
     stopped; each lands read-only in the job's inputs. The whole upload must average
     transfer.MIN_RATE_BPS (after its grace), so a trickling peer is cut with
-    TransferTimeout and its slot freed; a resumed upload is allowed for what is left."""
+    TransferTimeout and its slot freed; a resumed upload is allowed for what is left.
+    With `identity`, an upload of wire.LANE_MIN_BYTES or more is offered a fast lane."""
     by_digest = {f.sha256: f for f in spec.inputs}
     digests = list(by_digest)
     partials: dict[str, PartialFile] = {}
@@ -60,16 +64,28 @@ async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot,
         log.info("job %s: resuming %d input(s) already partly held", job_id[:12],
                  len(resume))
     left = sum(by_digest[d].size - resume.get(d, 0) for d in need)
+    direct = {d: lane.DestFile(slot.input_path(by_digest[d].name), by_digest[d].size, d)
+              for d in need if d not in partials}
+
+    async def by_stream(s: Stream) -> None:
+        for d in need:
+            await _receive_one(s, by_digest[d], partials, held, slot, metrics=metrics,
+                               on_cached=on_cached)
+
     try:
         with transfer_deadline(left, f"the inputs of job {job_id[:12]} from "
                                      f"{stream.remote_peer[:16]}"):
             await stream.send(wire.Accepted(job_id=job_id, need=need, resume=resume))
-            for d in need:
-                await _receive_one(stream, by_digest[d], partials, held, slot,
-                                   metrics=metrics, on_cached=on_cached)
+            sinks: list[tuple[str, PartialFile | lane.DestFile]] = [
+                (by_digest[d].name, partials[d] if d in partials else direct[d]) for d in need]
+            if await lane.receive_phase(stream, identity, sinks, fallback=by_stream):
+                await _commit_lane(need, partials, direct, held, on_cached)
+                metrics.bytes_in_total.inc(left)
     finally:
         for p in partials.values():
             p.abort(keep=True)
+        for sink in direct.values():
+            sink.abandon()
     for f in spec.inputs:
         dest = slot.input_path(f.name)
         if f.sha256 in held and cache is not None:
@@ -98,6 +114,37 @@ async def _receive_one(stream: Stream, f: InputFile, partials: dict[str, Partial
                            dest=slot.input_path(f.name), idle_timeout=IDLE_TIMEOUT_S)
         got = f.size
     metrics.bytes_in_total.inc(got)
+
+
+async def _commit_lane(need: tuple[str, ...], partials: dict[str, PartialFile],
+                       direct: dict[str, lane.DestFile], held: set[str],
+                       on_cached: Callable[[], None]) -> None:
+    """Inputs that came over the lane: digests checked, cached ones committed."""
+    for d in need:
+        if d in partials:
+            try:
+                await trio.to_thread.run_sync(partials.pop(d).commit)
+            except CacheError as exc:
+                raise TransferFailed(str(exc)) from exc
+            held.add(d)
+            on_cached()
+        else:
+            await trio.to_thread.run_sync(direct[d].finish)
+
+
+async def send_outputs(stream: Stream, outputs: list[tuple[OutputFile, Path]], *,
+                       metrics: ProviderMetrics, identity: Identity | None = None) -> None:
+    """The outputs in the result's order: over a fast lane when the requester offers one
+    for wire.LANE_MIN_BYTES or more (with `identity`), else as chunks on the stream."""
+
+    async def by_stream(s: Stream) -> None:
+        for out, path in outputs:
+            await send_file(s, out.name, path)
+            metrics.bytes_out_total.inc(out.size)
+
+    files = [(out.name, path, 0) for out, path in outputs]
+    if await lane.send_phase(stream, identity, files, fallback=by_stream):
+        metrics.bytes_out_total.inc(sum(out.size for out, _ in outputs))
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -3,6 +3,8 @@
 session.py     the core: opens identity, ledger, host, discovery, gossip, payments, holds;
                builds a request from one job description, places, maps and plans
 exchange.py    one job exchange with a provider, driven by protocol/exchange.py's table
+offers.py      the offer cache: verified ads reused until they expire, in memory and
+               under the home (re-verified when read), refreshed in the background
 placement.py   placing one job: rank offers, try providers until one delivers, verify
 mapper.py      a distributed map: N jobs over several providers, results in input order
 plan.py        the offload decision with real inputs: local benchmark, hints, offers

@@ -2,8 +2,8 @@
 
 Every step that can take time says so: which offers were found, a provider's quote,
 each upload and download, heartbeats while the job runs, live output lines, the
-verification verdict, a busy provider to ask again, a provider replaced, and the
-money that moved.
+verification verdict, a busy provider to ask again, a provider replaced, the
+money that moved, and how long each phase of an exchange took (`Timing`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,14 @@ class BusyRetry(Event):
     retry_in_s: float
     tries: int
     """Busy answers from this provider so far, this one included."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Timing(Event):
+    """One phase of a job exchange ended: `phase` (see exchange.PHASES) took `ms`."""
+
+    phase: str
+    ms: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ from node.errors import (
     ResultRejected,
     UserError,
 )
+from node.net import lane
 from node.net.guard import guarded
 from node.net.host import Host, Stream
 from node.net.transfer import (
@@ -39,9 +40,11 @@ from node.requester.payments import Payments
 from node.requester.verify import RESULT_FILE, safe_join, verify_result_bytes
 from protocol import (
     CapacityAd,
+    Identity,
     InputFile,
     JobResult,
     JobSpec,
+    OutputFile,
     Price,
     ProtocolError,
     Quote,
@@ -93,6 +96,37 @@ class Phases:
         """The longest a whole attempt may take, every phase at its limit."""
         return (self.quote_s + self.slot_s + transfer_seconds(upload_bytes) + self.run_s
                 + transfer_seconds(download_bytes))
+
+
+PHASES = ("prepare", "connect", "quote", "escrow", "slot", "upload", "run", "verify",
+          "download")
+"""The phases of one exchange, in order, as `events.Timing` names them."""
+
+
+class _Marks:
+    """Emits `events.Timing` for each phase as it ends (monotonic clock); those before the
+    quote wait for it, so a job's first event is still `Quoted`."""
+
+    def __init__(self, emit: Emit, started: float) -> None:
+        self.emit = emit
+        self.last = started
+        self.job_id = self.provider = ""
+        self.held: list[events.Timing] | None = []
+
+    def __call__(self, phase: str) -> None:
+        now = time.monotonic()
+        timing = events.Timing(job_id=self.job_id, provider=self.provider, phase=phase,
+                               ms=round((now - self.last) * 1000.0, 3))
+        self.last = now
+        if self.held is None:
+            self.emit(timing)
+        else:
+            self.held.append(timing)
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for timing in held:
+            self.emit(timing)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,12 +191,17 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     job_id = signed_spec.digest
     pay = payments or Payments(None, host)
     seen: list[str] = []  # the result's digest, once one arrived
+    mark = _Marks(emit, started)
+    mark.job_id, mark.provider = job_id, ad.peer_id
+    mark("prepare")
     try:
         stream = guarded(await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs),
                          JOB, "requester")
+        mark("connect")
         try:
             signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
-                                            out_dir, host.peer_id, request, emit, pay, seen)
+                                            out_dir, host.peer_id, request, emit, pay, seen,
+                                            mark, identity=host.identity)
         finally:
             await stream.close()
     except BaseException as exc:
@@ -199,7 +238,8 @@ def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
 async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
                     files: list[tuple[InputFile, Path]], out_dir: Path,
                     requester: str, request: JobRequest, emit: Emit, pay: Payments,
-                    seen: list[str]) -> tuple[Signed[JobResult], Quote]:
+                    seen: list[str], mark: _Marks, *,
+                    identity: Identity | None = None) -> tuple[Signed[JobResult], Quote]:
     phases = Phases(request.resources.max_seconds)
     who = f"provider {ad.peer_id[:16]}"
     with _within(phases.quote_s, f"{who} sent no quote for job {job_id[:12]}"):
@@ -214,12 +254,15 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     except PriceRefused as exc:
         await _tell(stream, wire.ErrorReply(code="price", message=str(exc)[:1000]))
         raise
+    mark("quote")
     emit(events.Quoted(job_id=job_id, provider=ad.peer_id, max_charge=quote.max_charge))
+    mark.release()
     try:
         await pay.lock(job_id, ad.peer_id, quote.max_charge)
     except LedgerError as exc:
         await _tell(stream, wire.ErrorReply(code="price", message=f"requester: {exc}"[:1000]))
         raise
+    mark("escrow")
     with _within(phases.slot_s, f"{who} gave job {job_id[:12]} no slot"):
         await _send(stream, wire.QuoteAccept(job_id=job_id), "the quote acceptance")
         while True:
@@ -235,31 +278,73 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     if any(d not in by_digest for d in accepted.need):
         raise ResultRejected("the provider asked for a file that is not part of the job")
     sending = [(by_digest[d], accepted.resume.get(d, 0)) for d in accepted.need]
+    mark("slot")
     with transfer_deadline(sum(f.size - offset for (f, _), offset in sending),
                            f"the inputs of job {job_id[:12]} to {who}"):
-        for (f, path), offset in sending:
+        def uploading(f: InputFile, offset: int) -> None:
             emit(events.Uploading(job_id=job_id, provider=ad.peer_id, name=f.name,
                                   size=f.size, offset=offset))
-            await send_file(stream, f.name, path, offset=offset)
+
+        def on_lane() -> None:
+            for (f, _), offset in sending:
+                uploading(f, offset)
+
+        async def upload(s: Stream) -> None:
+            for (f, path), offset in sending:
+                uploading(f, offset)
+                await send_file(s, f.name, path, offset=offset)
+
+        await lane.send_phase(stream, identity,
+                              [(f.name, path, offset) for (f, path), offset in sending],
+                              fallback=upload, on_lane=on_lane)
+    mark("upload")
     with _within(phases.run_s, f"{who} returned no result for job {job_id[:12]}"):
         ready = await _await_result(stream, job_id, ad, emit)
+    mark("run")
     signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
                                  requester=requester)
     seen.append(signed.digest)
     if signed.message.price_charged > quote.max_charge:
         raise ResultRejected(f"the provider charged {credits(signed.message.price_charged)} "
                              f"credits, above its quote of {credits(quote.max_charge)}")
+    mark("verify")
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = signed.message.outputs
     with transfer_deadline(sum(o.size for o in outputs),
                            f"the outputs of job {job_id[:12]} from {who}"):
-        for out in outputs:
-            emit(events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
-                                    size=out.size))
-            await receive_file(stream, name=out.name, size=out.size, sha256=out.sha256,
-                               dest=safe_join(out_dir, out.name))
+        await _download(stream, identity, outputs, out_dir, lambda out: emit(
+            events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
+                               size=out.size)))
     (out_dir / RESULT_FILE).write_bytes(signed.raw)
+    mark("download")
     return signed, quote
+
+
+async def _download(stream: Stream, identity: Identity | None, outputs: Sequence[OutputFile],
+                    out_dir: Path, downloading: Callable[[OutputFile], None]) -> None:
+    """The outputs in the result's order: over a fast lane we offer when they are big
+    enough (node/net/lane.py), else as chunks on the stream; digests checked either way."""
+    sinks = [lane.DestFile(safe_join(out_dir, o.name), o.size, o.sha256) for o in outputs]
+
+    async def by_stream(s: Stream) -> None:
+        for out in outputs:
+            downloading(out)
+            await receive_file(s, name=out.name, size=out.size, sha256=out.sha256,
+                               dest=safe_join(out_dir, out.name))
+
+    def on_lane() -> None:
+        for out in outputs:
+            downloading(out)
+
+    items = [(o.name, sink) for o, sink in zip(outputs, sinks, strict=True)]
+    try:
+        if await lane.receive_phase(stream, identity, items, fallback=by_stream,
+                                    on_lane=on_lane):
+            for sink in sinks:
+                await trio.to_thread.run_sync(sink.finish)
+    finally:
+        for sink in sinks:
+            sink.abandon()
 
 
 async def _await_result(stream: Stream, job_id: str, ad: CapacityAd,

@@ -83,6 +83,9 @@ class Payments:
         """Gossips each receipt (see gossip.py) besides sending it to its provider."""
         self.lease = lease
         """Claims each job before its escrow is locked (escrows.py); None: no claims."""
+        self.background: trio.Nursery | None = None
+        """Where receipts go out (gossip, settle stream) without holding up the job that
+        was settled; None: each settlement waits for its own."""
         self._locked: set[str] = set()
         self._pending: dict[str, _Pending] = {}
         self.paid = 0
@@ -165,12 +168,12 @@ class Payments:
             self.paid += charge
             self.emit(events.Paid(job_id=job_id, provider=job.provider, amount=charge,
                                   refunded=job.amount - charge))
-            await self._tell(job.provider, pay.receipt.raw, pay.cheque.raw, job_id)
+            await self._notify(job.provider, pay.receipt.raw, pay.cheque.raw, job_id)
         else:
             self.emit(events.Refunded(job_id=job_id, provider=job.provider, amount=job.amount,
                                       reason=op.reason))
             if receipt is not None:
-                await self._tell(job.provider, receipt.raw, b"", job_id)
+                await self._notify(job.provider, receipt.raw, b"", job_id)
 
     def _forget(self, job_id: str) -> None:
         self._locked.discard(job_id)
@@ -355,6 +358,16 @@ class Payments:
     def _addrs(self, provider: str) -> list[str]:
         """The provider's known addresses, so a later sweep can reach it without the DHT."""
         return self.host.known_addrs(provider)[:8] if self.host is not None else []
+
+    async def _notify(self, provider: str, receipt: bytes, cheque: bytes, job_id: str) -> None:
+        """`_tell`, in the background when there is one still open."""
+        if self.background is not None:
+            try:
+                self.background.start_soon(self._tell, provider, receipt, cheque, job_id)
+                return
+            except RuntimeError:  # that nursery is closed: the session is ending
+                pass
+        await self._tell(provider, receipt, cheque, job_id)
 
     async def _tell(self, provider: str, receipt: bytes, cheque: bytes, job_id: str) -> None:
         """Best effort: the ledger entry is already final; the provider may ask again."""

@@ -17,9 +17,10 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -34,7 +35,6 @@ from node.errors import (
     UserError,
     sole_error,
 )
-from node.net.discovery import Discovery
 from node.net.host import Host
 from node.net.peers import PeerBook
 from node.net.proximity import measure
@@ -52,7 +52,7 @@ from node.requester.events import Emit, ignore
 from node.requester.exchange import JobOutcome, JobRequest, run_job
 from node.requester.holds import DEFAULT_HOLD_S
 from node.requester.payments import Payments
-from protocol import CapacityAd, Resources
+from protocol import CapacityAd, Resources, Signed
 from scheduler import Requirements, meets
 from scheduler.scoring import JobEstimate, ScoreParts, rank
 from scheduler.verification import Mode, Policy, TrustTracker, Verdict
@@ -118,12 +118,29 @@ def job_estimate(request: JobRequest, *, gflop: float = 0.0) -> JobEstimate:
                        input_digests=tuple(digests), input_bytes_by_digest=digests)
 
 
-async def find_candidates(disc: Discovery, requirements: Requirements, job: JobEstimate,
+class AdSource(Protocol):
+    """Where placement gets ads: the session's offer cache (offers.py), or Discovery."""
+
+    def clock(self) -> float: ...
+
+    async def require_ads(self, capability: str = "cpu", *,
+                          want: Callable[[CapacityAd], bool] | None = None
+                          ) -> list[Signed[CapacityAd]]: ...
+
+
+async def find_candidates(disc: AdSource, requirements: Requirements, job: JobEstimate,
                           peers: PeerBook, *, provider: str | None = None,
                           reputation: dict[str, float] | None = None
                           ) -> list[tuple[CapacityAd, ScoreParts]]:
-    """Ads that meet the job's needs, not banned, best first (see scheduler.scoring)."""
-    ads = [a.message for a in await disc.require_ads("cpu")]
+    """Ads that meet the job's needs, not banned, best first (see scheduler.scoring); the
+    source searches the DHT only if none of the ads it holds would do."""
+    def want(ad: CapacityAd) -> bool:
+        now = disc.clock()
+        return ((provider is None or ad.peer_id == provider)
+                and meets(ad, requirements, now_ms=int(now * 1000))
+                and not peers.trust.is_blacklisted(ad.peer_id, now))
+
+    ads = [a.message for a in await disc.require_ads("cpu", want=want)]
     now = disc.clock()
     if provider is not None:
         ads = [a for a in ads if a.peer_id == provider]
@@ -213,6 +230,8 @@ class Placer:
     held_until: float | None = None
     busy: dict[str, int] = dataclasses.field(default_factory=dict)
     """`busy` answers per provider so far."""
+    on_gone: Callable[[str], None] | None = None
+    """Told the peer id of a provider that could not be reached (the offer cache drops it)."""
 
     async def place(self, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
                     request: JobRequest, out_dir: Path, *, deadline_s: float) -> Placement:
@@ -325,6 +344,8 @@ class Placer:
                     continue
                 if isinstance(exc, ResultRejected):
                     self.peers.trust.record_mismatch(ad.peer_id, time.time())
+                if isinstance(exc, PeerGone) and self.on_gone is not None:
+                    self.on_gone(ad.peer_id)
                 log.info("provider %s failed (%s); trying the next one", ad.peer_id[:16], exc)
                 self.attempts.append(Attempt(ad.peer_id, str(exc)))
                 self.last_error = exc
@@ -349,7 +370,8 @@ class Placer:
         return True
 
     async def _try(self, ad: CapacityAd, request: JobRequest, out_dir: Path) -> JobOutcome:
-        await measure(self.host, self.peers, ad)  # RTT and our Vivaldi coordinate
+        if not self.peers.measured_recently(ad.peer_id):  # warm: its RTT is seconds old
+            await measure(self.host, self.peers, ad)  # RTT and our Vivaldi coordinate
         pay = self._pay()
         if not self.canary:
             return await run_job(self.host, ad, request, out_dir, emit=self.emit, payments=pay)

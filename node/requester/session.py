@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+import trio
+
 from node.errors import NodeError, UserError
 from node.home import init_identity, open_ledger
 from node.requester import events
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from node.net.peers import PeerBook
     from node.requester.holds import Hold
     from node.requester.mapper import MapReport
+    from node.requester.offers import OfferSource
     from node.requester.payments import Payments
     from node.requester.placement import Placement
     from protocol.identity import Identity
@@ -100,6 +103,8 @@ class Offers:
 
     offers: list[Offer]
     shortfall: str | None = None
+    cached_at: float | None = None
+    """Set when the offers came from the offer cache: when it was last searched (unix s)."""
 
 
 def where_filter(expression: str | None, *, prefix: str = "") -> Any:
@@ -170,8 +175,10 @@ class Session:
 
     def __init__(self, *, home: Path, bootstrap: Sequence[str], settings: RequesterSettings,
                  emit: Emit = ignore, ledger: bool = True, prefix: str = "",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, fresh: bool = False) -> None:
         self.home = home
+        self.fresh = fresh
+        """Search the DHT for the first job instead of trusting the offer cache."""
         self.bootstrap = list(bootstrap)
         self.settings = settings
         self.emit = emit
@@ -180,6 +187,8 @@ class Session:
         self._use_ledger = ledger
         self._peers: PeerBook | None = None
         self._stack: AsyncExitStack | None = None
+        self._source: OfferSource | None = None
+        self._due = True
         self.swept = Swept()
         """Escrows that dead processes on this home had left locked, settled at start."""
         self.suspect: list[Hold] = []
@@ -262,11 +271,16 @@ class Session:
             self.payments = Payments(ledger, self.host, emit=self.emit,
                                      publish=gossip.publish, holds=HoldBook.load(self.home),
                                      lease=lease)
+            # receipts go out beside the next job; closed (after the last) before the host
+            self.payments.background = await stack.enter_async_context(trio.open_nursery())
             stack.callback(self.payments.close)
             stack.push_async_callback(self._settle_holds)
             stack.push_async_callback(self.payments.settle_all)
             self.swept = await self.payments.sweep(self.home)
             await self.payments.settle_holds(time.time(), peers.trust.strikes)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            nursery.start_soon(self.source.refresh_forever)
             self._stack = stack.pop_all()
         return self
 
@@ -285,6 +299,62 @@ class Session:
         return str(self.identity.peer_id)
 
     @property
+    def source(self) -> OfferSource:
+        """The offer cache over this session's DHT client (loaded from the home)."""
+        if self._source is None:
+            from node.home import Home
+            from node.requester.offers import OfferCache, OfferSource
+
+            path = Home(self.home).offers
+            cache = OfferCache.load(path, clock=self.disc.clock)
+            self._source = OfferSource(self.disc, cache, path=path, fresh=self.fresh)
+        return self._source
+
+    def cached_offers(self, where: str | None = None, *, cpus: int = 1, gpus: int = 0,
+                      timeout: int = 600, limit: int = 50) -> Offers | None:
+        """`offers` from the home's offer cache, with no network (None if it holds no fresh
+        ad, or `fresh`); `cached_at` says when it was searched."""
+        from node.home import Home
+        from node.net.addrs import check_bootstrap
+        from node.requester.offers import OfferCache
+
+        check_bootstrap(self.bootstrap)  # a command that could not refresh is refused
+        if self.fresh:
+            return None
+        cache = OfferCache.load(Home(self.home).offers, clock=self.clock)
+        ads = cache.fresh()
+        self._due = cache.due()
+        if not ads:
+            return None
+        reputation: dict[str, float] = {}
+        if self._use_ledger and Home(self.home).ledger.exists():
+            self.identity, _ = init_identity(self.home)
+            with open_ledger(self.home, self.identity) as ledger:
+                reputation = ledger.reputations()
+        found = self._rank([a.message for a in ads], where, cpus=cpus, gpus=gpus,
+                           timeout=timeout, limit=limit, reputation=reputation,
+                           now_ms=int(self.clock() * 1000))
+        return dataclasses.replace(found, cached_at=cache.searched_at)
+
+    def offers_due(self) -> bool:
+        """Whether the cache `cached_offers` answered from should be searched again."""
+        return self._due
+
+    def _rank(self, ads: list[CapacityAd], where: str | None, *, cpus: int, gpus: int,
+              timeout: int, limit: int, reputation: dict[str, float],
+              now_ms: int) -> Offers:
+        from scheduler.scoring import JobEstimate, rank
+
+        check = self.where(where)
+        ads = [a for a in ads if check is None or check(a, now_ms=now_ms)]
+        estimate = JobEstimate(resources=Resources(cpus=cpus, gpus=gpus, max_seconds=timeout))
+        ranked = rank(ads, estimate, self.peers.observations(reputation), now_ms=now_ms)[:limit]
+        self._found(ranked)
+        return Offers([Offer(ad, parts, self.peers.trust.is_blacklisted(ad.peer_id,
+                                                                         now_ms / 1000))
+                       for ad, parts in ranked])
+
+    @property
     def paid(self) -> int:
         """Micro-credits released to providers in this session."""
         return int(self.payments.paid)
@@ -300,28 +370,22 @@ class Session:
     # work -----------------------------------------------------------------------------
     async def offers(self, where: str | None = None, *, cpus: int = 1, gpus: int = 0,
                      timeout: int = 600, limit: int = 50) -> Offers:
-        """Providers found through the DHT that match `where`, ranked with reputation."""
-        from scheduler.scoring import JobEstimate, rank
-
-        check = self.where(where)
-        search = await self.disc.search("cpu", limit=limit)
-        now_ms = int(self.disc.clock() * 1000)
-        ads = [a.message for a in search.ads]
-        ads = [a for a in ads if check is None or check(a, now_ms=now_ms)]
-        estimate = JobEstimate(resources=Resources(cpus=cpus, gpus=gpus, max_seconds=timeout))
-        ranked = rank(ads, estimate, self.peers.observations(self._reputation()),
-                      now_ms=now_ms)
-        self._found(ranked)
-        return Offers([Offer(ad, parts, self.peers.trust.is_blacklisted(ad.peer_id,
-                                                                         now_ms / 1000))
-                       for ad, parts in ranked], search.shortfall())
+        """Providers found through the DHT that match `where`, ranked with reputation (a
+        search: the offer cache is refreshed and written, providers that vanished stay out)."""
+        self.where(where)
+        search = await self.source.search(limit=limit)
+        ads = [a.message for a in self.source.cache.fresh()]
+        found = self._rank(ads, where, cpus=cpus, gpus=gpus, timeout=timeout, limit=limit,
+                           reputation=self._reputation(),
+                           now_ms=int(self.source.clock() * 1000))
+        return dataclasses.replace(found, shortfall=search.shortfall())
 
     async def candidates(self, job: Job) -> Ranked:
         """Offers that can run `job`, not banned, best first (with reputation)."""
         from node.requester.placement import find_candidates, job_estimate
 
         request = self.request(job)
-        ranked = await find_candidates(self.disc, self.requirements(job),
+        ranked = await find_candidates(self.source, self.requirements(job),
                                        job_estimate(request, gflop=self.gflop(job)),
                                        self.peers, provider=job.provider,
                                        reputation=self._reputation())
@@ -350,7 +414,7 @@ class Session:
                         same=exact if job.tolerance is None else numeric(job.tolerance),
                         canary=job.verify == "canary", rng=random.Random(),
                         replicas=job.redundancy, emit=self.emit, payments=self.payments,
-                        hold_s=self.hold_s(job))
+                        hold_s=self.hold_s(job), on_gone=self.source.drop)
         return await placer.place(ranked, request, out, deadline_s=deadline)
 
     async def place_under(self, job: Job, root: Path) -> Placement:
@@ -402,8 +466,8 @@ class Session:
         request = self.request(job)
         requirements = self.requirements(job)
         local = await local_capacity(self.home)
-        ads = [a.message for a in await self.disc.find_ads("cpu", limit=50)]
-        now_ms = int(self.disc.clock() * 1000)
+        ads = [a.message for a in await self.source.ads()]
+        now_ms = int(self.source.clock() * 1000)
         ads = [a for a in ads if meets(a, requirements, now_ms=now_ms)
                and not self.peers.trust.is_blacklisted(a.peer_id, now_ms / 1000)]
         return make_plan(job_estimate(request, gflop=self.gflop(job)), local, ads,

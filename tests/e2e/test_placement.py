@@ -125,7 +125,7 @@ def test_a_provider_that_dies_is_replaced_and_a_map_survives_another(
     items.write_text("\n".join(str(i) for i in range(8)) + "\n")
     out = tmp_path / "squares"
     ran = network.offload("map", SQUARE, "--items", str(items), "--out", str(out), *boot,
-                          "--json", timeout=240)
+                          "--fresh", "--json", timeout=240)  # dies2 is newer than the cache
     doc = _doc(ran)
     assert "Failed to open" not in ran.stderr  # dials to the dead provider stay quiet
     assert [r["stdout"] for r in doc["items"]] == [f"{i * i}\n" for i in range(8)]

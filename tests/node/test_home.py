@@ -16,7 +16,8 @@ def test_every_path_keeps_the_name_existing_homes_use(tmp_path: Path) -> None:
     names = {"identity": "identity.key", "ledger": "ledger.db", "lock": "provider.lock",
              "peers": "peers.json", "holds": "holds.json", "leases": "leases",
              "status": "status.json", "results": "results", "benchmark": "benchmark.json",
-             "local_benchmark": "local-benchmark.json", "cache": "cache", "jobs": "jobs"}
+             "local_benchmark": "local-benchmark.json", "cache": "cache", "jobs": "jobs",
+             "offers": "offers.msgpack"}
     assert {k: getattr(home, k) for k in names} == {k: tmp_path / v for k, v in names.items()}
     props = {n for n, v in vars(Home).items() if isinstance(v, property)}
     assert props == set(names)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from protocol import wire
-from protocol.errors import OutOfOrder, SendOutOfOrder, WrongMessageType
+from protocol.errors import OutOfOrder, ProtocolError, SendOutOfOrder, WrongMessageType
 from protocol.exchange import (
     CLOSED,
     INPUTS_DONE,
@@ -36,6 +36,7 @@ SAMPLE: dict[str, wire.Frame] = {
     "settle": wire.Settle(receipt=b"r", cheque=b""),
     "settle_ack": wire.SettleAck(job_id=JOB_ID),
     "result_query": wire.ResultQuery(job_id=JOB_ID),
+    "lane": wire.Lane(port=0, token=b"", cert=b"cert"),
 }
 P: Role = "provider"
 R: Role = "requester"
@@ -56,6 +57,14 @@ PATHS: dict[tuple[str, str], list[tuple[Role, wire.Frame]]] = {
                          (R, SAMPLE["quote_accept"]),
                          (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
                          (P, SAMPLE["result"])],
+    ("job", "inputs_lane"): [(R, SAMPLE["submit"]), (P, SAMPLE["quote"]),
+                             (R, SAMPLE["quote_accept"]),
+                             (P, wire.Accepted(job_id=JOB_ID, need=(D1, D2), resume={})),
+                             (P, SAMPLE["lane"]), (R, SAMPLE["lane"])],
+    ("job", "outputs_lane"): [(R, SAMPLE["submit"]), (P, SAMPLE["quote"]),
+                              (R, SAMPLE["quote_accept"]),
+                              (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
+                              (P, SAMPLE["result"]), (R, SAMPLE["lane"]), (P, SAMPLE["lane"])],
     ("job", CLOSED): [(P, SAMPLE["error"])],
     ("settle", "start"): [],
     ("settle", "settling"): [(R, SAMPLE["settle"])],
@@ -162,6 +171,36 @@ def test_inputs_are_done_after_the_final_chunk_of_each_needed_file() -> None:
     with pytest.raises(OutOfOrder):
         ex.receive(SAMPLE["chunk"])  # no more inputs
     assert JOB.next_state("inputs", None, INPUTS_DONE) == "running"
+
+
+def test_a_lane_for_inputs_ends_in_running_by_the_providers_frames_or_by_chunks() -> None:
+    ex = at(JOB, "inputs_lane", R)
+    ex.receive(SAMPLE["running"])  # the inputs came over the lane
+    assert ex.state == "running"
+    fell_back = at(JOB, "inputs_lane", P)  # the lane did not open: chunks on the stream
+    fell_back.receive(wire.Chunk(name="a", offset=0, data=b"x", final=True))
+    assert fell_back.state == "inputs_lane"
+    with pytest.raises(SendOutOfOrder):
+        fell_back.send(SAMPLE["lane"])
+    fell_back.receive(wire.Chunk(name="b", offset=0, data=b"", final=True))
+    assert fell_back.state == "running"
+    with pytest.raises(OutOfOrder):
+        at(JOB, "running", P).receive(SAMPLE["lane"])  # no lane once inputs are done
+
+
+def test_a_lane_frame_offer_is_bounded_and_consistent() -> None:
+    from protocol.errors import InvalidMessage
+
+    ok = wire.Lane(port=4242, token=b"t" * 32, cert=b"c")
+    assert wire.decode(wire.encode(ok)[4:]) == ok
+    for bad in ({"port": 4242, "token": b"t" * 31, "cert": b"c"},
+                {"port": 4242, "token": b"t" * 32, "cert": b""}):
+        with pytest.raises(InvalidMessage):
+            wire.Lane(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError):
+        wire.Lane(port=70000, token=b"", cert=b"")
+    with pytest.raises(ProtocolError):
+        wire.Lane(port=0, token=b"", cert=b"c" * (wire.MAX_LANE_CERT + 1))
 
 
 def test_nothing_needed_goes_straight_to_running() -> None:

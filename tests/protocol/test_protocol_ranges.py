@@ -83,6 +83,7 @@ RANGES: dict[tuple[type[Message], str], tuple[int, int]] = {
     (wire.Queued, "position"): (0, COUNT),
     (wire.Accepted, "resume"): (0, FILE),
     (wire.Chunk, "offset"): (0, FILE),
+    (wire.Lane, "port"): (0, 65535),
 }
 
 
@@ -104,6 +105,7 @@ def samples(build: Any) -> dict[type[Message], Message]:
         wire.Queued: wire.Queued(position=1),
         wire.Accepted: wire.Accepted(job_id=JOB, need=(DIGEST,), resume={}),
         wire.Chunk: wire.Chunk(name="a.bin", offset=0, data=b"x", final=True),
+        wire.Lane: wire.Lane(port=1, token=b"t" * 32, cert=b"c"),
     }
 
 

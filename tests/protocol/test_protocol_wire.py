@@ -34,6 +34,7 @@ from protocol.wire import (
     Chunk,
     ErrorReply,
     Frame,
+    Lane,
     Output,
     Queued,
     QuoteAccept,
@@ -75,6 +76,8 @@ def all_frames(build: Any) -> list[Frame]:
         Settle(receipt=b"r" * 100, cheque=b""),
         SettleAck(job_id=DIGEST),
         ResultQuery(job_id=DIGEST),
+        Lane(port=40123, token=b"\x07" * 32, cert=b"0" * 600),
+        Lane(port=0, token=b"", cert=b""),
     ]
 
 

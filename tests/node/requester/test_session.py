@@ -96,6 +96,12 @@ class _Disc:
     async def find_ads(self, capability: str = "cpu", **_: Any) -> list[Any]:
         return self.ads
 
+    async def search(self, capability: str = "cpu", **_: Any) -> Any:
+        from node.net.discovery import Search
+
+        return Search(ads=self.ads, found=len(self.ads), unreachable=(), gone=0, invalid=0,
+                      dht_failed=0, lookup_cut=False)
+
 
 class _Payments:
     paid = 0
