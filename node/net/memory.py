@@ -195,6 +195,30 @@ async def memory_network(*, lockstep: bool = False,
         raise sole from None
 
 
+@asynccontextmanager
+async def stream_pair(protocol: str = "/test/pair/1.0.0"
+                      ) -> AsyncIterator[tuple[MemoryHost, Stream, MemoryHost, Stream]]:
+    """Two memory hosts and both ends of one stream between them: (opener, its end,
+    acceptor, its end). The acceptor's handler holds its end open for the block."""
+    async with memory_network() as net:
+        a, b = net.add(), net.add()
+        got: list[Stream] = []
+        done = trio.Event()
+
+        async def serve(stream: Stream) -> None:
+            got.append(stream)
+            await done.wait()
+
+        b.handle(protocol, serve)
+        opened = await a.open_stream(b.peer_id, protocol)
+        while not got:
+            await trio.sleep(0)
+        try:
+            yield a, opened, b, got[0]
+        finally:
+            done.set()
+
+
 if TYPE_CHECKING:  # mypy proves both kinds of host and stream fit the seam
     def _fits(m: MemoryHost, s: FramedStream) -> tuple[Host, Stream]:
         return m, s

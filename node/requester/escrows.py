@@ -137,13 +137,13 @@ class Leases:
     dead_files: list[Path] = dataclasses.field(default_factory=list)
 
 
-def read_leases(home: Path) -> Leases:
-    """Sort every lease into live (its lock is held) and dead (its lock can be taken)."""
-    out = Leases()
+def _scan(home: Path) -> Iterator[tuple[Path, bool, list[Claim]]]:
+    """Every lease file (at most MAX_LEASES), whether its owner lives (holds its lock),
+    and its claims; files removed or unreadable meanwhile are skipped."""
     try:
         paths = sorted(Home(home).leases.glob("*.lease"))[:MAX_LEASES]
     except OSError:
-        return out
+        return
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -160,6 +160,13 @@ def read_leases(home: Path) -> Leases:
             continue
         finally:
             os.close(fd)
+        yield path, alive, claims
+
+
+def read_leases(home: Path) -> Leases:
+    """Sort every lease into live (its lock is held) and dead (its lock can be taken)."""
+    out = Leases()
+    for path, alive, claims in _scan(home):
         if alive:
             out.live.update(c.job_id for c in claims)
         else:
@@ -215,27 +222,9 @@ def find_orphans(ledger: Ledger, home: Path, *,
 
 def live_owner(home: Path, job_id: str) -> str | None:
     """The pid of the live process on this home that holds the job's escrow, if any."""
-    try:
-        paths = sorted(Home(home).leases.glob("*.lease"))[:MAX_LEASES]
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                continue  # dead
-            except BlockingIOError:
-                pass
-            if any(c.job_id == job_id for c in _read_claims(fd)):
-                return path.name.split("-", 1)[0]
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
+    for path, alive, claims in _scan(home):
+        if alive and any(c.job_id == job_id for c in claims):
+            return path.name.split("-", 1)[0]
     return None
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from node.errors import LaneRefused, TransferFailed, TransferTimeout
 from node.net import lane
 from node.net.host import Stream
-from node.net.memory import memory_network
+from node.net.memory import stream_pair
 from node.net.transfer import CHUNK, receive_file, send_file
 from protocol import BadSignature, Expired, Identity, MalformedMessage, lanecert, wire
 
@@ -36,23 +36,8 @@ ROOT = Path(__file__).resolve().parents[3]
 @asynccontextmanager
 async def pair() -> AsyncIterator[tuple[Stream, Identity, Stream, Identity]]:
     """(sender stream, its identity, receiver stream, its identity) over memory hosts."""
-    async with memory_network() as net:
-        a, b = net.add(), net.add()
-        got: list[Stream] = []
-        done = trio.Event()
-
-        async def serve(stream: Stream) -> None:
-            got.append(stream)
-            await done.wait()
-
-        b.handle(PROTO, serve)
-        sender = await a.open_stream(b.peer_id, PROTO)
-        while not got:
-            await trio.sleep(0)
-        try:
-            yield sender, a.identity, got[0], b.identity
-        finally:
-            done.set()
+    async with stream_pair(PROTO) as (a, sender, b, receiver):
+        yield sender, a.identity, receiver, b.identity
 
 
 def blob(path: Path, size: int) -> Path:

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from node.net.host import Stream
-from node.net.memory import memory_network
+from node.net.memory import stream_pair
 from node.net.transfer import (
     CHUNK,
     TransferFailed,
@@ -31,23 +31,8 @@ PROTO = "/test/transfer/1.0.0"
 @asynccontextmanager
 async def pair() -> AsyncIterator[tuple[Stream, Stream]]:
     """(sender, receiver): two ends of one stream between two memory hosts."""
-    async with memory_network() as net:
-        a, b = net.add(), net.add()
-        got: list[Stream] = []
-        done = trio.Event()
-
-        async def serve(stream: Stream) -> None:
-            got.append(stream)
-            await done.wait()
-
-        b.handle(PROTO, serve)
-        sender = await a.open_stream(b.peer_id, PROTO)
-        while not got:
-            await trio.sleep(0)
-        try:
-            yield sender, got[0]
-        finally:
-            done.set()
+    async with stream_pair(PROTO) as (_, sender, _, receiver):
+        yield sender, receiver
 
 
 def blob(tmp_path: Path, size: int, name: str = "blob.bin") -> Path:
