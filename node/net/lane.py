@@ -37,6 +37,7 @@ from typing import BinaryIO, TypeVar
 
 import trio
 
+from node.config import resolve
 from node.errors import LaneRefused, PeerGone, PeerRefused, TransferFailed, TransferTimeout
 from node.net.host import SEND_STALL_S, Stream
 from node.net.transfer import CHUNK, STALL_S, PartialFile
@@ -55,7 +56,8 @@ PIPELINE = 2
 
 
 def enabled() -> bool:
-    return os.environ.get("OFFLOAD_LANE", "on").lower() not in ("off", "0", "no")
+    """Whether lanes are on (OFFLOAD_LANE=off|0|no turns them off)."""
+    return resolve(None, "OFFLOAD_LANE", None, "on").lower() not in ("off", "0", "no")
 
 
 # --- this node's certificate, bound to its libp2p identity ------------------------------

@@ -242,11 +242,13 @@ class Session:
 
     def check(self, job: Job) -> JobRequest:
         """Every local check of `job` (before a host opens): its request."""
+        return self._checked(job)[0]
+
+    def _checked(self, job: Job) -> tuple[JobRequest, Policy, float]:
+        """`job`'s request, verification policy and hold, checked in that order."""
         request = self.request(job)
         self.where(job.where)
-        self.policy(job)
-        self.hold_s(job)
-        return request
+        return request, self.policy(job), self.hold_s(job)
 
     # opening --------------------------------------------------------------------------
     async def __aenter__(self) -> Session:
@@ -406,15 +408,14 @@ class Session:
         from node.requester.agreement import exact, numeric
         from node.requester.placement import Placer
 
-        request = self.check(job)
-        policy = self.policy(job)
+        request, policy, hold_s = self._checked(job)
         ranked = await self.candidates(job)
         deadline = job.deadline or 2.0 * request.resources.max_seconds + 60.0
         placer = Placer(host=self.host, peers=self.peers, policy=policy,
                         same=exact if job.tolerance is None else numeric(job.tolerance),
                         canary=job.verify == "canary", rng=random.Random(),
                         replicas=job.redundancy, emit=self.emit, payments=self.payments,
-                        hold_s=self.hold_s(job), on_gone=self.source.drop)
+                        hold_s=hold_s, on_gone=self.source.drop)
         return await placer.place(ranked, request, out, deadline_s=deadline)
 
     async def place_under(self, job: Job, root: Path) -> Placement:
