@@ -37,6 +37,8 @@ from protocol.exchange import SETTLE
 
 log = logging.getLogger(__name__)
 SETTLE_TIMEOUT_S = 10.0
+RECEIPTS_IN_FLIGHT = 4
+"""Background receipts sent at once, below a provider's share of streams per peer."""
 SWEEP_TIMEOUT_S = 15.0
 """The most a sweep spends asking providers for results, all orphans together."""
 SWEEP_PARALLEL = 8
@@ -86,6 +88,7 @@ class Payments:
         self.background: trio.Nursery | None = None
         """Where receipts go out (gossip, settle stream) without holding up the job that
         was settled; None: each settlement waits for its own."""
+        self._in_flight = trio.CapacityLimiter(RECEIPTS_IN_FLIGHT)
         self._locked: set[str] = set()
         self._pending: dict[str, _Pending] = {}
         self.paid = 0
@@ -363,11 +366,16 @@ class Payments:
         """`_tell`, in the background when there is one still open."""
         if self.background is not None:
             try:
-                self.background.start_soon(self._tell, provider, receipt, cheque, job_id)
+                self.background.start_soon(self._tell_queued, provider, receipt, cheque, job_id)
                 return
             except RuntimeError:  # that nursery is closed: the session is ending
                 pass
         await self._tell(provider, receipt, cheque, job_id)
+
+    async def _tell_queued(self, provider: str, receipt: bytes, cheque: bytes,
+                           job_id: str) -> None:
+        async with self._in_flight:
+            await self._tell(provider, receipt, cheque, job_id)
 
     async def _tell(self, provider: str, receipt: bytes, cheque: bytes, job_id: str) -> None:
         """Best effort: the ledger entry is already final; the provider may ask again."""

@@ -15,13 +15,14 @@ import trio.testing
 
 from ledger import Ledger
 from node.errors import PriceRefused
+from node.net.host import Stream
 from node.net.memory import MemoryHost, memory_network
 from node.net.peers import RTT_FRESH_S, PeerBook
 from node.requester import events
 from node.requester.exchange import PHASES, run_job
-from node.requester.payments import Payments
+from node.requester.payments import RECEIPTS_IN_FLIGHT, Payments
 from node.requester.placement import Placer
-from protocol import Identity
+from protocol import Identity, wire
 from tests.node.requester.fake_provider import job_request, providers, ranked
 
 
@@ -85,6 +86,39 @@ async def test_receipts_go_out_in_the_background_and_every_one_arrives(tmp_path:
             await pay.accept(outcome.signed)
             assert fake.receipts()[-1].job_id == outcome.result.job_id
             await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_background_receipts_to_one_provider_stay_within_its_stream_share(
+        tmp_path: Path) -> None:
+    me = Identity.generate()
+    with Ledger.open(tmp_path / "ledger.db", me) as ledger:
+        ledger.deposit(100_000)
+        async with memory_network() as net:
+            (fake,) = providers(net, 1)
+            now, most = 0, 0
+
+            async def slow_settle(stream: Stream) -> None:
+                nonlocal now, most
+                now += 1
+                most = max(most, now)
+                try:
+                    await trio.sleep(0.05)
+                    await fake.handle_settle(stream)
+                finally:
+                    now -= 1
+
+            fake.host.handle(wire.SETTLE_PROTOCOL, slow_settle)
+            host = net.add(me)
+            pay = Payments(ledger, host)
+            outcomes = [await run_job(host, fake.ad(), job_request(tmp_path / f"in{i}"),
+                                      tmp_path / f"out{i}", payments=pay) for i in range(12)]
+            async with trio.open_nursery() as background:
+                pay.background = background
+                for outcome in outcomes:
+                    await pay.accept(outcome.signed)
+            assert sorted(r.job_id for r in fake.receipts()) == sorted(
+                o.result.job_id for o in outcomes)  # none refused for want of a stream
+            assert 1 < most <= RECEIPTS_IN_FLIGHT
 
 
 async def test_a_declined_quote_is_refunded_and_nothing_stays_locked(tmp_path: Path) -> None:
