@@ -1,5 +1,5 @@
 """The `offload` parser and its table of verbs; this node's own verbs (init, id, provide,
-verify, demo, sandbox, runtime, status). Requester verbs are in jobs.py, the ledger's in
+relay, verify, demo, sandbox, runtime, status). Requester verbs are in jobs.py, the ledger's in
 ledger.py."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ EXAMPLES = {
     "init": "offload init",
     "id": "offload id --json",
     "provide": "offload provide --listen /ip4/127.0.0.1/tcp/4001 --ready-file ready.json",
+    "relay": "offload relay --listen /ip4/0.0.0.0/tcp/4001 --ready-file relay.json",
     "verify": "offload verify results/result.msgpack",
     "demo": "offload demo --providers 3",
     "sandbox": "offload sandbox check --json",
@@ -76,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(A, else B)")
     c.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run jobs WITHOUT isolation if tier A cannot be proved (ad says so)")
+    c.add_argument("--relay-service", action="store_true",
+                   help="also relay for providers behind NATs (circuit relay v2), as "
+                        "`offload relay` does; for public providers")
+    c.add_argument("--reachability", choices=("auto", "public", "private"),
+                   help="auto (default): ask AutoNAT; private: always reserve relay slots "
+                        "and advertise only circuit addresses; public: never")
+
+    c = cmd("relay", "run a public relay (circuit relay v2, AutoNAT, DHT server); no jobs")
+    c.add_argument("--listen", action="append", default=None, metavar="MADDR",
+                   help="address to listen on (repeatable; default /ip4/0.0.0.0/tcp/4001)")
+    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR",
+                   help="a peer of the network to join (repeatable)")
+    c.add_argument("--ready-file", type=Path, metavar="F",
+                   help='write {"peer_id", "addrs"} here once listening')
 
     jobs_cli.register(sub, cmd)
     ledger_cli.register(sub)
@@ -154,8 +170,19 @@ def cmd_provide(args: argparse.Namespace) -> int:
         cache_dir=Path(s.cache_dir) if s.cache_dir else None,
         cache_max_bytes=int(s.cache_max_gb * 10**9), limits=s.limits,
         jobs_per_peer=s.jobs_per_peer or None,
-        sandbox_tiers=("A", "B") if tier == "auto" else (tier,))
+        sandbox_tiers=("A", "B") if tier == "auto" else (tier,),
+        relay_service=args.relay_service, reachability=args.reachability or "auto")
     trio.run(serve, config, identity)
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from node.net.relay import serve_relay
+
+    home = resolve_home(args.home)
+    identity, _ = init_identity(home)
+    trio.run(partial(serve_relay, identity, args.listen or ["/ip4/0.0.0.0/tcp/4001"],
+                     bootstrap=bootstrap(args), ready_file=args.ready_file))
     return 0
 
 
@@ -230,7 +257,7 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **jobs_cli.COMMANDS,
     **ledger_cli.COMMANDS,
-    "init": cmd_init, "id": cmd_id, "provide": cmd_provide,
+    "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "relay": cmd_relay,
     "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
     "runtime": cmd_runtime, "status": cmd_status,
 }

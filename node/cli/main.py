@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(ours)
     args.script_args = script_args
     level = resolve(None, "OFFLOAD_LOG", None,
-                    "INFO" if args.command == "provide" else "WARNING")
+                    "INFO" if args.command in ("provide", "relay") else "WARNING")
     json_logs = resolve(args.log_format, "OFFLOAD_LOG_FORMAT", None, "text") == "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if json_logs else logging.Formatter(

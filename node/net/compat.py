@@ -323,3 +323,94 @@ def announce_existing_peers(pubsub: Any, host: Any) -> int:
     for peer_id in peers:
         pubsub.manager.run_task(pubsub._handle_new_peer_with_retry, peer_id)
     return len(peers)
+
+
+def advertise_exactly(host: Any, addrs: Callable[[], list[str] | None]) -> None:
+    """NAT trap 1: nothing advertises a circuit address after a reservation, and an
+    `addrs_factory` returning one is mangled by `BasicHost.get_addrs()` (the relay's /p2p/
+    is stripped). Wrap `get_addrs` on the instance: when `addrs()` gives a list, identify,
+    the DHT and our ads carry exactly it (NAT trap 5: no private addresses)."""
+    from multiaddr import Multiaddr
+
+    original = host.get_addrs
+
+    def get_addrs() -> list[Any]:
+        chosen = addrs()
+        if chosen is None:
+            return list(original())
+        return [Multiaddr(a) for a in chosen]
+
+    host.get_addrs = get_addrs
+
+
+def fresh_dial_back(autonat: Any, host: Any, *, timeout_s: float) -> None:
+    """NAT trap 4: the AutoNAT server dials back with `host.connect()`, which returns the
+    connection the request came in on, so a node behind a NAT hears "reachable" with no
+    dial at all. Dial back on a new connection (and close it)."""
+    from multiaddr import Multiaddr
+
+    async def _try_dial(peer_id: Any, addrs: list[bytes]) -> bytes | None:
+        swarm = host.get_network()
+        for addr in addrs[:4]:
+            with trio.move_on_after(timeout_s):
+                try:
+                    conn = await swarm.dial_addr(Multiaddr(addr), peer_id)
+                except Exception:
+                    continue
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await conn.close()
+                    except Exception:
+                        pass
+                return bytes(addr)
+        return None
+
+    autonat._try_dial = _try_dial
+
+
+def reserve_for_caller_only(circuit: Any, may_reserve: Callable[[Any], bool]) -> None:
+    """The hop side takes a RESERVE's optional `peer` field as the peer to reserve for,
+    so anyone could reserve (and have circuits opened) in another peer's name. Reserve
+    for the connection's own peer, and only when `may_reserve(stream)` agrees."""
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
+    from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
+    from libp2p.relay.circuit_v2.utils import write_delimited_msg
+
+    original = circuit._handle_reserve
+
+    async def _handle_reserve(stream: Any, msg: Any) -> None:
+        msg.ClearField("peer")
+        if not may_reserve(stream):
+            await write_delimited_msg(stream, HopMessage(
+                type=HopMessage.STATUS,
+                status=to_proto_status(StatusCode.RESOURCE_LIMIT_EXCEEDED)))
+            return
+        await original(stream, msg)
+
+    circuit._handle_reserve = _handle_reserve
+
+
+def connections_to(host: Any, peer_id: str) -> list[Any]:
+    """The swarm's open connections to a peer (a list, whatever the swarm keeps)."""
+    from libp2p.peer.id import ID
+
+    try:
+        conns = host.get_network().connections.get(ID.from_base58(peer_id))
+    except Exception:
+        return []
+    if not conns:
+        return []
+    return list(conns) if isinstance(conns, list | tuple | set) else [conns]
+
+
+def connected_peers(host: Any) -> list[str]:
+    return [str(p) for p in list(host.get_network().connections.keys())]
+
+
+def remote_ip(conn: Any) -> str:
+    """The IP a muxed connection comes from ("" when the transport does not say)."""
+    try:
+        addr = conn.get_remote_address()
+    except Exception:
+        return ""
+    return str(addr[0]) if addr else ""

@@ -51,6 +51,9 @@ def rendezvous_key(capability: str) -> str:
     return compat.rendezvous_cid(f"offload/providers/{capability}/v1")
 
 
+RELAY_KEY = compat.rendezvous_cid("offload/relays/v1")
+
+
 def open_ad(key: str, value: bytes, *, now_ms: int) -> Signed[CapacityAd]:
     """The one check every ad passes, stored or read: signature, key binding, freshness."""
     signed = open_signed(value, CapacityAd, max_size=MAX_AD_SIZE)
@@ -188,6 +191,15 @@ class Discovery:
         await self.dht.put_value(ad_key(signed.message.peer_id), signed.raw)
         for cls in classes:
             await self.dht.provide(rendezvous_key(cls))
+
+    async def provide_relay(self) -> None:
+        """Say in the DHT that we relay (circuit relay v2 hop) for others."""
+        await self.dht.provide(RELAY_KEY)
+
+    async def find_relays(self, *, limit: int = 8, timeout: float = 10.0) -> dict[str, list[str]]:
+        """Relays found in the DHT: peer id -> the addresses their records carry."""
+        infos, _, _, _ = await self._lookup(RELAY_KEY, limit, trio.current_time() + timeout)
+        return {str(i.peer_id): [str(a) for a in i.addrs] for i in infos}
 
     async def find_ads(self, capability: str = "cpu", *, limit: int = 20,
                        timeout: float = 15.0) -> list[Signed[CapacityAd]]:

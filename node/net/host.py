@@ -20,7 +20,9 @@ import trio
 from node.errors import PeerGone, PeerTimeout, UserError
 from node.net import compat
 from node.net.addrs import split_peer_addr
+from node.net.compat import remote_ip
 from node.net.limits import ConnectionShares, Limits, PeerErrors, StreamShares
+from node.net.nat import NatServices
 from protocol import wire
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from protocol.identity import Identity
@@ -28,6 +30,9 @@ from protocol.identity import Identity
 log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 SEND_STALL_S = 30.0
+DIRECT_FIRST_S = 3.0
+"""A peer with both direct and circuit addresses gets this long to answer directly."""
+MAX_CIRCUITS_TRIED = 4
 
 
 class Stream(Protocol):
@@ -98,6 +103,10 @@ class Host(Protocol):
     async def ping(self, peer_id: str, *, addrs: Sequence[str] = (), count: int = 3,
                    timeout: float = 5.0) -> float:
         """The lowest of `count` round trips to the peer, in milliseconds."""
+        ...
+
+    def connection_kind(self, peer_id: str) -> str:
+        """"direct", "relayed" (through a circuit relay) or "" when not connected."""
         ...
 
 
@@ -206,15 +215,6 @@ async def serve_stream(stream: Stream, protocol: str, handler: Handler,
         shares.close(protocol, peer, ip)
 
 
-def remote_ip(conn: Any) -> str:
-    """The IP a muxed connection comes from ("" when the transport does not say)."""
-    try:
-        addr = conn.get_remote_address()
-    except Exception:
-        return ""
-    return str(addr[0]) if addr else ""
-
-
 def libp2p_host(host: Host) -> Any:
     """The py-libp2p host under `host`, for node/net/ modules that drive libp2p services
     (the DHT, pubsub); TypeError for a host that is not a libp2p one."""
@@ -227,7 +227,8 @@ def libp2p_host(host: Host) -> Any:
 class Libp2pHost:
     """A running libp2p host with our identity (a `Host`)."""
 
-    def __init__(self, raw: Any, identity: Identity, *, limits: Limits | None = None) -> None:
+    def __init__(self, raw: Any, identity: Identity, *, limits: Limits | None = None,
+                 relay_service: bool = False) -> None:
         self._raw = raw
         self.identity = identity
         self.peer_id = identity.peer_id
@@ -235,6 +236,15 @@ class Libp2pHost:
         self.shares = StreamShares(self.limits)
         self.connections = ConnectionShares(self.limits)
         self.peer_errors = PeerErrors()
+        self.nat = NatServices(raw, relay_service=relay_service, limits=self.limits,
+                               errors=self.peer_errors)
+
+    def listen_addrs(self) -> list[str]:
+        """The addresses we listen on, as the transport bound them (no /p2p/ suffix)."""
+        return [str(a) for a in self._raw.get_transport_addrs()]
+
+    def connection_kind(self, peer_id: str) -> str:
+        return self.nat.connection_kind(peer_id)
 
     def addrs(self) -> list[str]:
         return [str(a) for a in self._raw.get_addrs()]
@@ -287,6 +297,9 @@ class Libp2pHost:
         from multiaddr import Multiaddr
 
         split_peer_addr(maddr)
+        if "/p2p-circuit" in maddr:
+            await self.nat.dial_circuit(maddr, timeout=timeout)
+            return maddr.rpartition("/p2p/")[2]
         try:
             info = info_from_p2p_addr(Multiaddr(maddr))
         except Exception as exc:
@@ -310,7 +323,9 @@ class Libp2pHost:
         self.remember(peer_id, addrs)
         pid = ID.from_base58(peer_id)
         compat.forget_failed_dial(self._raw, pid)
-        with trio.move_on_after(timeout) as scope:
+        deadline = trio.current_time() + timeout
+        await self._reach(peer_id, addrs, timeout=timeout)
+        with trio.move_on_at(deadline) as scope:
             try:
                 raw_stream = await self._raw.new_stream(pid, [TProtocol(protocol)])
             except Exception as exc:
@@ -319,6 +334,36 @@ class Libp2pHost:
             raise PeerTimeout(f"could not open {protocol} to {peer_id[:16]} in {timeout:.0f} s")
         return FramedStream.over_libp2p(raw_stream, max_frame=max_frame)
 
+    async def _reach(self, peer_id: str, addrs: Sequence[str], *, timeout: float) -> None:
+        """Connect through a relay when the peer is known only by circuit addresses (NAT
+        trap 2: the swarm drops them); a direct address, when there is one, goes first."""
+        if self.nat.connection_kind(peer_id):
+            return
+        known = [*addrs, *self.known_addrs(peer_id)]
+        circuits = list(dict.fromkeys(_with_peer(a, peer_id) for a in known
+                                      if "/p2p-circuit" in a))
+        if not circuits:
+            return
+        direct = [a for a in known if "/p2p-circuit" not in a]
+        if direct:
+            from libp2p.peer.id import ID
+
+            with trio.move_on_after(min(DIRECT_FIRST_S, timeout)):
+                try:
+                    await self._raw.connect(_peer_info(ID.from_base58(peer_id), direct))
+                    return
+                except Exception:
+                    log.debug("no direct connection to %s", peer_id[:16], exc_info=True)
+        last: Exception | None = None
+        for maddr in circuits[:MAX_CIRCUITS_TRIED]:
+            try:
+                await self.nat.dial_circuit(maddr, timeout=timeout)
+                return
+            except (PeerGone, PeerTimeout) as exc:
+                last = exc
+        if last is not None:
+            raise last
+
     async def ping(self, peer_id: str, *, addrs: Sequence[str] = (), count: int = 3,
                    timeout: float = 5.0) -> float:
         """The lowest of `count` libp2p ping round trips to the peer, in milliseconds."""
@@ -326,6 +371,7 @@ class Libp2pHost:
         from libp2p.peer.id import ID
 
         self.remember(peer_id, addrs)
+        await self._reach(peer_id, addrs, timeout=timeout)
         best = float("inf")
         with trio.move_on_after(timeout) as scope:
             try:
@@ -342,18 +388,34 @@ class Libp2pHost:
         return best
 
 
+def _with_peer(addr: str, peer_id: str) -> str:
+    return addr if addr.endswith(f"/p2p/{peer_id}") else f"{addr}/p2p/{peer_id}"
+
+
+def _peer_info(pid: Any, addrs: Sequence[str]) -> Any:
+    from libp2p.peer.peerinfo import PeerInfo
+    from multiaddr import Multiaddr
+
+    return PeerInfo(pid, [Multiaddr(a.rpartition("/p2p/")[0] if "/p2p/" in a else a)
+                          for a in addrs])
+
+
 @asynccontextmanager
 async def open_host(identity: Identity, listen: Sequence[str], *,
-                    limits: Limits | None = None) -> AsyncIterator[Host]:
+                    limits: Limits | None = None,
+                    relay_service: bool = False) -> AsyncIterator[Libp2pHost]:
     """Start a host listening on `listen`; it is closed, listener and connections
-    included, on exit. Connections from an IP above its share are closed at once."""
+    included, on exit. Connections from an IP above its share are closed at once.
+    Every host accepts relayed connections, answers AutoNAT and punches holes;
+    `relay_service` also relays for others (circuit relay v2 hop)."""
     raw = compat.new_host(identity.seed)
-    host = Libp2pHost(raw, identity, limits=limits)
+    host = Libp2pHost(raw, identity, limits=limits, relay_service=relay_service)
     # unbounded: each item is a connection already open, closed as soon as it is taken
     send, receive = trio.open_memory_channel[Any](math.inf)
     compat.watch_connections(raw, on_connected=partial(_admit, host, send),
                              on_disconnected=partial(_release, host))
-    async with compat.running_host(raw, listen), trio.open_nursery() as nursery:
+    async with compat.running_host(raw, listen), host.nat.running(), \
+            trio.open_nursery() as nursery:
         nursery.start_soon(_close_excess, host, receive)
         try:
             yield host

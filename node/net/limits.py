@@ -73,6 +73,10 @@ class StreamShares:
         self._by_peer: Counter[tuple[str, str]] = Counter()
         self._by_ip: Counter[tuple[str, str]] = Counter()
 
+    def is_exempt(self, ip: str) -> bool:
+        """Whether `ip` lies in a network the per-IP caps skip."""
+        return self._exempt(ip)
+
     def try_open(self, protocol: str, peer: str, ip: str) -> str | None:
         """Take a share; None when granted, else why not (nothing taken)."""
         if self._by_peer[(protocol, peer)] >= self.limits.streams_per_peer:

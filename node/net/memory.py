@@ -133,6 +133,9 @@ class MemoryHost:
         await serve_stream(stream, protocol, served.handler, served.refuse,
                            shares=self.shares, errors=self.peer_errors)
 
+    def connection_kind(self, peer_id: str) -> str:
+        return "direct" if self.network.reachable(peer_id) is not None else ""
+
     async def ping(self, peer_id: str, *, addrs: Sequence[str] = (), count: int = 3,
                    timeout: float = 5.0) -> float:
         self.remember(peer_id, addrs)

@@ -26,6 +26,8 @@ from node.net.host import Host, Stream, open_host
 from node.net.limits import Limits, PeerErrors
 from node.net.peers import PeerBook
 from node.net.proximity import probe_forever
+from node.net.reach import Reachability, ReachState
+from node.net.relay import provide_relay_forever
 from node.provider import exchange
 from node.provider.admission import Admission
 from node.provider.cache import InputCache
@@ -86,6 +88,12 @@ class ProviderConfig:
     sandbox_tiers: tuple[Literal["A", "B"], ...] = ("A", "B")
     limits: Limits = dataclasses.field(default_factory=Limits)
     jobs_per_peer: int | None = None
+    relay_service: bool = False
+    """Relay for NATed peers too (circuit relay v2 hop), as `offload relay` does."""
+    max_relays: int = 2
+    reachability: Literal["auto", "public", "private"] = "auto"
+    """auto: ask AutoNAT; public or private: as the operator says."""
+    """Relays to hold reservations on when AutoNAT says we are private."""
 
 
 class Provider:
@@ -119,6 +127,7 @@ class Provider:
         self.peers = PeerBook.load(config.home)
         self.peer_errors = PeerErrors()
         self.results = RecentResults(Home(config.home).results)  # for handle_settle
+        self.reach = ReachState()
 
     def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:
         """One Device per GPU jobs here can be given (none without a sandbox), with its
@@ -214,7 +223,7 @@ class Provider:
         return self.metrics.snapshot() | {
             "peer_id": self.identity.peer_id, "addrs": self.addrs,
             "tier": self.executor.tier if self.executor else "refusing",
-            "draining": self.draining, "metrics_url": self.metrics_url}
+            "draining": self.draining, "metrics_url": self.metrics_url} | self.reach.doc()
 
     async def benchmark_forever(self) -> None:
         """Measure what jobs here get (the job runtime's torch), now and on a schedule."""
@@ -293,7 +302,8 @@ async def serve(config: ProviderConfig, identity: Identity, *,
                                  cgroup_base=f"offload-{identity.peer_id[-12:]}",
                                  tiers=config.sandbox_tiers,
                                  home_lock=home_lock.path) as setup, \
-                open_host(identity, config.listen, limits=config.limits) as host, \
+                open_host(identity, config.listen, limits=config.limits,
+                          relay_service=config.relay_service) as host, \
                 open_discovery(host, server=True, clock=clock) as disc:
             tier = setup.executor.tier if setup.executor else None
             if tier is None:
@@ -314,10 +324,25 @@ async def serve(config: ProviderConfig, identity: Identity, *,
                     provider = Provider(config, identity, clock=clock, setup=setup,
                                         ledger=ledger, cache=cache, telemetry=telemetry,
                                         gossip=gossip)
+                    reach = Reachability(host, disc, bootstrap=config.bootstrap,
+                                         max_relays=config.max_relays,
+                                         forced=config.reachability,
+                                         on_change=partial(_on_reach, provider, host))
+                    provider.reach = reach.state
+                    await nursery.start(reach.run)
+                    if config.relay_service:
+                        await nursery.start(provide_relay_forever, disc)
                     await _run_provider(provider, host, disc, nursery, signals, task_status)
             finally:
                 telemetry.close()
                 ledger.close()
+
+
+def _on_reach(provider: Provider, host: Host, state: ReachState) -> None:
+    """Our addresses changed (relays taken or lost, reachability flipped): re-advertise."""
+    provider.addrs = host.addrs()
+    provider.reach = state
+    provider.wake_advertiser()
 
 
 async def _run_provider(provider: Provider, host: Host, disc: Discovery,
