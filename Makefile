@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := gcc libgmp-dev bubblewrap
+SYSTEM_PACKAGES := gcc libgmp-dev bubblewrap nftables iproute2
 
 .PHONY: setup sandbox demo test check pytest system-deps clean
 

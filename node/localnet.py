@@ -98,10 +98,11 @@ class LocalNet:
               bootstrap: str | Sequence[str] = (), extra: Sequence[str] = (),
               config: str | None = None, env: Mapping[str, str] | None = None,
               benchmark: bool = False, entry: Sequence[str] = ("node",),
-              listen: str = LOOPBACK) -> LocalProvider:
+              listen: str = LOOPBACK, wrap: Sequence[str] = ()) -> LocalProvider:
         """Start one provider and wait for its ready file. `config` is provider.toml text;
         `entry` the module run with -m (tests use a faulty one); `home` defaults to
-        root/name, so a name reused after stop() restarts the same provider."""
+        root/name, so a name reused after stop() restarts the same provider; `wrap`
+        prefixes the command (`ip netns exec NS`)."""
         name = name or f"p{len(self.providers) + 1}"
         home = home or self.root / name
         ready, log = self.root / f"{name}.ready", self.root / f"{name}.log"
@@ -116,13 +117,28 @@ class LocalNet:
         args += extra
         if not benchmark:  # a few CPU-seconds per provider: only where one looks at it
             args.append("--no-benchmark")
-        with log.open("wb") as out:
-            proc = self.spawn(self.command(home, *args, entry=entry), env=env, stdout=out,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        provider = LocalProvider(name=name, home=home, ready_file=ready, log=log, proc=proc,
-                                 info=self._wait_ready(name, ready, proc, log))
+        provider = self._launch(name, home, ready, log, args, entry=entry, env=env, wrap=wrap)
         self.providers.append(provider)
         return provider
+
+    def relay(self, name: str, *, bootstrap: str | Sequence[str] = (),
+              listen: str = LOOPBACK, wrap: Sequence[str] = ()) -> LocalProvider:
+        """Start `offload relay` (circuit relay v2, AutoNAT, DHT server) and wait for it."""
+        ready, log = self.root / f"{name}.ready", self.root / f"{name}.log"
+        ready.unlink(missing_ok=True)
+        args = ["relay", "--listen", listen, "--ready-file", str(ready)]
+        for addr in [bootstrap] if isinstance(bootstrap, str) else bootstrap:
+            args += ["--bootstrap", addr]
+        return self._launch(name, self.root / name, ready, log, args, wrap=wrap)
+
+    def _launch(self, name: str, home: Path, ready: Path, log: Path, args: Sequence[str], *,
+                entry: Sequence[str] = ("node",), env: Mapping[str, str] | None = None,
+                wrap: Sequence[str] = ()) -> LocalProvider:
+        with log.open("wb") as out:
+            proc = self.spawn([*wrap, *self.command(home, *args, entry=entry)], env=env,
+                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return LocalProvider(name=name, home=home, ready_file=ready, log=log, proc=proc,
+                             info=self._wait_ready(name, ready, proc, log))
 
     def chain(self, n: int, **kwargs: Any) -> list[LocalProvider]:
         """`n` providers, each bootstrapping from the one started before it."""

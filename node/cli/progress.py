@@ -24,6 +24,9 @@ def describe(ev: events.Event) -> str | None:
     job = ev.job_id[:12]
     if isinstance(ev, events.Quoted):
         return f"{who}: quoted job {job} at up to {credits(ev.max_charge)} credits"
+    if isinstance(ev, events.Route) and ev.route == "relayed":
+        waited = f" (no direct connection within {ev.waited_s:.0f} s)" if ev.waited_s else ""
+        return f"{who}: reached through a relay{waited}"
     if isinstance(ev, events.Uploading):
         resumed = f", resuming at {ev.offset}" if ev.offset else ""
         return f"{who}: uploading {ev.name} ({ev.size} bytes{resumed})"

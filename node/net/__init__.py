@@ -12,6 +12,9 @@ guard.py       a Stream whose every frame passes one side's exchange table
 transfer.py    content-addressed files in <= 1 MiB chunks, resumable
 lane.py        a fast lane for bulk data: TLS 1.3 on a direct TCP connection, certificates
                bound to libp2p peer ids, negotiated over the job stream, else the stream
+nat.py         behind NATs: circuit relay v2 served and dialled, AutoNAT, hole punching
+reach.py       our reachability (public / private) and the relay reservations it needs
+relay.py       `offload relay`: a public relay, AutoNAT and DHT server that runs no jobs
 proximity.py   Vivaldi coordinates from measured round trips
 peers.py       the requester's memory of peers: RTTs, its coordinate, trust and bans
 limits.py      per-peer and per-IP shares of streams and connections; peer errors by kind

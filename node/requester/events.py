@@ -1,9 +1,9 @@
 """Typed events of a requester's work, for progress bars, logs and API subscribers.
 
 Every step that can take time says so: which offers were found, a provider's quote,
-each upload and download, heartbeats while the job runs, live output lines, the
-verification verdict, a busy provider to ask again, a provider replaced, the
-money that moved, and how long each phase of an exchange took (`Timing`).
+the route to it (direct or relayed), each upload and download, heartbeats while the job
+runs, live output lines, the verification verdict, a busy provider to ask again, a
+provider replaced, the money that moved, and how long each phase of an exchange took (`Timing`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ class OfferFound(Event):
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Quoted(Event):
     max_charge: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Route(Event):
+    """How the job's stream reaches its provider: "direct", or "relayed" through a circuit
+    relay (a NATed provider); `waited_s` spent waiting for a direct connection first."""
+
+    route: str
+    waited_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

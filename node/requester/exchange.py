@@ -98,6 +98,10 @@ class Phases:
                 + transfer_seconds(download_bytes))
 
 
+RELAY_BULK_BYTES = wire.LANE_MIN_BYTES
+"""Inputs from this size wait for a direct connection before going through a relay."""
+DIRECT_WAIT_S = 10.0
+"""How long they wait (DCUtR tries every 2 s, each dial up to 3 s)."""
 PHASES = ("prepare", "connect", "quote", "escrow", "slot", "upload", "run", "verify",
           "download")
 """The phases of one exchange, in order, as `events.Timing` names them."""
@@ -146,6 +150,8 @@ class JobOutcome:
     out_dir: Path
     wall_s: float
     quote: Quote
+    route: str = "direct"
+    """"direct", or "relayed" through a circuit relay."""
 
     @property
     def result(self) -> JobResult:
@@ -195,8 +201,8 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     mark.job_id, mark.provider = job_id, ad.peer_id
     mark("prepare")
     try:
-        stream = guarded(await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs),
-                         JOB, "requester")
+        raw, route = await _open_route(host, ad, sum(f.size for f, _ in files), emit, job_id)
+        stream = guarded(raw, JOB, "requester")
         mark("connect")
         try:
             signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
@@ -211,7 +217,29 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
             await pay.refund(job_id, _refund_reason(exc), detail=str(exc))
         raise
     return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
-                      quote=quote)
+                      quote=quote, route=route)
+
+
+async def _open_route(host: Host, ad: CapacityAd, input_bytes: int, emit: Emit,
+                      job_id: str) -> tuple[Stream, str]:
+    """The job's stream. Through a relay, inputs of RELAY_BULK_BYTES or more first wait up
+    to DIRECT_WAIT_S for hole punching to give a direct connection (a relay carries a
+    tenth of the throughput, within its limits), then go relayed if none came."""
+    stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+    route, waited = host.connection_kind(ad.peer_id) or "direct", 0.0
+    if route == "relayed" and input_bytes >= RELAY_BULK_BYTES:
+        start = trio.current_time()
+        with trio.move_on_after(DIRECT_WAIT_S):
+            while host.connection_kind(ad.peer_id) != "direct":
+                await trio.sleep(0.1)
+        waited = trio.current_time() - start
+        if host.connection_kind(ad.peer_id) == "direct":
+            await stream.close()  # nothing was sent on it; a new stream prefers direct
+            stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
+            route = host.connection_kind(ad.peer_id) or "direct"
+    emit(events.Route(job_id=job_id, provider=ad.peer_id, route=route,
+                      waited_s=round(waited, 3)))
+    return stream, route
 
 
 def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,

@@ -147,11 +147,11 @@ async def sweep_orphans(ledger: Ledger, home: Path, identity: Identity) -> Swept
 
     if not await trio.to_thread.run_sync(lambda: find_orphans(ledger, home)):
         return Swept()
-    from node.net.client import CLIENT_LISTEN
+    from node.net.client import client_listen
     from node.net.host import open_host
 
     try:
-        async with open_host(identity, CLIENT_LISTEN) as host:
+        async with open_host(identity, client_listen()) as host:
             return await Payments(ledger, host).sweep(home)
     except (OSError, NodeError) as exc:
         logging.getLogger(__name__).warning(

@@ -43,7 +43,8 @@ async def test_a_job_runs_on_the_best_provider_and_its_outputs_arrive(tmp_path: 
     assert best.inputs == {"job.py": b"print(42)\n", "data.bin": b"\x00" * 3_000_000}
     assert [s.requester for s in best.specs] == [me.peer_id] and other.specs == []
     kinds = [type(e).__name__ for e in seen]
-    assert kinds[0] == "Quoted" and "Uploading" in kinds and "LogLine" in kinds
+    assert kinds[:2] == ["Route", "Quoted"] and "Uploading" in kinds and "LogLine" in kinds
+    assert [e.route for e in seen if isinstance(e, events.Route)] == ["direct"]
     assert kinds[-1] == "Verified"
 
 

@@ -1,0 +1,85 @@
+"""Relays on loopback, as real processes: a provider that says it is private is reached only
+through its relay, runs a job whose signed result verifies, finds more relays in the DHT,
+and moves to another when one dies. (The NATs themselves: tests/e2e/nat/.)"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from node.localnet import LocalProvider
+from tests.e2e.conftest import Network
+
+MOVE_BOUND_S = 30.0
+"""A provider whose relay died holds a new reservation within this (checks run every 2 s)."""
+
+
+def status(network: Network, name: str) -> dict[str, Any]:
+    res = network.offload("status", "--json", home=name, check=True)
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
+
+
+def wait_status(network: Network, name: str, ok: Any, *, within_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while True:
+        doc = status(network, name)
+        if ok(doc) or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.5)
+
+
+def test_a_private_provider_is_reached_only_through_its_relay(network: Network) -> None:
+    relay = network.net.relay("r1")
+    assert relay.info["relay"] is True
+    p = network.start_provider(bootstrap=relay.addr, extra=["--reachability", "private"])
+    assert p["addrs"] and all(f"/p2p/{relay.peer_id}/p2p-circuit/p2p/{p['peer_id']}" in a
+                              for a in p["addrs"])  # no direct address is advertised
+    doc = status(network, "p1")
+    assert doc["reachability"] == "private" and doc["relays"] == [relay.peer_id]
+    (network.root / "job.py").write_text("print('through the relay')\n")
+    res = network.offload("submit", "job.py", "--bootstrap", relay.addr, "--timeout", "60",
+                          "--out", "res", "--json", check=True)
+    out = json.loads(res.stdout)
+    assert out["provider"] == p["peer_id"] and out["stdout"] == "through the relay\n"
+    assert out["route"] == "relayed"
+    check = network.offload("verify", "res/result.msgpack")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_public_provider_advertises_its_own_address(network: Network) -> None:
+    """AutoNAT against the relay (a fresh dial-back on loopback) says public: no relay."""
+    relay = network.net.relay("r1")
+    p = network.start_provider(bootstrap=relay.addr)
+    doc = wait_status(network, "p1", lambda d: d["reachability"] != "unknown", within_s=20)
+    assert doc["reachability"] == "public" and doc["relays"] == []
+    assert not any("/p2p-circuit" in a for a in p["addrs"])
+
+
+def _relays(network: Network, n: int) -> list[LocalProvider]:
+    first = network.net.relay("r1")
+    return [first, *(network.net.relay(f"r{i + 2}", bootstrap=first.addr)
+                     for i in range(n - 1))]
+
+
+def test_a_provider_finds_relays_in_the_dht_and_moves_when_one_dies(network: Network) -> None:
+    relays = _relays(network, 3)
+    by_id = {r.peer_id: r for r in relays}
+    p = network.start_provider(bootstrap=relays[0].addr, extra=["--reachability", "private"])
+    doc = wait_status(network, "p1", lambda d: len(d["relays"]) == 2, within_s=30)
+    assert len(doc["relays"]) == 2, doc  # the bootstrap relay, and one found in the DHT
+    assert set(doc["relays"]) <= set(by_id)
+    gone = next(r for r in doc["relays"] if r != relays[0].peer_id)
+    spare = next(r for r in by_id if r not in doc["relays"])
+    network.net.stop(by_id[gone], grace_s=0)
+    killed = time.monotonic()
+    doc = wait_status(network, "p1", lambda d: spare in d["relays"], within_s=MOVE_BOUND_S)
+    moved_s = time.monotonic() - killed
+    assert spare in doc["relays"] and gone not in doc["relays"], doc
+    assert moved_s < MOVE_BOUND_S
+    assert all(gone not in a for a in doc["addrs"])
+    (network.root / "job.py").write_text("print('moved')\n")
+    res = network.offload("submit", "job.py", "--bootstrap", by_id[spare].addr,
+                          "--provider", p["peer_id"], "--timeout", "60", "--json", check=True)
+    assert json.loads(res.stdout)["stdout"] == "moved\n"
