@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,11 +31,12 @@ def patch_libp2p() -> None:
 
     swarm._HAPPY_EYEBALLS_DELAY = 0.0
     fresh_peer_records()
+    dcutr_listen_ports()
     exclusive_tcp_listeners()
     for name in ("libp2p", "libp2p.kad_dht", "libp2p.kad_dht.kad_dht"):
         logging.getLogger(name).addFilter(_DropNoise())
     root = logging.getLogger("libp2p")
-    root.setLevel(logging.ERROR)
+    root.setLevel(os.environ.get("OFFLOAD_LIBP2P_LOG", "ERROR").upper())
     # libp2p detaches its logger (propagate=False, no handler), so Python's last-resort
     # handler printed every failed dial to a dead peer, unformatted, on users' stderr.
     # Our own errors say what failed; libp2p's lines join our logs only when debugging.
@@ -232,18 +234,28 @@ _listen_errors: dict[tuple[str | None, int], str] = {}
 
 
 def exclusive_tcp_listeners() -> None:
-    """py-libp2p binds its TCP listeners with SO_REUSEPORT (for DCUtR dials from the listen
-    port, which we do not use), so a second node could bind a port already in use and take
-    part of its connections. Listen as trio does instead: SO_REUSEADDR only, so a taken
-    port is refused with EADDRINUSE. Revisit when hole punching needs port reuse."""
+    """py-libp2p binds its TCP listeners with SO_REUSEPORT, so that DCUtR can dial from the
+    listen port (a NAT then maps both to one public port); but a second node could then
+    bind a port already in use and take part of its connections. Keep SO_REUSEPORT, and
+    first check that the port is free with a plain bind (SO_REUSEADDR only): a taken
+    port is refused with EADDRINUSE. (Port 0 needs no check: the kernel picks a free one.)"""
+    import socket
+
     import libp2p.transport.tcp.tcp as tcp
     from libp2p.transport.exceptions import OpenConnectionError
 
+    reuseport = tcp._open_reuseport_listeners
+
     async def _exclusive(host: str | None, port: int) -> list[trio.SocketListener]:
         try:
-            listeners = list(await trio.open_tcp_listeners(port, host=host))
-        except OSError as exc:
-            _listen_errors[(host, port)] = exc.strerror or str(exc)
+            if port:
+                family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((host or "0.0.0.0", port))
+            listeners = list(await reuseport(host, port))
+        except (OSError, OpenConnectionError) as exc:
+            _listen_errors[(host, port)] = getattr(exc, "strerror", None) or str(exc)
             raise OpenConnectionError(f"Failed to listen on {host}:{port}: {exc}") from exc
         _listen_errors.pop((host, port), None)
         return listeners
@@ -323,6 +335,28 @@ def announce_existing_peers(pubsub: Any, host: Any) -> int:
     for peer_id in peers:
         pubsub.manager.run_task(pubsub._handle_new_peer_with_retry, peer_id)
     return len(peers)
+
+
+def dcutr_listen_ports() -> None:
+    """NAT trap 10 (found here): DCUtR predicts our NAT mapping (WAN IP : listen port) and
+    binds its punching dials to the listen port, both from `host.get_addrs()`; with only
+    circuit addresses advertised (trap 5) it found no port and offered the peer nothing
+    to dial. Read the transport's listen addresses instead."""
+    import libp2p.relay.circuit_v2.dcutr as dcutr
+
+    original = dcutr._local_tcp_listen_addrs
+
+    class _Listening:
+        def __init__(self, host: Any) -> None:
+            self._host = host
+
+        def get_addrs(self) -> list[Any]:
+            return list(self._host.get_transport_addrs())
+
+    def _local_tcp_listen_addrs(host: Any) -> list[tuple[int, str, int]]:
+        return list(original(_Listening(host)))
+
+    dcutr._local_tcp_listen_addrs = _local_tcp_listen_addrs
 
 
 def advertise_exactly(host: Any, addrs: Callable[[], list[str] | None]) -> None:

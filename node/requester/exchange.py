@@ -3,6 +3,7 @@ and inputs, follow the run, verify the result and fetch the outputs."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -224,21 +225,22 @@ async def _open_route(host: Host, ad: CapacityAd, input_bytes: int, emit: Emit,
                       job_id: str) -> tuple[Stream, str]:
     """The job's stream. Through a relay, inputs of RELAY_BULK_BYTES or more first wait up
     to DIRECT_WAIT_S for hole punching to give a direct connection (a relay carries a
-    tenth of the throughput, within its limits), then go relayed if none came."""
-    stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
-    route, waited = host.connection_kind(ad.peer_id) or "direct", 0.0
-    if route == "relayed" and input_bytes >= RELAY_BULK_BYTES:
-        start = trio.current_time()
-        with trio.move_on_after(DIRECT_WAIT_S):
-            while host.connection_kind(ad.peer_id) != "direct":
-                await trio.sleep(0.1)
-        waited = trio.current_time() - start
-        if host.connection_kind(ad.peer_id) == "direct":
-            await stream.close()  # nothing was sent on it; a new stream prefers direct
-            stream = await host.open_stream(ad.peer_id, wire.JOB_PROTOCOL, addrs=ad.addrs)
-            route = host.connection_kind(ad.peer_id) or "direct"
-    emit(events.Route(job_id=job_id, provider=ad.peer_id, route=route,
-                      waited_s=round(waited, 3)))
+    tenth of the throughput, within its limits), then go relayed if none came. The wait
+    comes before the stream opens: a provider gives a stream 10 s to send its job."""
+    peer, waited = ad.peer_id, 0.0
+    if input_bytes >= RELAY_BULK_BYTES and host.connection_kind(peer) != "direct":
+        if not host.connection_kind(peer):
+            with contextlib.suppress(RemoteError):  # open_stream below says what failed
+                await host.ping(peer, addrs=ad.addrs, count=1, timeout=10.0)
+        if host.connection_kind(peer) == "relayed":
+            start = trio.current_time()
+            with trio.move_on_after(DIRECT_WAIT_S):
+                while host.connection_kind(peer) != "direct":
+                    await trio.sleep(0.1)
+            waited = trio.current_time() - start
+    stream = await host.open_stream(peer, wire.JOB_PROTOCOL, addrs=ad.addrs)
+    route = host.connection_kind(peer) or "direct"
+    emit(events.Route(job_id=job_id, provider=peer, route=route, waited_s=round(waited, 3)))
     return stream, route
 
 
