@@ -133,6 +133,33 @@ def _bind_host(peer_ip: str) -> str:
     return "::" if ip.version == 6 else "0.0.0.0"
 
 
+_NATTED = tuple(ipaddress.ip_network(n) for n in
+                ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+
+
+def _natted(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return any(addr in n for n in _NATTED if n.version == addr.version)
+
+
+def behind_nat_from(peer_ip: str) -> bool:
+    """Whether a dial from `peer_ip` would likely meet our NAT: we leave by a private
+    (RFC 1918 or carrier-grade NAT) address while the peer is outside those ranges. The
+    lane's listener is then not offered, so the sender falls back at once instead of
+    waiting CONNECT_S for a connection the NAT drops."""
+    try:
+        peer = ipaddress.ip_address(peer_ip)
+        if peer.is_loopback or peer.is_link_local or _natted(peer_ip):
+            return False
+        with socket.socket(socket.AF_INET6 if peer.version == 6 else socket.AF_INET,
+                           socket.SOCK_DGRAM) as probe:
+            probe.connect((peer_ip, 9))  # picks the route; sends nothing
+            local = str(probe.getsockname()[0])
+    except (OSError, ValueError):
+        return False
+    return _natted(local)
+
+
 def listen(peer_ip: str) -> socket.socket:
     """A one-connection TCP listener reachable from `peer_ip` (loopback stays loopback)."""
     host = _bind_host(peer_ip)
@@ -441,7 +468,8 @@ one opened, before data moves. True: the lane took them."""
         await fallback(stream)
         return False
     listener: socket.socket | None = None
-    if identity is not None and enabled() and stream.remote_ip:
+    if identity is not None and enabled() and stream.remote_ip \
+            and not behind_nat_from(stream.remote_ip):
         try:
             listener = listen(stream.remote_ip)
         except (OSError, ValueError) as exc:

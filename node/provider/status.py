@@ -103,6 +103,14 @@ def _int(doc: dict[str, Any], key: str) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
+def _reach(doc: dict[str, Any]) -> str:
+    relays = doc.get("relays")
+    relays = [str(r)[:16] for r in relays] if isinstance(relays, list) else []
+    via = f" via relay {', '.join(relays)}" if relays else ""
+    return (f"{doc.get('reachability')}{via}, "
+            f"{_int(doc, 'direct_upgrades')} direct upgrade(s)")
+
+
 def format_status(doc: dict[str, Any]) -> str:
     """A human-readable summary of a `read_status` document."""
     state = (f"running (pid {doc.get('pid')})" if doc.get("running")
@@ -122,6 +130,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"  sandbox tier: {doc.get('tier', '?')}",
         *([f"  listening:    {' '.join(map(str, addrs))}"] if isinstance(addrs, list) and addrs
           else []),
+        *([f"  reachable:    {_reach(doc)}"] if "reachability" in doc else []),
         f"  slots:        {_int(doc, 'slots_in_use')}/{_int(doc, 'slots_total')} in use, "
         f"{_int(doc, 'warm_ready')} warm worker(s) ready",
         f"  queue:        {_int(doc, 'queue_depth')} waiting",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from node.localnet import LocalProvider
@@ -83,3 +84,21 @@ def test_a_provider_finds_relays_in_the_dht_and_moves_when_one_dies(network: Net
     res = network.offload("submit", "job.py", "--bootstrap", by_id[spare].addr,
                           "--provider", p["peer_id"], "--timeout", "60", "--json", check=True)
     assert json.loads(res.stdout)["stdout"] == "moved\n"
+
+
+def test_a_public_provider_relays_for_a_private_one(network: Network) -> None:
+    """`provide --relay-service`: a public provider is also a relay, found at bootstrap."""
+    public = network.start_provider(extra=["--relay-service"])
+    private = network.start_provider(bootstrap=public["addr"],
+                                     extra=["--reachability", "private"])
+    assert all(f"/p2p/{public['peer_id']}/p2p-circuit" in a for a in private["addrs"])
+    doc = status(network, "p2")
+    assert doc["relays"] == [public["peer_id"]]
+    text = network.offload("status", home="p2", check=True).stdout
+    assert f"reachable:    private via relay {public['peer_id'][:16]}" in text
+    (network.root / "job.py").write_text("print('relayed by a provider')\n")
+    res = network.offload("submit", "job.py", "--bootstrap", public["addr"], "--provider",
+                          private["peer_id"], "--timeout", "60", "--json", check=True)
+    out = json.loads(res.stdout)
+    assert out["stdout"] == "relayed by a provider\n" and out["route"] == "relayed"
+    assert "reachability private, relays" in Path(private["log"]).read_text()

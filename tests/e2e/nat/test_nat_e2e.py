@@ -157,3 +157,17 @@ def test_the_provider_moves_to_another_relay_when_its_relay_dies(topology: Topol
         assert job["provider"] == p.peer_id
     finally:
         network.close()
+
+
+def test_the_fast_lane_is_not_offered_from_behind_a_nat(topology: Topology) -> None:
+    """A lane listener behind a NAT would cost the sender CONNECT_S before falling back."""
+    pub, home = topology.public("pub"), topology.home("home")
+    probe = "import sys; from node.net.lane import behind_nat_from as b; print(b(sys.argv[1]))"
+    import sys
+
+    def ask(node: Node, peer: str) -> str:
+        return node.run(sys.executable, "-c", probe, peer).stdout.strip()
+
+    assert ask(home, pub.ip) == "True"
+    assert ask(pub, home.router_ip) == "False"  # type: ignore[attr-defined]
+    assert ask(home, "127.0.0.1") == "False"
