@@ -22,7 +22,7 @@ from node.net import compat
 from node.net.addrs import split_peer_addr
 from node.net.compat import remote_ip
 from node.net.limits import ConnectionShares, Limits, PeerErrors, StreamShares
-from node.net.nat import NatServices
+from node.net.nat import NatServices, RelayLimits
 from protocol import wire
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from protocol.identity import Identity
@@ -228,7 +228,7 @@ class Libp2pHost:
     """A running libp2p host with our identity (a `Host`)."""
 
     def __init__(self, raw: Any, identity: Identity, *, limits: Limits | None = None,
-                 relay_service: bool = False) -> None:
+                 relay_service: bool = False, relay_limits: RelayLimits | None = None) -> None:
         self._raw = raw
         self.identity = identity
         self.peer_id = identity.peer_id
@@ -237,7 +237,7 @@ class Libp2pHost:
         self.connections = ConnectionShares(self.limits)
         self.peer_errors = PeerErrors()
         self.nat = NatServices(raw, relay_service=relay_service, limits=self.limits,
-                               errors=self.peer_errors)
+                               errors=self.peer_errors, relay_limits=relay_limits)
 
     def listen_addrs(self) -> list[str]:
         """The addresses we listen on, as the transport bound them (no /p2p/ suffix)."""
@@ -402,14 +402,15 @@ def _peer_info(pid: Any, addrs: Sequence[str]) -> Any:
 
 @asynccontextmanager
 async def open_host(identity: Identity, listen: Sequence[str], *,
-                    limits: Limits | None = None,
-                    relay_service: bool = False) -> AsyncIterator[Libp2pHost]:
+                    limits: Limits | None = None, relay_service: bool = False,
+                    relay_limits: RelayLimits | None = None) -> AsyncIterator[Libp2pHost]:
     """Start a host listening on `listen`; it is closed, listener and connections
     included, on exit. Connections from an IP above its share are closed at once.
     Every host accepts relayed connections, answers AutoNAT and punches holes;
     `relay_service` also relays for others (circuit relay v2 hop)."""
     raw = compat.new_host(identity.seed)
-    host = Libp2pHost(raw, identity, limits=limits, relay_service=relay_service)
+    host = Libp2pHost(raw, identity, limits=limits, relay_service=relay_service,
+                      relay_limits=relay_limits)
     # unbounded: each item is a connection already open, closed as soon as it is taken
     send, receive = trio.open_memory_channel[Any](math.inf)
     compat.watch_connections(raw, on_connected=partial(_admit, host, send),

@@ -75,6 +75,7 @@ class Reachability:
         self.clock = clock
         self.state = ReachState(since=clock())
         self._held: dict[str, tuple[str, float]] = {}  # relay -> (its address, expiry)
+        self._granted: dict[str, float] = {}  # relay -> the TTL it granted, seconds
         self._failed: dict[str, float] = {}
         self._found: dict[str, str] = {}
         self._searched = -RELAY_SEARCH_S
@@ -136,10 +137,12 @@ class Reachability:
                 log.info("relay %s went away", relay[:16])
                 del self._held[relay]
                 self._failed[relay] = trio.current_time()
-            elif expires - wall < self.host.nat.relay_limits.reservation_ttl_s / 2:
+            elif expires - wall < self._granted.get(relay, 0.0) / 2:
                 renewed = await self.host.nat.reserve(relay)
                 if renewed:
                     self._held[relay] = (addr, renewed)
+                    self._granted[relay] = max(renewed - self.clock(), 0.0)
+                    log.debug("renewed the reservation on relay %s", relay[:16])
                 else:
                     del self._held[relay]
                     self._failed[relay] = trio.current_time()
@@ -188,6 +191,7 @@ class Reachability:
             self._failed[relay] = trio.current_time()
             return
         self._held[relay] = (addr, expires)
+        self._granted[relay] = max(expires - self.clock(), 0.0)
         log.info("reserved a slot on relay %s in %.0f ms", relay[:16],
                  (trio.current_time() - started) * 1000)
 

@@ -159,3 +159,29 @@ async def test_a_circuit_is_relayed_then_upgraded_to_direct() -> None:
             while req.connection_kind(home.peer_id) != "direct":
                 await trio.sleep(0.2)
         assert req.nat.upgrades == 1
+
+
+async def test_reservations_are_renewed_before_they_expire() -> None:
+    """A relay granting 6 s: the home renews at half of it, so the relay never lets it lapse
+    (without renewal the reservation is gone after 6 s: the probe checks the relay's own
+    record at 9 s)."""
+    from node.net.discovery import open_discovery
+    from node.net.reach import Reachability
+
+    async with open_host(Identity.generate(), LOOP, relay_service=True,
+                         relay_limits=RelayLimits(reservation_ttl_s=6)) as relay, \
+            open_host(Identity.generate(), LOOP) as home, \
+            open_discovery(home, server=False, clock=__import__("time").time) as disc:
+        reach = Reachability(home, disc, bootstrap=[relay.addrs()[0]], forced="private")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reach.run)
+            assert reach.state.relays == [relay.peer_id]
+            first = relay.nat.circuit.resource_manager.get_reservation(
+                libp2p_host(home).get_id()).expires_at
+            await trio.sleep(9)
+            held = relay.nat.circuit.resource_manager.get_reservation(
+                libp2p_host(home).get_id())
+            assert held is not None and not held.is_expired() and held.expires_at > first
+            assert reach.state.relays == [relay.peer_id]
+            assert home.nat.advertised == [circuit_addr(relay.addrs()[0], home.peer_id)]
+            nursery.cancel_scope.cancel()
