@@ -442,9 +442,34 @@ def connected_peers(host: Any) -> list[str]:
 
 
 def remote_ip(conn: Any) -> str:
-    """The IP a muxed connection comes from ("" when the transport does not say)."""
+    """The IP a muxed connection comes from ("" when the transport does not say, and for a
+    relayed connection, whose socket is the relay's: every peer behind one relay would
+    otherwise share one IP's caps; the relay caps its circuits per peer instead)."""
+    if relayed(conn):
+        return ""
     try:
         addr = conn.get_remote_address()
     except Exception:
         return ""
     return str(addr[0]) if addr else ""
+
+
+def relayed(conn: Any) -> bool:
+    """Whether a connection runs through a circuit relay (its raw connection says so)."""
+    from libp2p.connection_types import ConnectionType
+
+    seen: set[int] = set()
+    todo = [conn]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or len(seen) > 32:
+            continue
+        seen.add(id(obj))
+        kind = getattr(obj, "_connection_type", None)
+        if kind is not None:
+            return bool(kind == ConnectionType.RELAYED)
+        for name in ("muxed_conn", "secured_conn", "conn", "read_writer"):
+            inner = getattr(obj, name, None)
+            if inner is not None:
+                todo.append(inner)
+    return False

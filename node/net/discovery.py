@@ -51,7 +51,9 @@ def rendezvous_key(capability: str) -> str:
     return compat.rendezvous_cid(f"offload/providers/{capability}/v1")
 
 
-RELAY_KEY = compat.rendezvous_cid("offload/relays/v1")
+def relay_key() -> str:
+    """The rendezvous key relays provide (computed on use: it imports libp2p)."""
+    return compat.rendezvous_cid("offload/relays/v1")
 
 
 def open_ad(key: str, value: bytes, *, now_ms: int) -> Signed[CapacityAd]:
@@ -194,11 +196,11 @@ class Discovery:
 
     async def provide_relay(self) -> None:
         """Say in the DHT that we relay (circuit relay v2 hop) for others."""
-        await self.dht.provide(RELAY_KEY)
+        await self.dht.provide(relay_key())
 
     async def find_relays(self, *, limit: int = 8, timeout: float = 10.0) -> dict[str, list[str]]:
         """Relays found in the DHT: peer id -> the addresses their records carry."""
-        infos, _, _, _ = await self._lookup(RELAY_KEY, limit, trio.current_time() + timeout)
+        infos, _, _, _ = await self._lookup(relay_key(), limit, trio.current_time() + timeout)
         return {str(i.peer_id): [str(a) for a in i.addrs] for i in infos}
 
     async def find_ads(self, capability: str = "cpu", *, limit: int = 20,

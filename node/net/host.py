@@ -425,6 +425,7 @@ async def open_host(identity: Identity, listen: Sequence[str], *,
 
 
 def _admit(host: Libp2pHost, excess: trio.MemorySendChannel[Any], conn: Any) -> None:
+    host.nat.on_connected(conn)
     ip = remote_ip(conn.muxed_conn)
     if host.connections.admit(ip):
         conn._offload_admitted_ip = ip

@@ -84,7 +84,6 @@ class NatServices:
         """When set, exactly the addresses the host advertises (circuit and public)."""
         self.upgrades = 0
         """Relayed connections that a direct one to the same peer has joined."""
-        self._relayed_peers: set[str] = set()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[NatServices]:
@@ -155,22 +154,18 @@ class NatServices:
     def connection_kind(self, peer_id: str) -> str:
         """"direct", "relayed" or "" (not connected) for the best connection to a peer."""
         kinds = {_kind(c) for c in compat.connections_to(self._raw, peer_id)}
-        if "direct" in kinds:
-            if peer_id in self._relayed_peers:
-                self._relayed_peers.discard(peer_id)
-                self.upgrades += 1
-            return "direct"
-        if "relayed" in kinds:
-            self._relayed_peers.add(peer_id)
-            return "relayed"
-        return ""
+        return "direct" if "direct" in kinds else "relayed" if kinds else ""
 
-    def note_connections(self) -> None:
-        """Count upgrades: peers first reached relayed, now also directly."""
-        for peer in list(self._relayed_peers):
-            self.connection_kind(peer)
-        for peer in compat.connected_peers(self._raw):
-            self.connection_kind(peer)
+    def on_connected(self, conn: Any) -> None:
+        """Count an upgrade: a direct connection joining a relayed one to the same peer."""
+        try:
+            peer = str(conn.muxed_conn.peer_id)
+        except Exception:
+            return
+        if _kind(conn) == "direct" and any(
+                _kind(c) == "relayed" for c in compat.connections_to(self._raw, peer)
+                if c is not conn):
+            self.upgrades += 1
 
     async def reserve(self, relay_peer: str, *, timeout: float = 10.0) -> float:
         """Take (or renew) a reservation on a relay already connected; its expiry as a
@@ -219,6 +214,8 @@ class NatServices:
 
 
 def _kind(conn: Any) -> str:
+    if compat.relayed(conn):
+        return "relayed"
     try:
         addrs = conn.get_transport_addresses()
     except Exception:

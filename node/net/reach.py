@@ -107,7 +107,6 @@ class Reachability:
             await self._keep_relays()
         else:
             self._held.clear()
-        self.host.nat.note_connections()
         self._publish()
 
     async def _ask(self, listen: Sequence[str]) -> list[bool | None]:

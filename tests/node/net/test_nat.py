@@ -35,7 +35,10 @@ async def test_relayed_stream_both_ways() -> None:
         assert await home.nat.reserve(relay.peer_id) > 0
         circuit = circuit_addr(relay.addrs()[0], home.peer_id)
 
+        ips: list[str] = []
+
         async def echo(stream: Any) -> None:
+            ips.append(stream.remote_ip)
             frame = await stream.receive()
             await stream.send(frame)
 
@@ -47,6 +50,13 @@ async def test_relayed_stream_both_ways() -> None:
         await stream.send(wire.Running(elapsed_s=1.5))
         assert await stream.receive_within(10, "echo") == wire.Running(elapsed_s=1.5)
         await stream.close()
+        # a relayed stream has no IP of its own: the socket is the relay's, and every peer
+        # behind that relay would share one IP's caps
+        assert ips == [""] and stream.remote_ip == ""
+        direct = await relay.open_stream(home.peer_id, "/test/echo/1", addrs=home.addrs())
+        await direct.send(wire.Running(elapsed_s=1.5))
+        await direct.receive_within(10, "echo")
+        assert ips[1] == "127.0.0.1" and direct.remote_ip == "127.0.0.1"  # the canary
 
 
 async def _raw_reserve(host: Libp2pHost, relay: Libp2pHost, *, name: str | None) -> int:
@@ -158,7 +168,7 @@ async def test_a_circuit_is_relayed_then_upgraded_to_direct() -> None:
         with trio.fail_after(30):
             while req.connection_kind(home.peer_id) != "direct":
                 await trio.sleep(0.2)
-        assert req.nat.upgrades == 1
+        assert req.nat.upgrades >= 1
 
 
 async def test_reservations_are_renewed_before_they_expire() -> None:
