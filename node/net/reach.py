@@ -32,7 +32,7 @@ AUTONAT_RECHECK_S: Final = 300.0
 RELAY_SEARCH_S: Final = 60.0
 """Least time between two DHT searches for relays."""
 RELAY_RETRY_S: Final = 30.0
-"""A relay that refused or failed is not tried again before this."""
+"""Longest wait before a relay that refused or failed is tried again (backoff 2, 4, ... s)."""
 SERVERS_ASKED: Final = 3
 
 
@@ -76,7 +76,7 @@ class Reachability:
         self.state = ReachState(since=clock())
         self._held: dict[str, tuple[str, float]] = {}  # relay -> (its address, expiry)
         self._granted: dict[str, float] = {}  # relay -> the TTL it granted, seconds
-        self._failed: dict[str, float] = {}
+        self._failed: dict[str, tuple[float, int]] = {}  # relay -> (when, failures in a row)
         self._found: dict[str, str] = {}
         self._searched = -RELAY_SEARCH_S
         self._listen: list[str] = []
@@ -134,8 +134,7 @@ class Reachability:
         for relay, (addr, expires) in list(self._held.items()):
             if not self.host.connection_kind(relay):
                 log.info("relay %s went away", relay[:16])
-                del self._held[relay]
-                self._failed[relay] = trio.current_time()
+                del self._held[relay]  # tried again at once: it may have restarted
             elif expires - wall < self._granted.get(relay, 0.0) / 2:
                 renewed = await self.host.nat.reserve(relay)
                 if renewed:
@@ -144,7 +143,7 @@ class Reachability:
                     log.debug("renewed the reservation on relay %s", relay[:16])
                 else:
                     del self._held[relay]
-                    self._failed[relay] = trio.current_time()
+                    self._fail(relay)
         if len(self._held) >= self.max_relays:
             return
         for relay, addr in (await self._candidates()).items():
@@ -159,7 +158,7 @@ class Reachability:
         def usable(found: dict[str, str]) -> dict[str, str]:
             return {p: a for p, a in found.items()
                     if p not in self._held and p != self.host.peer_id
-                    and now - self._failed.get(p, -RELAY_RETRY_S) >= RELAY_RETRY_S}
+                    and not self._backing_off(p, now)}
 
         out = usable({split_peer_addr(a)[1]: a for a in self.bootstrap} | self._found)
         if len(out) < self.max_relays - len(self._held) and \
@@ -178,6 +177,14 @@ class Reachability:
             out = usable({split_peer_addr(a)[1]: a for a in self.bootstrap} | self._found)
         return out
 
+    def _fail(self, relay: str) -> None:
+        self._failed[relay] = (trio.current_time(), self._failed.get(relay, (0.0, 0))[1] + 1)
+
+    def _backing_off(self, relay: str, now: float) -> bool:
+        """A relay that failed n times in a row waits 2**n s (at most RELAY_RETRY_S)."""
+        when, n = self._failed.get(relay, (0.0, 0))
+        return n > 0 and now - when < min(RELAY_RETRY_S, 2.0 ** n)
+
     async def _take(self, relay: str, addr: str) -> None:
         started = trio.current_time()
         try:
@@ -187,9 +194,10 @@ class Reachability:
         except RemoteError:
             expires = 0.0
         if not expires:
-            self._failed[relay] = trio.current_time()
+            self._fail(relay)
             return
         self._held[relay] = (addr, expires)
+        self._failed.pop(relay, None)
         self._granted[relay] = max(expires - self.clock(), 0.0)
         log.info("reserved a slot on relay %s in %.0f ms", relay[:16],
                  (trio.current_time() - started) * 1000)

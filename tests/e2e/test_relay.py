@@ -102,3 +102,27 @@ def test_a_public_provider_relays_for_a_private_one(network: Network) -> None:
     out = json.loads(res.stdout)
     assert out["stdout"] == "relayed by a provider\n" and out["route"] == "relayed"
     assert "reachability private, relays" in Path(private["log"]).read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_restarted_relay_is_reserved_again_at_once(network: Network) -> None:
+    """Its only relay restarts (same identity and address): the provider does not wait out
+    RELAY_RETRY_S (30 s) before reserving again."""
+    listen = f"/ip4/127.0.0.1/tcp/{_free_port()}"
+    relay = network.net.relay("r1", listen=listen)
+    network.start_provider(bootstrap=relay.addr, extra=["--reachability", "private"])
+    assert status(network, "p1")["relays"] == [relay.peer_id]
+    network.net.stop(relay, grace_s=0)
+    wait_status(network, "p1", lambda d: d["relays"] == [], within_s=15)
+    restarted = network.net.relay("r1", listen=listen)
+    assert restarted.peer_id == relay.peer_id
+    back = time.monotonic()
+    doc = wait_status(network, "p1", lambda d: d["relays"] == [relay.peer_id], within_s=25)
+    assert doc["relays"] == [relay.peer_id] and time.monotonic() - back < 20, doc
