@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from node.localnet import LocalNet  # noqa: E402
-from tests.e2e.nat.topology import Node, Topology, unavailable  # noqa: E402
+from tests.e2e.nat.netns import Node, Topology, available  # noqa: E402
 
 PEER = r'''
 import json, os, sys, time
@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--pings", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=3)
     args = ap.parse_args()
-    why = unavailable()
+    why = available()
     if why:
         raise SystemExit(f"bench_nat: {why}")
     with tempfile.TemporaryDirectory() as tmp, Topology("bench") as t:

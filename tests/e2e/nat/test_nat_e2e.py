@@ -17,7 +17,7 @@ from typing import Any
 
 from node.localnet import LocalProvider
 from tests.e2e.conftest import Network
-from tests.e2e.nat.topology import Node, Topology
+from tests.e2e.nat.netns import Node, Topology
 
 BULK = 5 * 1024 * 1024
 """Inputs above the relay's bulk threshold (4 MiB): they wait for a direct connection."""
@@ -169,5 +169,5 @@ def test_the_fast_lane_is_not_offered_from_behind_a_nat(topology: Topology) -> N
         return node.run(sys.executable, "-c", probe, peer).stdout.strip()
 
     assert ask(home, pub.ip) == "True"
-    assert ask(pub, home.router_ip) == "False"  # type: ignore[attr-defined]
+    assert ask(pub, home.router_ip) == "False"
     assert ask(home, "127.0.0.1") == "False"
