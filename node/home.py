@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,3 +232,8 @@ def open_ledger(home: Path, identity: Identity) -> Ledger:
                         "verify`") from None
     except LocalLedgerError as exc:
         raise UserError(str(exc)) from None
+
+
+def write_ready_file(path: Path, peer_id: str, addrs: Sequence[str], **extra: Any) -> None:
+    """What `--ready-file` promises: {"peer_id", "addrs", ...} once a node is up."""
+    atomic_write_json(path, {"peer_id": peer_id, "addrs": list(addrs), **extra})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -164,22 +164,36 @@ async def close_connections(host: Any) -> int:
     return n
 
 
-def _socket_of(conn: Any) -> trio.SocketStream | None:
-    """The TCP stream under a swarm connection (muxer -> security -> raw -> trio)."""
+def _layers(conn: Any) -> Iterator[Any]:
+    """A connection and every object under it (muxer -> security -> raw -> socket)."""
     seen: set[int] = set()
     todo = [conn]
-    while todo:
+    while todo and len(seen) <= 32:
         obj = todo.pop()
-        if isinstance(obj, trio.SocketStream):
-            return obj
-        if id(obj) in seen or len(seen) > 32:
+        if id(obj) in seen:
             continue
         seen.add(id(obj))
+        yield obj
         for name in ("muxed_conn", "secured_conn", "conn", "read_writer", "stream", "_stream"):
             inner = getattr(obj, name, None)
             if inner is not None:
                 todo.append(inner)
-    return None
+
+
+def _socket_of(conn: Any) -> trio.SocketStream | None:
+    """The TCP stream under a swarm connection."""
+    return next((o for o in _layers(conn) if isinstance(o, trio.SocketStream)), None)
+
+
+async def quietly(op: Callable[[], Awaitable[object]], what: str, *,
+                  timeout_s: float = 2.0) -> None:
+    """Run a closing step (`stream.close`, `reset`, ...) shielded and bounded; a failure
+    is logged at debug, since the peer may be gone already."""
+    with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
+        try:
+            await op()
+        except Exception:
+            logging.getLogger(__name__).debug("%s failed", what, exc_info=True)
 
 
 async def drop_connection(conn: Any) -> None:
@@ -391,11 +405,7 @@ def fresh_dial_back(autonat: Any, host: Any, *, timeout_s: float) -> None:
                     conn = await swarm.dial_addr(Multiaddr(addr), peer_id)
                 except Exception:
                     continue
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    try:
-                        await conn.close()
-                    except Exception:
-                        pass
+                await quietly(conn.close, "closing a dial-back")
                 return bytes(addr)
         return None
 
@@ -458,18 +468,8 @@ def relayed(conn: Any) -> bool:
     """Whether a connection runs through a circuit relay (its raw connection says so)."""
     from libp2p.connection_types import ConnectionType
 
-    seen: set[int] = set()
-    todo = [conn]
-    while todo:
-        obj = todo.pop()
-        if id(obj) in seen or len(seen) > 32:
-            continue
-        seen.add(id(obj))
+    for obj in _layers(conn):
         kind = getattr(obj, "_connection_type", None)
         if kind is not None:
             return bool(kind == ConnectionType.RELAYED)
-        for name in ("muxed_conn", "secured_conn", "conn", "read_writer"):
-            inner = getattr(obj, name, None)
-            if inner is not None:
-                todo.append(inner)
     return False

@@ -172,18 +172,10 @@ class FramedStream:
         raise PeerTimeout(f"no {what} from {self.remote_peer[:16]} within {seconds:.0f} s")
 
     async def close(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            try:
-                await self._raw.close()
-            except Exception:
-                log.debug("closing a stream failed", exc_info=True)
+        await compat.quietly(self._raw.close, "closing a stream")
 
     async def reset(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            try:
-                await self._raw.reset()
-            except Exception:
-                log.debug("resetting a stream failed", exc_info=True)
+        await compat.quietly(self._raw.reset, "resetting a stream")
 
 
 async def serve_stream(stream: Stream, protocol: str, handler: Handler,
@@ -236,7 +228,7 @@ class Libp2pHost:
         self.shares = StreamShares(self.limits)
         self.connections = ConnectionShares(self.limits)
         self.peer_errors = PeerErrors()
-        self.nat = NatServices(raw, relay_service=relay_service, limits=self.limits,
+        self.nat = NatServices(raw, relay_service=relay_service, shares=self.shares,
                                errors=self.peer_errors, relay_limits=relay_limits)
 
     def listen_addrs(self) -> list[str]:
@@ -257,11 +249,7 @@ class Libp2pHost:
                 stream = FramedStream.over_libp2p(raw_stream, max_frame=max_frame)
             except Exception as exc:
                 self.peer_errors.failed(protocol, "?", exc)
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    try:
-                        await raw_stream.reset()
-                    except Exception:
-                        pass
+                await compat.quietly(raw_stream.reset, "resetting a stream")
                 return
             await serve_stream(stream, protocol, handler, refuse, shares=self.shares,
                                errors=self.peer_errors)

@@ -10,7 +10,6 @@ workarounds it needs are in compat.py (traps of shared/notes/nat.md).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import trio
 
 from node.errors import PeerGone, PeerTimeout
 from node.net import compat
-from node.net.limits import Limits, PeerErrors, StreamShares
+from node.net.limits import PeerErrors, StreamShares
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ DCUTR_DIAL_S: Final = 3
 class NatServices:
     """The relay, AutoNAT and DCUtR services of one libp2p host."""
 
-    def __init__(self, raw: Any, *, relay_service: bool, limits: Limits,
+    def __init__(self, raw: Any, *, relay_service: bool, shares: StreamShares,
                  errors: PeerErrors, relay_limits: RelayLimits | None = None) -> None:
         from libp2p.host.autonat.autonat import AutoNATService
         from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport, DCUtRProtocol
@@ -77,7 +76,7 @@ class NatServices:
                                             RelayConfig(roles=RelayRole.STOP, limits=lim))
         self.dcutr = DCUtRProtocol(raw, dial_timeout=DCUTR_DIAL_S)
         self.autonat = AutoNATService(raw, serve=False, confirmations=1)
-        self._shares = StreamShares(limits)
+        self._shares = shares
         self._errors = errors
         self._reserved_ips: dict[str, str] = {}
         self.advertised: list[str] | None = None
@@ -109,11 +108,7 @@ class NatServices:
             why = self._shares.try_open(protocol, peer, ip)
             if why is not None:
                 self._errors.count("limit")
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    try:
-                        await stream.reset()
-                    except Exception:
-                        pass
+                await compat.quietly(stream.reset, "resetting a stream")
                 return
             try:
                 await handler(stream)
@@ -183,11 +178,7 @@ class NatServices:
             try:
                 ok = await self.transport._make_reservation(stream, pid)
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    try:
-                        await stream.close()
-                    except Exception:
-                        pass
+                await compat.quietly(stream.close, "closing a hop stream")
             return float(self.transport._reservations.get(pid, 0)) if ok else 0.0
         return 0.0
 
@@ -227,6 +218,3 @@ def circuit_addr(relay_addr: str, peer_id: str) -> str:
     """Our address through a relay: RELAY_ADDR/p2p/RELAY/p2p-circuit/p2p/US."""
     return f"{relay_addr}/p2p-circuit/p2p/{peer_id}"
 
-
-def expiry_left_s(expires: float) -> float:
-    return expires - time.time()

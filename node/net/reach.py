@@ -81,6 +81,7 @@ class Reachability:
         self._searched = -RELAY_SEARCH_S
         self._listen: list[str] = []
         self._asked = -AUTONAT_RECHECK_S
+        self._reported = ""  # the reachability last logged
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Check now, report started, then keep checking until cancelled."""
@@ -222,5 +223,3 @@ class Reachability:
         self.state.direct_upgrades = upgrades
         if moved and self.on_change is not None:
             self.on_change(self.state)
-
-    _reported: str = ""

@@ -16,9 +16,9 @@ from typing import Any
 
 import trio
 
-from node.home import atomic_write_json
+from node.home import write_ready_file
 from node.net.discovery import Discovery, open_discovery
-from node.net.host import Libp2pHost, open_host
+from node.net.host import open_host
 from node.net.limits import Limits
 from protocol.identity import Identity
 
@@ -53,7 +53,8 @@ async def serve_relay(identity: Identity, listen: Sequence[str], *,
                 trio.open_nursery() as nursery:
             await disc.bootstrap(bootstrap)
             await nursery.start(provide_relay_forever, disc)
-            write_ready(ready_file, host)
+            if ready_file is not None:
+                write_ready_file(ready_file, host.peer_id, host.addrs(), relay=True)
             log.info("relay %s listening on %s (reservations up to %d, %d per IP; circuits "
                      "%d s, %d MiB)", identity.peer_id, host.addrs(),
                      host.nat.relay_limits.reservations,
@@ -65,10 +66,4 @@ async def serve_relay(identity: Identity, listen: Sequence[str], *,
                 log.info("signal %d: stopping", signum)
                 break
             nursery.cancel_scope.cancel()
-
-
-def write_ready(path: Path | None, host: Libp2pHost) -> None:
-    if path is not None:
-        atomic_write_json(path, {"peer_id": host.peer_id, "addrs": host.addrs(),
-                                 "relay": True})
 

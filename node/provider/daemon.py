@@ -19,7 +19,7 @@ import trio
 from ledger import Ledger
 from node.benchmark import BenchmarkFailed, BenchmarkReport, benchmark_forever
 from node.benchmark import summary as benchmark_summary
-from node.home import Home, HomeLock, atomic_write_json
+from node.home import Home, HomeLock, write_ready_file
 from node.net.discovery import AD_LIFETIME_S, AD_REFRESH_S, Discovery, ad_key, open_discovery
 from node.net.gossip import Gossip, recorder, run_gossip
 from node.net.host import Host, Stream, open_host
@@ -393,6 +393,3 @@ async def _in_scope(scope: trio.CancelScope, fn: Callable[..., Awaitable[None]],
     with scope:
         await fn(*args, task_status=task_status)
 
-
-def write_ready_file(path: Path, peer_id: str, addrs: Sequence[str]) -> None:
-    atomic_write_json(path, {"peer_id": peer_id, "addrs": list(addrs)})

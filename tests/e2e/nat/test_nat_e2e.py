@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from node.localnet import LocalProvider
@@ -87,76 +86,64 @@ def circuit_only(addrs: list[str], peer_id: str) -> bool:
 
 
 def test_cone_nats_a_provider_at_home_is_found_runs_jobs_and_is_hole_punched(
-        topology: Topology, tmp_path: Path) -> None:
-    network = Network(tmp_path)
-    try:
-        pub_relay, pub_req = topology.public("relay"), topology.public("req")
-        home1, home2 = topology.home("home1", "cone"), topology.home("home2", "cone")
-        r = relay(network, pub_relay, "r1")
-        p = provider(network, home1, r.addr)
-        assert circuit_only(p.info["addrs"], p.peer_id), p.info  # no private address
-        doc = status(network)
-        assert doc["reachability"] == "private" and doc["relays"] == [r.peer_id], doc
+        topology: Topology, network: Network) -> None:
+    pub_relay, pub_req = topology.public("relay"), topology.public("req")
+    home1, home2 = topology.home("home1", "cone"), topology.home("home2", "cone")
+    r = relay(network, pub_relay, "r1")
+    p = provider(network, home1, r.addr)
+    assert circuit_only(p.info["addrs"], p.peer_id), p.info  # no private address
+    doc = status(network)
+    assert doc["reachability"] == "private" and doc["relays"] == [r.peer_id], doc
 
-        offers = offload_in(network, pub_req, "offers", "--bootstrap", r.addr, "--json",
-                            "--fresh", home="req")
-        ads = {a["peer_id"]: a for a in json.loads(offers.stdout)}
-        assert p.peer_id in ads, offers.stderr
-        assert circuit_only(ads[p.peer_id]["addrs"], p.peer_id)
+    offers = offload_in(network, pub_req, "offers", "--bootstrap", r.addr, "--json",
+                        "--fresh", home="req")
+    ads = {a["peer_id"]: a for a in json.loads(offers.stdout)}
+    assert p.peer_id in ads, offers.stderr
+    assert circuit_only(ads[p.peer_id]["addrs"], p.peer_id)
 
-        first = submit(network, pub_req, "req", r.addr)
-        assert first["provider"] == p.peer_id and first["stdout"].startswith("ran")
+    first = submit(network, pub_req, "req", r.addr)
+    assert first["provider"] == p.peer_id and first["stdout"].startswith("ran")
 
-        behind = submit(network, home2, "req2", r.addr, bulk=True)
-        assert behind["provider"] == p.peer_id
-        assert behind["route"] == "direct", behind  # the hole punch
-        doc = wait_status(network, lambda d: d["direct_upgrades"] >= 1, within_s=10)
-        assert doc["direct_upgrades"] >= 1
-    finally:
-        network.close()
+    behind = submit(network, home2, "req2", r.addr, bulk=True)
+    assert behind["provider"] == p.peer_id
+    assert behind["route"] == "direct", behind  # the hole punch
+    doc = wait_status(network, lambda d: d["direct_upgrades"] >= 1, within_s=10)
+    assert doc["direct_upgrades"] >= 1
 
 
 def test_symmetric_nat_the_job_completes_over_the_relay(topology: Topology,
-                                                        tmp_path: Path) -> None:
-    network = Network(tmp_path)
-    try:
-        pub_relay = topology.public("relay")
-        home1, home2 = topology.home("home1", "symmetric"), topology.home("home2", "cone")
-        r = relay(network, pub_relay, "r1")
-        p = provider(network, home1, r.addr)
-        assert circuit_only(p.info["addrs"], p.peer_id)
-        doc = submit(network, home2, "req2", r.addr, bulk=True)
-        assert doc["provider"] == p.peer_id
-        assert doc["route"] == "relayed", doc  # no hole through a symmetric NAT
-    finally:
-        network.close()
+                                                        network: Network) -> None:
+    pub_relay = topology.public("relay")
+    home1, home2 = topology.home("home1", "symmetric"), topology.home("home2", "cone")
+    r = relay(network, pub_relay, "r1")
+    p = provider(network, home1, r.addr)
+    assert circuit_only(p.info["addrs"], p.peer_id)
+    doc = submit(network, home2, "req2", r.addr, bulk=True)
+    assert doc["provider"] == p.peer_id
+    assert doc["route"] == "relayed", doc  # no hole through a symmetric NAT
 
 
 def test_the_provider_moves_to_another_relay_when_its_relay_dies(topology: Topology,
-                                                                 tmp_path: Path) -> None:
-    network = Network(tmp_path)
-    try:
-        nodes = [topology.public(f"relay{i}") for i in range(3)]
-        pub_req = topology.public("req")
-        home1 = topology.home("home1", "cone")
-        first = relay(network, nodes[0], "r1")
-        relays = [first, *(relay(network, n, f"r{i + 2}", bootstrap=first.addr)
-                           for i, n in enumerate(nodes[1:]))]
-        by_id = {x.peer_id: x for x in relays}
-        p = provider(network, home1, first.addr)
-        doc = wait_status(network, lambda d: len(d["relays"]) == 2, within_s=30)
-        assert len(doc["relays"]) == 2, doc
-        gone = next(x for x in doc["relays"] if x != first.peer_id)
-        spare = next(x for x in by_id if x not in doc["relays"])
-        network.net.stop(by_id[gone], grace_s=0)
-        killed = time.monotonic()
-        doc = wait_status(network, lambda d: spare in d["relays"], within_s=MOVE_BOUND_S)
-        assert spare in doc["relays"] and gone not in doc["relays"], doc
-        assert time.monotonic() - killed < MOVE_BOUND_S
-        job = submit(network, pub_req, "req", by_id[spare].addr)
-        assert job["provider"] == p.peer_id
-    finally:
-        network.close()
+                                                                 network: Network) -> None:
+    nodes = [topology.public(f"relay{i}") for i in range(3)]
+    pub_req = topology.public("req")
+    home1 = topology.home("home1", "cone")
+    first = relay(network, nodes[0], "r1")
+    relays = [first, *(relay(network, n, f"r{i + 2}", bootstrap=first.addr)
+                       for i, n in enumerate(nodes[1:]))]
+    by_id = {x.peer_id: x for x in relays}
+    p = provider(network, home1, first.addr)
+    doc = wait_status(network, lambda d: len(d["relays"]) == 2, within_s=30)
+    assert len(doc["relays"]) == 2, doc
+    gone = next(x for x in doc["relays"] if x != first.peer_id)
+    spare = next(x for x in by_id if x not in doc["relays"])
+    network.net.stop(by_id[gone], grace_s=0)
+    killed = time.monotonic()
+    doc = wait_status(network, lambda d: spare in d["relays"], within_s=MOVE_BOUND_S)
+    assert spare in doc["relays"] and gone not in doc["relays"], doc
+    assert time.monotonic() - killed < MOVE_BOUND_S
+    job = submit(network, pub_req, "req", by_id[spare].addr)
+    assert job["provider"] == p.peer_id
 
 
 def test_the_fast_lane_is_not_offered_from_behind_a_nat(topology: Topology) -> None:
