@@ -265,7 +265,7 @@ class Libp2pHost:
         good = []
         for a in addrs:
             try:
-                good.append(Multiaddr(a.rpartition("/p2p/")[0] if "/p2p/" in a else a))
+                good.append(Multiaddr(_bare(a)))
             except Exception:
                 log.debug("dropping unparsable addr %r", a)
         if good:
@@ -343,9 +343,11 @@ class Libp2pHost:
                 except Exception:
                     log.debug("no direct connection to %s", peer_id[:16], exc_info=True)
         last: Exception | None = None
+        deadline = trio.current_time() + timeout
         for maddr in circuits[:MAX_CIRCUITS_TRIED]:
             try:
-                await self.nat.dial_circuit(maddr, timeout=timeout)
+                await self.nat.dial_circuit(
+                    maddr, timeout=max(deadline - trio.current_time(), 0.0))
                 return
             except (PeerGone, PeerTimeout) as exc:
                 last = exc
@@ -384,8 +386,12 @@ def _peer_info(pid: Any, addrs: Sequence[str]) -> Any:
     from libp2p.peer.peerinfo import PeerInfo
     from multiaddr import Multiaddr
 
-    return PeerInfo(pid, [Multiaddr(a.rpartition("/p2p/")[0] if "/p2p/" in a else a)
-                          for a in addrs])
+    return PeerInfo(pid, [Multiaddr(_bare(a)) for a in addrs])
+
+
+def _bare(addr: str) -> str:
+    """`addr` without its trailing /p2p/<peer id>, as the peerstore keeps addresses."""
+    return addr.rpartition("/p2p/")[0] if "/p2p/" in addr else addr
 
 
 @asynccontextmanager
