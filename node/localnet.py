@@ -122,11 +122,12 @@ class LocalNet:
         return provider
 
     def relay(self, name: str, *, bootstrap: str | Sequence[str] = (),
-              listen: str = LOOPBACK, wrap: Sequence[str] = ()) -> LocalProvider:
+              listen: str = LOOPBACK, wrap: Sequence[str] = (),
+              extra: Sequence[str] = ()) -> LocalProvider:
         """Start `offload relay` (circuit relay v2, AutoNAT, DHT server) and wait for it."""
         ready, log = self.root / f"{name}.ready", self.root / f"{name}.log"
         ready.unlink(missing_ok=True)
-        args = ["relay", "--listen", listen, "--ready-file", str(ready)]
+        args = ["relay", "--listen", listen, "--ready-file", str(ready), *extra]
         for addr in [bootstrap] if isinstance(bootstrap, str) else bootstrap:
             args += ["--bootstrap", addr]
         return self._launch(name, self.root / name, ready, log, args, wrap=wrap)

@@ -24,6 +24,9 @@ INPUTS_DONE = "inputs_done"
 INPUT_STATES = ("inputs", "inputs_lane")
 """Where the requester's chunks count towards `inputs_done`."""
 CLOSED = "closed"
+MOVED = "moved"
+"""The job stream after its outputs moved to a settle stream (`fetch_outputs`): nothing
+but an error frame may follow; it closes when the fetch ended."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,7 +75,8 @@ class Table:
 def _with_errors(name: str, protocol: str, start: str, terminal: frozenset[str],
                  steps: tuple[Step, ...]) -> Table:
     """`steps`, and an `error` from either side in every state that is not terminal."""
-    open_states = dict.fromkeys(s.state for s in steps)
+    open_states = dict.fromkeys(x for s in steps for x in (s.state, s.next)
+                                if x not in terminal)
     errors = tuple(Step(state, sender, wire.ErrorReply.type_name, CLOSED)
                    for state in open_states for sender in ROLES)
     return Table(name=name, protocol=protocol, start=start, terminal=terminal,
@@ -104,9 +108,11 @@ JOB = _with_errors("job", wire.JOB_PROTOCOL, "start", frozenset({CLOSED}), (
     Step("outputs", R, wire.Lane.type_name, "outputs"),
     Step("outputs", P, wire.Lane.type_name, "outputs_lane"),
     Step("outputs_lane", P, wire.Chunk.type_name, "outputs_lane"),
+    Step("outputs", R, wire.FetchOutputs.type_name, MOVED),
 ))
 """`/offload/job/1.0.0`. The stream ends after the last output chunk (the signed result
-names the outputs), or after an error frame. A phase of at least `wire.LANE_MIN_BYTES`
+names the outputs), or after an error frame, or (`moved`) once the requester has fetched
+the outputs on a settle stream. A phase of at least `wire.LANE_MIN_BYTES`
 starts with the receiver's `lane` offer; the sender's `lane` answer means it dials the
 lane (`inputs_lane`, `outputs_lane`), and chunks may still follow there if it fails."""
 
@@ -115,9 +121,15 @@ SETTLE = _with_errors("settle", wire.SETTLE_PROTOCOL, "start", frozenset({"done"
     Step("start", R, wire.ResultQuery.type_name, "querying"),
     Step("settling", P, wire.SettleAck.type_name, "done"),
     Step("querying", P, wire.ResultReady.type_name, "done"),
+    Step("start", R, wire.FetchOutputs.type_name, "outputs"),
+    Step("outputs", P, wire.Chunk.type_name, "outputs"),
+    Step("outputs", R, wire.Lane.type_name, "outputs"),
+    Step("outputs", P, wire.Lane.type_name, "outputs_lane"),
+    Step("outputs_lane", P, wire.Chunk.type_name, "outputs_lane"),
 ))
 """`/offload/settle/1.0.0`: a receipt (and cheque) acknowledged, or a lost result asked
-for again; one request, one answer."""
+for again (one request, one answer); or the outputs of a job whose stream moved them
+here, sent as on the job stream (the stream ends after the last chunk)."""
 
 TABLES = (JOB, SETTLE)
 

@@ -197,12 +197,27 @@ class ResultQuery(Frame):
         check_sha256(self.job_id, "job_id")
 
 
+@message
+class FetchOutputs(Frame):
+    """Requester -> provider: on the job stream in `outputs`, "keep them, I fetch them on a
+    new stream" (a relayed job stream, outputs too big for the relay, a direct connection
+    now open); then on `/offload/settle/1.0.0`, over that connection, "send them". The
+    outputs follow as in the job exchange, or an error frame if none are held for the
+    sender."""
+
+    type_name: ClassVar[str] = "fetch_outputs"
+    job_id: str = field(max_len=64)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
 F = TypeVar("F", bound=Frame)
 
 FRAME_TYPES: dict[str, type[Frame]] = {
     t.type_name: t for t in (SubmitJob, QuoteOffer, QuoteAccept, Queued, Accepted, Chunk,
                              Running, ResultReady, ErrorReply, Output, Settle, SettleAck,
-                             ResultQuery, Lane)
+                             ResultQuery, Lane, FetchOutputs)
 }
 
 

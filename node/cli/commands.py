@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a peer of the network to join (repeatable)")
     c.add_argument("--ready-file", type=Path, metavar="F",
                    help='write {"peer_id", "addrs"} here once listening')
+    c.add_argument("--circuit-mib", type=_circuit_mib, metavar="N",
+                   help="most MiB one circuit carries, both ways together (default 256); "
+                        "bulk data waits for a direct connection")
 
     jobs_cli.register(sub, cmd)
     ledger_cli.register(sub)
@@ -176,13 +179,27 @@ def cmd_provide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _circuit_mib(text: str) -> int:
+    try:
+        mib = int(text)
+    except ValueError:
+        mib = 0
+    if not 1 <= mib <= 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB, 1 to 65536")
+    return mib
+
+
 def cmd_relay(args: argparse.Namespace) -> int:
+    from node.net.nat import RelayLimits
     from node.net.relay import serve_relay
 
     home = resolve_home(args.home)
     identity, _ = init_identity(home)
+    limits = (RelayLimits(circuit_bytes=args.circuit_mib * 2**20)
+              if args.circuit_mib else None)
     trio.run(partial(serve_relay, identity, args.listen or ["/ip4/0.0.0.0/tcp/4001"],
-                     bootstrap=bootstrap(args), ready_file=args.ready_file))
+                     bootstrap=bootstrap(args), ready_file=args.ready_file,
+                     relay_limits=limits))
     return 0
 
 

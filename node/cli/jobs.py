@@ -207,6 +207,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
            "retries": [{"provider": a.provider, "error": a.error}
                        for a in placement.attempts],
            "canaries_passed": placement.canaries_passed, "route": outcome.route,
+           "output_route": outcome.output_route,
            "paid": paid, "held_until": placement.held_until,
            "suspect": [h.job_id for h in suspect]}
     if args.json:

@@ -24,8 +24,12 @@ def describe(ev: events.Event) -> str | None:
     job = ev.job_id[:12]
     if isinstance(ev, events.Quoted):
         return f"{who}: quoted job {job} at up to {credits(ev.max_charge)} credits"
-    if isinstance(ev, events.Route) and ev.route == "relayed":
+    if isinstance(ev, events.Route) and (ev.route == "relayed" or ev.what == "outputs"):
         waited = f" (no direct connection within {ev.waited_s:.0f} s)" if ev.waited_s else ""
+        if ev.what == "outputs":
+            return (f"{who}: outputs of job {job} through the relay{waited}"
+                    if ev.route == "relayed" else
+                    f"{who}: outputs of job {job} on a direct connection")
         return f"{who}: reached through a relay{waited}"
     if isinstance(ev, events.Uploading):
         resumed = f", resuming at {ev.offset}" if ev.offset else ""

@@ -426,7 +426,7 @@ class DestFile:
 # --- negotiating a lane over the job stream ---------------------------------------------
 
 
-class _Replay:
+class Replay:
     """A Stream whose first frame is one already taken off `inner`."""
 
     def __init__(self, inner: Stream, first: wire.Frame) -> None:
@@ -485,7 +485,7 @@ one opened, before data moves. True: the lane took them."""
         await stream.send(wire.Lane(port=listener.getsockname()[1], token=token, cert=own.der))
         frame = await stream.receive_within(STALL_S, "a lane answer or data")
         if not isinstance(frame, wire.Lane):
-            await fallback(_Replay(stream, frame))
+            await fallback(Replay(stream, frame))
             return False
         try:
             if frame.port or certificate_peer(frame.cert) != stream.remote_peer:

@@ -20,6 +20,7 @@ from node.home import write_ready_file
 from node.net.discovery import Discovery, open_discovery
 from node.net.host import open_host
 from node.net.limits import Limits
+from node.net.nat import RelayLimits
 from protocol.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,12 @@ async def provide_relay_forever(disc: Discovery, *,
 
 async def serve_relay(identity: Identity, listen: Sequence[str], *,
                       bootstrap: Sequence[str] = (), ready_file: Path | None = None,
-                      limits: Limits | None = None,
+                      limits: Limits | None = None, relay_limits: RelayLimits | None = None,
                       task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run a relay until SIGINT/SIGTERM (or cancelled)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_host(identity, listen, limits=limits, relay_service=True) as host, \
+        async with open_host(identity, listen, limits=limits, relay_service=True,
+                             relay_limits=relay_limits) as host, \
                 open_discovery(host, server=True, clock=time.time) as disc, \
                 trio.open_nursery() as nursery:
             await disc.bootstrap(bootstrap)

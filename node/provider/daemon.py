@@ -36,7 +36,7 @@ from node.provider.metrics import ProviderMetrics, serve_metrics
 from node.provider.replies import (
     busy_stream,
 )
-from node.provider.results import RecentResults
+from node.provider.results import HeldOutputs, RecentResults
 from node.provider.status import publish_forever
 from node.provider.telemetry import HostSample, Telemetry, cpu_model, memory_mb
 from protocol import (
@@ -127,6 +127,7 @@ class Provider:
         self.peers = PeerBook.load(config.home)
         self.peer_errors = PeerErrors()
         self.results = RecentResults(Home(config.home).results)  # for handle_settle
+        self.held_outputs = HeldOutputs()
         self.reach = ReachState()
 
     def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -20,7 +21,7 @@ from node.net.host import Stream
 from node.net.transfer import transfer_deadline
 from node.provider.admission import Busy, Ticket
 from node.provider.executor import SandboxExecutor
-from node.provider.jobio import collect_outputs, receive_inputs, send_outputs
+from node.provider.jobio import collect_outputs, outputs_stream, receive_inputs, send_outputs
 from node.provider.live import LIVE_BACKLOG, forward_output, offer
 from node.provider.replies import REFUSAL_OUTCOME, error_code, error_text, refuse, try_send
 from node.provider.runner import output_sink
@@ -32,6 +33,7 @@ from protocol import (
     JobResult,
     JobSpec,
     MalformedMessage,
+    OutputFile,
     ProtocolError,
     Quote,
     Replayed,
@@ -61,12 +63,16 @@ FIRST_FRAME_S = 10.0
 
 async def handle_settle(p: Provider, raw: Stream) -> None:
     """A requester's receipt for one of our jobs, and its cheque when it paid; or its
-    question for the signed result of a job it lost (`result_query`)."""
+    question for the signed result of a job it lost (`result_query`); or its fetch of a
+    job's outputs it moved here from a relayed job stream (`fetch_outputs`)."""
     stream = guarded(raw, SETTLE, "provider")
     try:
         frame = await stream.receive_within(SETTLE_IDLE_S, "a settle frame")
         if isinstance(frame, wire.ResultQuery):
             await p.results.answer(stream, frame.job_id)
+            return
+        if isinstance(frame, wire.FetchOutputs):
+            await _serve_fetch(p, stream, frame.job_id)
             return
         assert isinstance(frame, wire.Settle | wire.ErrorReply)  # the table allows no other
         if isinstance(frame, wire.ErrorReply):
@@ -90,6 +96,21 @@ async def handle_settle(p: Provider, raw: Stream) -> None:
     log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
              receipt.requester[:16], receipt.outcome, credits(receipt.charge))
     await try_send(stream, wire.SettleAck(job_id=receipt.job_id))
+
+
+async def _serve_fetch(p: Provider, stream: Stream, job_id: str) -> None:
+    async def send(s: Stream, outputs: list[tuple[OutputFile, Path]]) -> None:
+        with transfer_deadline(sum(o.size for o, _ in outputs),
+                               f"the outputs of job {job_id[:12]}"):
+            await send_outputs(s, outputs, metrics=p.metrics, identity=p.identity)
+        log.info("job %s: outputs sent on the fetch stream of %s", job_id[:12],
+                 s.remote_peer[:16])
+
+    try:
+        await p.held_outputs.serve(stream, job_id, send)
+    except Exception as exc:  # the boundary, as for jobs
+        p.peer_errors.failed("output fetch", stream.remote_peer, exc)
+        await try_send(stream, wire.ErrorReply(code=error_code(exc), message=error_text(exc)))
 
 
 async def handle_job(p: Provider, raw: Stream) -> None:
@@ -284,9 +305,18 @@ async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Q
         m.earnings_total.inc(price_charged)
         mark("sign+store")
         await stream.send(wire.ResultReady(result=signed.raw))
-        with transfer_deadline(sum(o.size for o, _ in outputs), f"the outputs of job "
-                               f"{job_id[:12]}"):
-            await send_outputs(stream, outputs, metrics=m, identity=p.identity)
+        on = await outputs_stream(stream, job_id, outputs)
+        if on is None:
+            log.info("job %s: %s fetches the outputs on a new stream", job_id[:12],
+                     spec.requester[:16])
+            if not await p.held_outputs.hold(job_id, spec.requester, outputs):
+                log.info("job %s: the outputs were not fetched", job_id[:12])
+                await try_send(stream, wire.ErrorReply(
+                    code="expired", message="the outputs were not fetched in time"))
+        else:
+            with transfer_deadline(sum(o.size for o, _ in outputs), f"the outputs of job "
+                                   f"{job_id[:12]}"):
+                await send_outputs(on, outputs, metrics=m, identity=p.identity)
         mark("send")
     mark("teardown")
     log.debug("job %s phases (ms): %s", job_id[:12], " ".join(mark.ms))

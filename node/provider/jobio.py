@@ -25,7 +25,7 @@ from node.net.transfer import (
 from node.provider.cache import CacheError, InputCache, PartialFile
 from node.provider.executor import Slot
 from node.provider.metrics import ProviderMetrics
-from protocol import Identity, InputFile, JobSpec, OutputFile, wire
+from protocol import Identity, InputFile, JobSpec, MalformedMessage, OutputFile, wire
 from protocol.messages import MAX_OUTPUTS
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,20 @@ async def _commit_lane(need: tuple[str, ...], partials: dict[str, PartialFile],
             on_cached()
         else:
             await trio.to_thread.run_sync(direct[d].finish)
+
+
+async def outputs_stream(stream: Stream, job_id: str,
+                         outputs: list[tuple[OutputFile, Path]]) -> Stream | None:
+    """Where the outputs go: `stream`, or None when the requester moved them to a settle
+    stream (`fetch_outputs`: a phase big enough for a lane, on a relayed job stream)."""
+    if sum(out.size for out, _ in outputs) < wire.LANE_MIN_BYTES:
+        return stream
+    frame = await stream.receive_within(STALL_S, "a lane offer or fetch_outputs")
+    if not isinstance(frame, wire.FetchOutputs):
+        return lane.Replay(stream, frame)
+    if frame.job_id != job_id:
+        raise MalformedMessage("fetch_outputs names another job")
+    return None
 
 
 async def send_outputs(stream: Stream, outputs: list[tuple[OutputFile, Path]], *,

@@ -1,29 +1,39 @@
-"""The provider's store of recent signed results, so a requester that lost one (its
-process died mid-download) can still be shown the proof and pay for the work.
+"""What a provider keeps for requesters after a job's result is out: recent signed results,
+so a requester that lost one (its process died mid-download) can still be shown the proof
+and pay for the work; and the outputs of a job whose requester fetches them on a new
+stream (`fetch_outputs`: its job stream was relayed, the outputs too big for the relay).
 
-One file per job under `<home>/results/`, written atomically, at most MAX_RESULTS of
-them and none older than MAX_AGE_S; served only to the job's own requester.
+Results: one file per job under `<home>/results/`, written atomically, at most MAX_RESULTS
+of them and none older than MAX_AGE_S; served only to the job's own requester. Held
+outputs: in the job's slot while its exchange waits, FETCH_START_S for the fetch to begin,
+one fetch per job, by its requester only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from node.errors import RemoteError
 from node.net.host import Stream
-from protocol import JobResult, ProtocolError, open_signed, wire
+from protocol import JobResult, OutputFile, ProtocolError, open_signed, wire
 from protocol.messages import check_sha256
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 1000
 MAX_AGE_S = 24 * 3600.0
 MAX_RESULT_BYTES = 1024 * 1024
+FETCH_START_S = 30.0
+"""Outputs a requester moved to a settle stream wait this long for its fetch to begin."""
+
+Outputs = list[tuple[OutputFile, Path]]
 
 
 class RecentResults:
@@ -106,3 +116,55 @@ class RecentResults:
         for _, p in entries[: max(0, len(entries) - self.max_results)]:
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+@dataclasses.dataclass(eq=False)
+class _Held:
+    requester: str
+    outputs: Outputs
+    taken: bool = False
+    sent: bool = False
+    started: trio.Event = dataclasses.field(default_factory=trio.Event)
+    ended: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+
+class HeldOutputs:
+    """Outputs of jobs whose requester fetches them on a settle stream."""
+
+    def __init__(self, *, start_s: float = FETCH_START_S) -> None:
+        self.start_s = start_s
+        self._held: dict[str, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    async def hold(self, job_id: str, requester: str, outputs: Outputs) -> bool:
+        """Until the one fetch of these outputs ended, or none began within `start_s`;
+        True when they were sent. The caller keeps the files until then."""
+        held = self._held[job_id] = _Held(requester, outputs)
+        try:
+            with trio.move_on_after(self.start_s):
+                await held.started.wait()
+            if held.taken:
+                await held.ended.wait()  # the fetch runs under its own transfer deadline
+        finally:
+            del self._held[job_id]
+        return held.sent
+
+    async def serve(self, stream: Stream, job_id: str,
+                    send: Callable[[Stream, Outputs], Awaitable[None]]) -> None:
+        """A `fetch_outputs` on the settle protocol: `send` the held outputs, or `expired`."""
+        held = self._held.get(job_id)
+        if held is None or held.taken or held.requester != stream.remote_peer:
+            with contextlib.suppress(RemoteError):
+                await stream.send(wire.ErrorReply(
+                    code="expired", message=f"no outputs of job {job_id[:12]} are held here "
+                    "for you (never moved, already fetched, or the wait ran out)"))
+            return
+        held.taken = True
+        held.started.set()
+        try:
+            await send(stream, held.outputs)
+            held.sent = True
+        finally:
+            held.ended.set()

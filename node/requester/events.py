@@ -35,11 +35,13 @@ class Quoted(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Route(Event):
-    """How the job's stream reaches its provider: "direct", or "relayed" through a circuit
-    relay (a NATed provider); `waited_s` spent waiting for a direct connection first."""
+    """How the job's stream (`what` "job") or its big outputs ("outputs") reach the
+    provider: "direct", or "relayed" through a circuit relay (a NATed provider);
+    `waited_s` spent waiting for a direct connection first."""
 
     route: str
     waited_s: float = 0.0
+    what: str = "job"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -56,7 +56,7 @@ from protocol import (
     wire,
 )
 from protocol.errors import SendOutOfOrder
-from protocol.exchange import JOB
+from protocol.exchange import JOB, SETTLE
 from protocol.messages import check_file_name
 from scheduler.pricing import credits, over_caps
 
@@ -100,7 +100,8 @@ class Phases:
 
 
 RELAY_BULK_BYTES = wire.LANE_MIN_BYTES
-"""Inputs from this size wait for a direct connection before going through a relay."""
+"""Inputs or outputs from this size wait for a direct connection before going through a
+relay (for outputs, the size at which the provider waits for our `lane` or `fetch_outputs`)."""
 DIRECT_WAIT_S = 10.0
 """How long they wait (DCUtR tries every 2 s, each dial up to 3 s)."""
 PHASES = ("prepare", "connect", "quote", "escrow", "slot", "upload", "run", "verify",
@@ -153,6 +154,8 @@ class JobOutcome:
     quote: Quote
     route: str = "direct"
     """"direct", or "relayed" through a circuit relay."""
+    output_route: str = "direct"
+    """The outputs' route: big ones leave a relayed job stream for a direct connection."""
 
     @property
     def result(self) -> JobResult:
@@ -206,9 +209,9 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
         stream = guarded(raw, JOB, "requester")
         mark("connect")
         try:
-            signed, quote = await _exchange(stream, signed_spec.raw, job_id, ad, files,
-                                            out_dir, host.peer_id, request, emit, pay, seen,
-                                            mark, identity=host.identity)
+            signed, quote, out_route = await _exchange(
+                stream, signed_spec.raw, job_id, ad, files, out_dir, host.peer_id, request,
+                emit, pay, seen, mark, identity=host.identity, host=host, route=route)
         finally:
             await stream.close()
     except BaseException as exc:
@@ -218,7 +221,7 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
             await pay.refund(job_id, _refund_reason(exc), detail=str(exc))
         raise
     return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
-                      quote=quote, route=route)
+                      quote=quote, route=route, output_route=out_route)
 
 
 async def _open_route(host: Host, ad: CapacityAd, input_bytes: int, emit: Emit,
@@ -232,16 +235,47 @@ async def _open_route(host: Host, ad: CapacityAd, input_bytes: int, emit: Emit,
         if not host.connection_kind(peer):
             with contextlib.suppress(RemoteError):  # open_stream below says what failed
                 await host.ping(peer, addrs=ad.addrs, count=1, timeout=10.0)
-        if host.connection_kind(peer) == "relayed":
-            start = trio.current_time()
-            with trio.move_on_after(DIRECT_WAIT_S):
-                while host.connection_kind(peer) != "direct":
-                    await trio.sleep(0.1)
-            waited = trio.current_time() - start
+        waited = await _await_direct(host, peer)
     stream = await host.open_stream(peer, wire.JOB_PROTOCOL, addrs=ad.addrs)
     route = host.connection_kind(peer) or "direct"
-    emit(events.Route(job_id=job_id, provider=peer, route=route, waited_s=round(waited, 3)))
+    emit(events.Route(job_id=job_id, provider=peer, route=route, waited_s=waited))
     return stream, route
+
+
+async def _await_direct(host: Host, peer: str) -> float:
+    """Up to DIRECT_WAIT_S for a relayed peer to be reached directly; the seconds waited."""
+    if host.connection_kind(peer) != "relayed":
+        return 0.0
+    start = trio.current_time()
+    with trio.move_on_after(DIRECT_WAIT_S):
+        while host.connection_kind(peer) != "direct":
+            await trio.sleep(0.1)
+    return round(trio.current_time() - start, 3)
+
+
+async def _outputs_route(stream: Stream, host: Host | None, ad: CapacityAd, job_id: str,
+                         route: str, size: int, emit: Emit) -> tuple[Stream, str]:
+    """Where the outputs come from. Outputs of RELAY_BULK_BYTES or more that would come
+    through a relay wait, as inputs do, for a direct connection and move to a settle
+    stream over it (`fetch_outputs`); else they follow the job stream."""
+    if route != "relayed" or size < RELAY_BULK_BYTES or host is None:
+        return stream, route
+    waited = await _await_direct(host, ad.peer_id)
+    if host.connection_kind(ad.peer_id) != "direct":
+        emit(events.Route(job_id=job_id, provider=ad.peer_id, route="relayed",
+                          waited_s=waited, what="outputs"))
+        return stream, "relayed"
+    await _send(stream, wire.FetchOutputs(job_id=job_id), "the move of the outputs")
+    fetch = guarded(await host.open_stream(ad.peer_id, wire.SETTLE_PROTOCOL, addrs=ad.addrs),
+                    SETTLE, "requester")
+    try:
+        await _send(fetch, wire.FetchOutputs(job_id=job_id), "the fetch of the outputs")
+    except BaseException:
+        await fetch.close()
+        raise
+    emit(events.Route(job_id=job_id, provider=ad.peer_id, route="direct", waited_s=waited,
+                      what="outputs"))
+    return fetch, "direct"
 
 
 def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
@@ -268,8 +302,10 @@ def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
 async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
                     files: list[tuple[InputFile, Path]], out_dir: Path,
                     requester: str, request: JobRequest, emit: Emit, pay: Payments,
-                    seen: list[str], mark: _Marks, *,
-                    identity: Identity | None = None) -> tuple[Signed[JobResult], Quote]:
+                    seen: list[str], mark: _Marks, *, identity: Identity | None = None,
+                    host: Host | None = None,
+                    route: str = "direct") -> tuple[Signed[JobResult], Quote, str]:
+    """The verified result, the quote, and the outputs' route (from the job's `route`)."""
     phases = Phases(request.resources.max_seconds)
     who = f"provider {ad.peer_id[:16]}"
     with _within(phases.quote_s, f"{who} sent no quote for job {job_id[:12]}"):
@@ -340,14 +376,19 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     mark("verify")
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = signed.message.outputs
-    with transfer_deadline(sum(o.size for o in outputs),
-                           f"the outputs of job {job_id[:12]} from {who}"):
-        await _download(stream, identity, outputs, out_dir, lambda out: emit(
-            events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
-                               size=out.size)))
+    size = sum(o.size for o in outputs)
+    source, out_route = await _outputs_route(stream, host, ad, job_id, route, size, emit)
+    try:
+        with transfer_deadline(size, f"the outputs of job {job_id[:12]} from {who}"):
+            await _download(source, identity, outputs, out_dir, lambda out: emit(
+                events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
+                                   size=out.size)))
+    finally:
+        if source is not stream:
+            await source.close()
     (out_dir / RESULT_FILE).write_bytes(signed.raw)
     mark("download")
-    return signed, quote
+    return signed, quote, out_route
 
 
 async def _download(stream: Stream, identity: Identity | None, outputs: Sequence[OutputFile],

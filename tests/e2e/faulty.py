@@ -1,10 +1,12 @@
-"""A real provider process that misbehaves on purpose (the tests' cheater and quitter).
+"""A real node process that misbehaves on purpose (the tests' cheater and quitter).
 
-    python -m tests.e2e.faulty cheat|die  <offload arguments...>
+    python -m tests.e2e.faulty cheat|die|mute|stay  <offload arguments...>
 
 cheat: every digit of a job's stdout is shifted by one before the result is signed.
 die:   the process exits the moment a job's outputs are collected (before the result).
 mute:  receipts it is given are not gossiped on (only their requester's gossip spreads them).
+stay:  a requester that never waits for a direct connection: outputs of any size follow a
+       relayed job stream (as before `fetch_outputs`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def _install(fault: str) -> None:
             return None
 
         Gossip.publish = silent  # type: ignore[method-assign]
+    elif fault == "stay":
+        import node.requester.exchange as requester
+
+        requester.RELAY_BULK_BYTES = 2**62
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

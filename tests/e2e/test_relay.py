@@ -4,7 +4,9 @@ and moves to another when one dies. (The NATs themselves: tests/e2e/nat/.)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,49 @@ def test_a_private_provider_is_reached_only_through_its_relay(network: Network) 
     assert out["route"] == "relayed"
     check = network.offload("verify", "res/result.msgpack")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+BIG_OUTPUT = ("import os\n"
+              "os.makedirs('out', exist_ok=True)\n"
+              "open('out/big.bin', 'wb').write(os.urandom(6 * 2**20))\n"
+              "print('made')\n")
+
+
+def test_big_outputs_of_a_relayed_job_move_to_a_direct_connection(network: Network) -> None:
+    """The job's stream runs through a relay that carries 2 MiB per circuit (small inputs do
+    not wait); its 6 MiB of outputs wait for the hole punch and come over the direct
+    connection. (Through the relay they would break the circuit: see the canary.)"""
+    relay = network.net.relay("r1", extra=["--circuit-mib", "2"])
+    p = network.start_provider(bootstrap=relay.addr, extra=["--reachability", "private"])
+    (network.root / "big.py").write_text(BIG_OUTPUT)
+    res = network.offload("submit", "big.py", "--bootstrap", relay.addr, "--timeout", "60",
+                          "--out", "res", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["provider"] == p["peer_id"] and out["stdout"] == "made\n"
+    assert (out["route"], out["output_route"]) == ("relayed", "direct"), out
+    got = (network.root / "res" / "big.bin").read_bytes()
+    assert len(got) == 6 * 2**20 and hashlib.sha256(got).hexdigest() == out["outputs"]["big.bin"]
+    assert "fetches the outputs on a new stream" in p["log"].read_text()
+    check = network.offload("verify", "res/result.msgpack")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_canary_outputs_that_stay_on_the_relayed_stream_break_a_small_circuit(
+        network: Network) -> None:
+    """The same job and relay, the requester as it was before `fetch_outputs` (outputs of
+    any size follow the job stream): the relay cuts the circuit and the job fails."""
+    relay = network.net.relay("r1", extra=["--circuit-mib", "2"])
+    network.start_provider(bootstrap=relay.addr, extra=["--reachability", "private"])
+    (network.root / "big.py").write_text(BIG_OUTPUT)
+    cmd = network.net.command(network.root / "requester", "submit", "big.py", "--bootstrap",
+                              relay.addr, "--timeout", "60", "--out", "res", "--json",
+                              entry=("tests.e2e.faulty", "stay"))
+    res = subprocess.run(cmd, cwd=network.root, env=network.net.env, capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode != 0, res.stdout
+    assert not (network.root / "res" / "big.bin").exists()
+    assert "closed the stream" in res.stderr, res.stderr  # the relay cut the circuit
 
 
 def test_a_public_provider_advertises_its_own_address(network: Network) -> None:

@@ -37,6 +37,7 @@ SAMPLE: dict[str, wire.Frame] = {
     "settle_ack": wire.SettleAck(job_id=JOB_ID),
     "result_query": wire.ResultQuery(job_id=JOB_ID),
     "lane": wire.Lane(port=0, token=b"", cert=b"cert"),
+    "fetch_outputs": wire.FetchOutputs(job_id=JOB_ID),
 }
 P: Role = "provider"
 R: Role = "requester"
@@ -66,11 +67,18 @@ PATHS: dict[tuple[str, str], list[tuple[Role, wire.Frame]]] = {
                               (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
                               (P, SAMPLE["result"]), (R, SAMPLE["lane"]), (P, SAMPLE["lane"])],
     ("job", CLOSED): [(P, SAMPLE["error"])],
+    ("job", "moved"): [(R, SAMPLE["submit"]), (P, SAMPLE["quote"]),
+                       (R, SAMPLE["quote_accept"]),
+                       (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
+                       (P, SAMPLE["result"]), (R, SAMPLE["fetch_outputs"])],
     ("settle", "start"): [],
     ("settle", "settling"): [(R, SAMPLE["settle"])],
     ("settle", "querying"): [(R, SAMPLE["result_query"])],
     ("settle", "done"): [(R, SAMPLE["settle"]), (P, SAMPLE["settle_ack"])],
     ("settle", CLOSED): [(R, SAMPLE["error"])],
+    ("settle", "outputs"): [(R, SAMPLE["fetch_outputs"])],
+    ("settle", "outputs_lane"): [(R, SAMPLE["fetch_outputs"]), (R, SAMPLE["lane"]),
+                                 (P, SAMPLE["lane"])],
 }
 
 
@@ -226,6 +234,22 @@ def test_a_whole_job_and_its_settlement_in_order() -> None:
     pay.send(SAMPLE["result_query"])
     pay.receive(SAMPLE["result"])
     assert pay.state == "done" and pay.closed
+
+
+def test_outputs_moved_to_a_settle_stream_end_the_job_stream_and_arrive_there() -> None:
+    job = at(JOB, "outputs", P)
+    job.receive(SAMPLE["fetch_outputs"])
+    assert job.state == "moved" and job.table.allowed("moved", P) == ("error",)
+    with pytest.raises(SendOutOfOrder):
+        job.send(SAMPLE["chunk"])  # nothing more goes on the job stream
+    job.send(SAMPLE["error"])  # but a named error may
+    fetch = Exchange(SETTLE, P)
+    fetch.receive(SAMPLE["fetch_outputs"])
+    fetch.receive(SAMPLE["lane"])
+    fetch.send(SAMPLE["chunk"])  # the requester's lane offer declined: chunks
+    assert fetch.state == "outputs"
+    with pytest.raises(OutOfOrder):
+        at(JOB, "running", P).receive(SAMPLE["fetch_outputs"])  # only once the result is out
 
 
 @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)

@@ -115,6 +115,7 @@ def frames() -> list[wire.Frame]:
         wire.Settle(receipt=signed["receipt"], cheque=signed["cheque"]),
         wire.SettleAck(job_id=job_id),
         wire.ResultQuery(job_id=job_id),
+        wire.FetchOutputs(job_id=job_id),
         wire.Lane(port=40123, token=bytes(range(32)), cert=b"0\x82\x01\x00"),
     ]
 

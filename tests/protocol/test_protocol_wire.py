@@ -33,6 +33,7 @@ from protocol.wire import (
     Accepted,
     Chunk,
     ErrorReply,
+    FetchOutputs,
     Frame,
     Lane,
     Output,
@@ -76,6 +77,7 @@ def all_frames(build: Any) -> list[Frame]:
         Settle(receipt=b"r" * 100, cheque=b""),
         SettleAck(job_id=DIGEST),
         ResultQuery(job_id=DIGEST),
+        FetchOutputs(job_id=DIGEST),
         Lane(port=40123, token=b"\x07" * 32, cert=b"0" * 600),
         Lane(port=0, token=b"", cert=b""),
     ]

@@ -19,7 +19,8 @@ from tests.e2e.conftest import Network
 from tests.e2e.nat.netns import Node, Topology
 
 BULK = 5 * 1024 * 1024
-"""Inputs above the relay's bulk threshold (4 MiB): they wait for a direct connection."""
+"""Inputs or outputs above the relay's bulk threshold (4 MiB): they wait for a direct
+connection."""
 MOVE_BOUND_S = 30.0
 
 
@@ -64,9 +65,11 @@ def wait_status(network: Network, ok: Any, within_s: float) -> dict[str, Any]:
 
 
 def submit(network: Network, node: Node, home: str, bootstrap: str,
-           bulk: bool = False) -> dict[str, Any]:
+           bulk: bool = False, big_output: bool = False) -> dict[str, Any]:
     job = network.root / f"{home}-job.py"
-    job.write_text("import os\nprint('ran', sorted(os.listdir('.')))\n")
+    job.write_text("import os\nprint('ran', sorted(os.listdir('.')))\n" + (
+        f"os.makedirs('out', exist_ok=True)\nopen('out/big', 'wb').write(b'o' * {BULK})\n"
+        if big_output else ""))
     args = ["submit", str(job), "--bootstrap", bootstrap, "--timeout", "90", "--json",
             "--out", str(network.root / f"{home}-out")]
     if bulk:
@@ -75,6 +78,8 @@ def submit(network: Network, node: Node, home: str, bootstrap: str,
         args += ["--file", str(data)]
     doc: dict[str, Any] = json.loads(offload_in(network, node, *args, home=home).stdout)
     assert doc["status"] == "ok" and doc["verified"] is True, doc
+    if big_output:
+        assert (network.root / f"{home}-out" / "big").stat().st_size == BULK
     check = network.offload("verify", str(network.root / f"{home}-out" / "result.msgpack"))
     assert check.returncode == 0, check.stdout + check.stderr
     return doc
@@ -107,6 +112,9 @@ def test_cone_nats_a_provider_at_home_is_found_runs_jobs_and_is_hole_punched(
     behind = submit(network, home2, "req2", r.addr, bulk=True)
     assert behind["provider"] == p.peer_id
     assert behind["route"] == "direct", behind  # the hole punch
+    moved = submit(network, home2, "req3", r.addr, big_output=True)
+    # small inputs go through the relay at once; the big outputs wait for the hole punch
+    assert (moved["route"], moved["output_route"]) == ("relayed", "direct"), moved
     doc = wait_status(network, lambda d: d["direct_upgrades"] >= 1, within_s=10)
     assert doc["direct_upgrades"] >= 1
 
@@ -118,9 +126,10 @@ def test_symmetric_nat_the_job_completes_over_the_relay(topology: Topology,
     r = relay(network, pub_relay, "r1")
     p = provider(network, home1, r.addr)
     assert circuit_only(p.info["addrs"], p.peer_id)
-    doc = submit(network, home2, "req2", r.addr, bulk=True)
+    doc = submit(network, home2, "req2", r.addr, bulk=True, big_output=True)
     assert doc["provider"] == p.peer_id
-    assert doc["route"] == "relayed", doc  # no hole through a symmetric NAT
+    # no hole through a symmetric NAT: inputs and outputs wait, then go through the relay
+    assert (doc["route"], doc["output_route"]) == ("relayed", "relayed"), doc
 
 
 def test_the_provider_moves_to_another_relay_when_its_relay_dies(topology: Topology,

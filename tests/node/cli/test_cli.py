@@ -72,3 +72,11 @@ def test_every_command_has_help_with_an_example(tmp_path: Path) -> None:
     for command in ("init", "id", "provide", "offers", "submit", "verify", "demo"):
         res = offload(command, "--help", home=tmp_path / "h")
         assert res.returncode == 0 and "example: offload" in res.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1.5", "lots", "70000"])
+def test_a_relay_circuit_limit_out_of_range_exits_2_saying_so(tmp_path: Path,
+                                                              value: str) -> None:
+    res = offload("relay", "--circuit-mib", value, home=tmp_path / "h")
+    assert res.returncode == 2, res.stderr
+    assert f"{value!r} is not a whole number of MiB, 1 to 65536" in res.stderr

@@ -15,12 +15,23 @@ import trio
 
 from ledger import Ledger
 from node.net.gossip import Gossip
+from node.net.host import Stream
 from node.net.memory import MemoryHost, memory_network
 from node.provider.cache import InputCache
 from node.provider.daemon import Provider, ProviderConfig
 from node.provider.executor import ExecutorSetup, PlainExecutor
 from node.provider.telemetry import Telemetry
-from protocol import Identity, InputFile, JobSpec, Resources, Runtime, sign, wire
+from protocol import (
+    Identity,
+    InputFile,
+    JobResult,
+    JobSpec,
+    Resources,
+    Runtime,
+    open_signed,
+    sign,
+    wire,
+)
 
 
 @pytest.fixture
@@ -36,12 +47,12 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Provider, MemoryHost, Memo
                             cache=InputCache(tmp_path / "cache", max_bytes=10**6),
                             telemetry=Telemetry(), gossip=Gossip(None, time.time))
         phost.handle(wire.JOB_PROTOCOL, provider.handle_job)
+        phost.handle(wire.SETTLE_PROTOCOL, provider.handle_settle)
         yield provider, phost, rhost
         ledger.close()
 
 
-def spec_for(me: Identity, provider: str) -> bytes:
-    data = b"print('hi')\n"
+def spec_for(me: Identity, provider: str, data: bytes = b"print('hi')\n") -> bytes:
     spec = JobSpec(
         requester=me.peer_id, provider=provider, runtime="python3", entrypoint="main.py",
         args=(), inputs=(InputFile(name="main.py", sha256=hashlib.sha256(data).hexdigest(),
@@ -77,3 +88,92 @@ async def test_a_chunk_instead_of_the_quote_acceptance_is_refused_by_the_table(
     assert re.match(r"^frame 'chunk' from the requester is out of order: in state 'quoted' ",
                     reply.message)
     assert provider.admission.in_use == 0  # the held slot went back
+
+
+BIG = 5 * 2**20
+"""Outputs above wire.LANE_MIN_BYTES: the provider waits for `lane` or `fetch_outputs`."""
+MAKES_BIG = f"import os\nos.makedirs('out', exist_ok=True)\n" \
+            f"open('out/big.bin', 'wb').write(b'\\x05' * {BIG})\n".encode()
+
+
+async def _to_result(phost: MemoryHost, rhost: MemoryHost) -> tuple[Stream, JobResult]:
+    """A job whose script writes BIG bytes of output, driven to its `result` frame."""
+    raw = spec_for(rhost.identity, phost.peer_id, MAKES_BIG)
+    job_id = open_signed(raw, JobSpec).digest
+    stream = await rhost.open_stream(phost.peer_id, wire.JOB_PROTOCOL)
+    with trio.fail_after(30):
+        await stream.send(wire.SubmitJob(spec=raw))
+        assert isinstance(await stream.receive(), wire.QuoteOffer)
+        await stream.send(wire.QuoteAccept(job_id=job_id))
+        while isinstance(frame := await stream.receive(), wire.Queued):
+            pass
+        assert isinstance(frame, wire.Accepted) and len(frame.need) == 1
+        await stream.send(wire.Chunk(name="main.py", offset=0, data=MAKES_BIG, final=True))
+        while not isinstance(frame := await stream.receive(), wire.ResultReady):
+            assert isinstance(frame, wire.Running | wire.Output), frame
+    result = open_signed(frame.result, JobResult).message
+    assert [(o.name, o.size) for o in result.outputs] == [("big.bin", BIG)]
+    return stream, result
+
+
+async def _fetch(host: MemoryHost, provider: str, job_id: str) -> bytes | wire.ErrorReply:
+    """The outputs' bytes on a settle stream (declining the lane), or the error frame."""
+    stream = await host.open_stream(provider, wire.SETTLE_PROTOCOL)
+    got = b""
+    with trio.fail_after(30):
+        await stream.send(wire.FetchOutputs(job_id=job_id))
+        await stream.send(wire.Lane(port=0, token=b"", cert=b""))
+        while True:
+            frame = await stream.receive()
+            if isinstance(frame, wire.ErrorReply):
+                return frame
+            assert isinstance(frame, wire.Chunk) and frame.offset == len(got)
+            got += frame.data
+            if frame.final:
+                return got
+
+
+async def test_outputs_moved_off_the_job_stream_go_to_their_requester_only_once(
+        pair: tuple[Provider, MemoryHost, MemoryHost]) -> None:
+    provider, phost, rhost = pair
+    stream, result = await _to_result(phost, rhost)
+    await stream.send(wire.FetchOutputs(job_id=result.job_id))
+    stranger = rhost.network.add()
+    refused = await _fetch(stranger, phost.peer_id, result.job_id)
+    assert isinstance(refused, wire.ErrorReply) and refused.code == "expired"
+    unknown = await _fetch(rhost, phost.peer_id, "ab" * 32)
+    assert isinstance(unknown, wire.ErrorReply) and unknown.code == "expired"
+    got = await _fetch(rhost, phost.peer_id, result.job_id)  # canary: the requester gets them
+    assert isinstance(got, bytes) and hashlib.sha256(got).hexdigest() == result.outputs[0].sha256
+    again = await _fetch(rhost, phost.peer_id, result.job_id)
+    assert isinstance(again, wire.ErrorReply) and again.code == "expired"
+    with trio.fail_after(10):
+        while provider.admission.in_use or len(provider.held_outputs):
+            await trio.sleep(0.05)  # the job's slot went back once the fetch ended
+
+
+async def test_outputs_moved_but_never_fetched_free_the_slot_after_the_wait(
+        pair: tuple[Provider, MemoryHost, MemoryHost]) -> None:
+    provider, phost, rhost = pair
+    provider.held_outputs.start_s = 0.5
+    stream, result = await _to_result(phost, rhost)
+    await stream.send(wire.FetchOutputs(job_id=result.job_id))
+    with trio.fail_after(10):
+        while not len(provider.held_outputs):
+            await trio.sleep(0.01)
+        while provider.admission.in_use or len(provider.held_outputs):
+            await trio.sleep(0.05)
+    late = await _fetch(rhost, phost.peer_id, result.job_id)
+    assert isinstance(late, wire.ErrorReply) and late.code == "expired"
+
+
+async def test_fetch_outputs_naming_another_job_on_the_job_stream_is_refused(
+        pair: tuple[Provider, MemoryHost, MemoryHost]) -> None:
+    provider, phost, rhost = pair
+    stream, _ = await _to_result(phost, rhost)
+    await stream.send(wire.FetchOutputs(job_id="cd" * 32))
+    with trio.fail_after(10):
+        reply = await stream.receive()
+    assert isinstance(reply, wire.ErrorReply) and reply.code == "bad_request"
+    assert reply.message == "fetch_outputs names another job"
+    assert not len(provider.held_outputs)
