@@ -10,8 +10,9 @@ signing.py    signed envelopes with a domain tag per message type; freshness che
 receipts.py   Receipt and Cheque (payment evidence) and check_receipt for gossip
 replay.py     bounded replay guard
 framing.py    length-prefixed frames with a size cap
-wire.py       frames of the job and settle exchange streams
-exchange.py   the job and settle exchanges as transition tables, one per role
+wire.py       frames of the job, settle and session exchange streams
+exchange.py   the job, settle and session exchanges as transition tables, one per role
+sessions.py   SessionSpec, SessionResult, the calls book and transcript hash chain
 lanecert.py   libp2p TLS certificates bound to peer ids, for the fast lane
 SPEC.md       the wire spec another libp2p implementation follows
 """

@@ -131,7 +131,34 @@ SETTLE = _with_errors("settle", wire.SETTLE_PROTOCOL, "start", frozenset({"done"
 for again (one request, one answer); or the outputs of a job whose stream moved them
 here, sent as on the job stream (the stream ends after the last chunk)."""
 
-TABLES = (JOB, SETTLE)
+_CALLS = (wire.Item, wire.Reply, wire.Output, wire.Checkpoint)
+SESSION = _with_errors("session", wire.SESSION_PROTOCOL, "start", frozenset({"done", CLOSED}), (
+    Step("start", R, wire.SessionOpen.type_name, "submitted"),
+    Step("submitted", P, wire.QuoteOffer.type_name, "quoted"),
+    Step("quoted", R, wire.QuoteAccept.type_name, "waiting"),
+    Step("waiting", P, wire.Queued.type_name, "waiting"),
+    Step("waiting", P, wire.Accepted.type_name, "inputs"),
+    Step("inputs", R, wire.Chunk.type_name, "inputs"),
+    Step("inputs", None, INPUTS_DONE, "starting"),
+    Step("starting", P, wire.Output.type_name, "starting"),
+    Step("starting", P, wire.SessionReady.type_name, "open"),
+    Step("starting", P, wire.SessionEnd.type_name, "done"),
+    Step("open", R, wire.MethodCall.type_name, "open"),
+    Step("open", R, wire.Credit.type_name, "open"),
+    *(Step("open", P, f.type_name, "open") for f in _CALLS),
+    Step("open", R, wire.SessionClose.type_name, "closing"),
+    Step("open", P, wire.SessionEnd.type_name, "done"),
+    Step("closing", R, wire.Credit.type_name, "closing"),
+    *(Step("closing", P, f.type_name, "closing") for f in _CALLS),
+    Step("closing", P, wire.SessionEnd.type_name, "done"),
+))
+"""`/offload/session/1.0.0`: a lease opened like a job (spec, quote, inputs), the object
+built (`starting`), then calls, streamed items, replies and checkpoints in any order
+(protocol.sessions.Calls keeps ids, concurrency and credit), until the requester closes
+it or the provider ends it (idle timeout, maximum duration, failure) with the final
+signed SessionResult; settled afterwards on the settle protocol like a job."""
+
+TABLES = (JOB, SETTLE, SESSION)
 
 
 class Exchange:

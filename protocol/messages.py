@@ -30,6 +30,7 @@ MAX_OUTPUTS = 256
 _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
 _NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-+=,@ ]{0,127}"
+_METHOD = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _REL_PATH = re.compile(rf"\A{_PART}(/{_PART}){{0,7}}\Z")
 
 SandboxTier = Literal["A", "B", "none"]
@@ -53,6 +54,12 @@ def check_file_name(value: str, what: str) -> None:
     """Plain names only: no slash, no leading dot, no '..'."""
     if not _NAME.match(value) or ".." in value:
         raise InvalidMessage(f"{what} {value!r} is not a plain file name")
+
+
+def check_method(name: str) -> None:
+    """A method a session call may name: a public Python identifier."""
+    if not _METHOD.match(name) or name.startswith("_"):
+        raise InvalidMessage(f"method {name!r} is not a public method name")
 
 
 def check_rel_path(value: str, what: str) -> None:

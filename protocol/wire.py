@@ -1,5 +1,5 @@
-"""Frames of the `/offload/job/1.0.0` and `/offload/settle/1.0.0` exchanges: every frame is
-`{v, type, body}`."""
+"""Frames of the `/offload/job/1.0.0`, `/offload/settle/1.0.0` and `/offload/session/1.0.0`
+exchanges: every frame is `{v, type, body}`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,17 @@ from protocol.errors import (
 )
 from protocol.framing import DEFAULT_MAX_FRAME, encode_frame
 from protocol.limits import MAX_COUNT, MAX_FILE_SIZE, MAX_JOB_SECONDS
-from protocol.messages import check_rel_path, check_sha256
+from protocol.messages import check_method, check_rel_path, check_sha256
 from protocol.schema import Message, field, message
 from protocol.signing import MAX_SIGNED_SIZE, VERSION, is_version
 
 JOB_PROTOCOL = "/offload/job/1.0.0"
 SETTLE_PROTOCOL = "/offload/settle/1.0.0"
+SESSION_PROTOCOL = "/offload/session/1.0.0"
+MAX_VALUE = 1024 * 1024
+"""A session call's arguments, or one item or reply value (protocol.sessions)."""
+MAX_SESSION_WINDOW = 64
+MAX_CALL_ID = 2**31 - 1
 MAX_OUTPUT_TEXT = 64 * 1024
 CHUNK_SIZE = 1024 * 1024
 LANE_MIN_BYTES = 4 * 1024 * 1024
@@ -212,12 +217,100 @@ class FetchOutputs(Frame):
         check_sha256(self.job_id, "job_id")
 
 
+@message
+class SessionOpen(Frame):
+    """Requester -> provider on `/offload/session/1.0.0`: the signed SessionSpec envelope."""
+
+    type_name: ClassVar[str] = "session_open"
+    spec: bytes = field(max_len=MAX_SIGNED_SIZE)
+
+
+@message
+class SessionReady(Frame):
+    """Provider -> requester: the object is built; calls may come."""
+
+    type_name: ClassVar[str] = "session_ready"
+    job_id: str = field(max_len=64)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
+@message
+class MethodCall(Frame):
+    """Requester -> provider: call `method` with `args` (cloudpickled, unpickled only in
+    the session's sandbox); a generator's items may run `window` ahead of the reader."""
+
+    type_name: ClassVar[str] = "call"
+    id: int = field(ge=1, le=MAX_CALL_ID)
+    method: str = field(max_len=128)
+    args: bytes = field(max_len=MAX_VALUE)
+    window: int = field(ge=0, le=MAX_SESSION_WINDOW)
+
+    def validate(self) -> None:
+        check_method(self.method)
+
+
+@message
+class Credit(Frame):
+    """Requester -> provider: `n` more items of call `id` may come."""
+
+    type_name: ClassVar[str] = "credit"
+    id: int = field(ge=1, le=MAX_CALL_ID)
+    n: int = field(ge=1, le=MAX_SESSION_WINDOW)
+
+
+@message
+class Item(Frame):
+    """Provider -> requester: one item a generator method yielded (strict msgpack)."""
+
+    type_name: ClassVar[str] = "item"
+    id: int = field(ge=1, le=MAX_CALL_ID)
+    value: bytes = field(max_len=MAX_VALUE)
+
+
+@message
+class Reply(Frame):
+    """Provider -> requester: call `id` ended; `value` is what it returned, or with
+    `error` what it raised (both strict msgpack, as node.api.values writes them)."""
+
+    type_name: ClassVar[str] = "reply"
+    id: int = field(ge=1, le=MAX_CALL_ID)
+    value: bytes = field(max_len=MAX_VALUE)
+    error: bool
+
+
+@message
+class Checkpoint(Frame):
+    """Provider -> requester: a signed SessionResult with status `open`."""
+
+    type_name: ClassVar[str] = "checkpoint"
+    result: bytes = field(max_len=MAX_SIGNED_SIZE)
+
+
+@message
+class SessionClose(Frame):
+    """Requester -> provider: end the lease once the calls in flight have replied."""
+
+    type_name: ClassVar[str] = "session_close"
+
+
+@message
+class SessionEnd(Frame):
+    """Provider -> requester: the final signed SessionResult; the stream ends."""
+
+    type_name: ClassVar[str] = "session_end"
+    result: bytes = field(max_len=MAX_SIGNED_SIZE)
+
+
 F = TypeVar("F", bound=Frame)
 
 FRAME_TYPES: dict[str, type[Frame]] = {
     t.type_name: t for t in (SubmitJob, QuoteOffer, QuoteAccept, Queued, Accepted, Chunk,
                              Running, ResultReady, ErrorReply, Output, Settle, SettleAck,
-                             ResultQuery, Lane, FetchOutputs)
+                             ResultQuery, Lane, FetchOutputs, SessionOpen,
+                             SessionReady, MethodCall, Credit, Item, Reply, Checkpoint,
+                             SessionClose, SessionEnd)
 }
 
 

@@ -13,6 +13,7 @@ from protocol.exchange import (
     INPUTS_DONE,
     JOB,
     ROLES,
+    SESSION,
     SETTLE,
     TABLES,
     Exchange,
@@ -38,6 +39,15 @@ SAMPLE: dict[str, wire.Frame] = {
     "result_query": wire.ResultQuery(job_id=JOB_ID),
     "lane": wire.Lane(port=0, token=b"", cert=b"cert"),
     "fetch_outputs": wire.FetchOutputs(job_id=JOB_ID),
+    "session_open": wire.SessionOpen(spec=b"spec"),
+    "session_ready": wire.SessionReady(job_id=JOB_ID),
+    "call": wire.MethodCall(id=1, method="reply", args=b"a", window=4),
+    "credit": wire.Credit(id=1, n=2),
+    "item": wire.Item(id=1, value=b"i"),
+    "reply": wire.Reply(id=1, value=b"v", error=False),
+    "checkpoint": wire.Checkpoint(result=b"r"),
+    "session_close": wire.SessionClose(),
+    "session_end": wire.SessionEnd(result=b"r"),
 }
 P: Role = "provider"
 R: Role = "requester"
@@ -77,6 +87,32 @@ PATHS: dict[tuple[str, str], list[tuple[Role, wire.Frame]]] = {
     ("settle", "done"): [(R, SAMPLE["settle"]), (P, SAMPLE["settle_ack"])],
     ("settle", CLOSED): [(R, SAMPLE["error"])],
     ("settle", "outputs"): [(R, SAMPLE["fetch_outputs"])],
+    **{("session", state): path for state, path in {
+        "start": [],
+        "submitted": [(R, SAMPLE["session_open"])],
+        "quoted": [(R, SAMPLE["session_open"]), (P, SAMPLE["quote"])],
+        "waiting": [(R, SAMPLE["session_open"]), (P, SAMPLE["quote"]),
+                    (R, SAMPLE["quote_accept"])],
+        "inputs": [(R, SAMPLE["session_open"]), (P, SAMPLE["quote"]),
+                   (R, SAMPLE["quote_accept"]),
+                   (P, wire.Accepted(job_id=JOB_ID, need=(D1, D2), resume={}))],
+        "starting": [(R, SAMPLE["session_open"]), (P, SAMPLE["quote"]),
+                     (R, SAMPLE["quote_accept"]),
+                     (P, wire.Accepted(job_id=JOB_ID, need=(), resume={}))],
+        "open": [(R, SAMPLE["session_open"]), (P, SAMPLE["quote"]),
+                 (R, SAMPLE["quote_accept"]),
+                 (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
+                 (P, SAMPLE["session_ready"])],
+        "closing": [(R, SAMPLE["session_open"]), (P, SAMPLE["quote"]),
+                    (R, SAMPLE["quote_accept"]),
+                    (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
+                    (P, SAMPLE["session_ready"]), (R, SAMPLE["session_close"])],
+        "done": [(R, SAMPLE["session_open"]), (P, SAMPLE["quote"]),
+                 (R, SAMPLE["quote_accept"]),
+                 (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
+                 (P, SAMPLE["session_end"])],
+        CLOSED: [(R, SAMPLE["error"])],
+    }.items()},
     ("settle", "outputs_lane"): [(R, SAMPLE["fetch_outputs"]), (R, SAMPLE["lane"]),
                                  (P, SAMPLE["lane"])],
 }
@@ -250,6 +286,23 @@ def test_outputs_moved_to_a_settle_stream_end_the_job_stream_and_arrive_there() 
     assert fetch.state == "outputs"
     with pytest.raises(OutOfOrder):
         at(JOB, "running", P).receive(SAMPLE["fetch_outputs"])  # only once the result is out
+
+
+def test_a_session_serves_calls_until_closed_and_ends_with_its_result() -> None:
+    pro, req = at(SESSION, "open", P), at(SESSION, "open", R)
+    script: list[tuple[Role, wire.Frame]] = [
+        (R, SAMPLE["call"]), (P, SAMPLE["output"]), (P, SAMPLE["item"]), (R, SAMPLE["credit"]),
+        (P, SAMPLE["item"]), (P, SAMPLE["checkpoint"]), (P, SAMPLE["reply"]),
+        (R, SAMPLE["call"]), (R, SAMPLE["session_close"]), (P, SAMPLE["reply"]),
+        (P, SAMPLE["session_end"])]
+    for sender, frame in script:
+        for ex in (pro, req):
+            feed(ex, sender, frame)
+        assert pro.state == req.state
+    assert pro.state == "done" and pro.closed
+    closing = at(SESSION, "closing", P)
+    with pytest.raises(OutOfOrder):
+        closing.receive(SAMPLE["call"])  # no new call once closing
 
 
 @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)

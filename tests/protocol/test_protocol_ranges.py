@@ -35,6 +35,7 @@ from protocol.codec import pack
 from protocol.errors import InvalidMessage, OutOfRange, ValueOutOfRange
 from protocol.receipts import open_cheque
 from protocol.schema import Message, field, int_range, message
+from protocol.sessions import CLASS_FILE, HOST_FILE, SessionResult, SessionSpec
 
 AMOUNT = 10**15
 SAFE = 2**53 - 1
@@ -84,6 +85,17 @@ RANGES: dict[tuple[type[Message], str], tuple[int, int]] = {
     (wire.Accepted, "resume"): (0, FILE),
     (wire.Chunk, "offset"): (0, FILE),
     (wire.Lane, "port"): (0, 65535),
+    (SessionSpec, "idle_timeout_s"): (1, 3600),
+    (SessionSpec, "concurrency"): (1, 16),
+    (SessionSpec, "max_price"): (0, AMOUNT),
+    (SessionSpec, "created_at"): (0, TIME),
+    (SessionResult, "calls"): (0, COUNT),
+    (SessionResult, "price_charged"): (0, AMOUNT),
+    (SessionResult, "at"): (0, TIME),
+    **{(f, "id"): (1, 2**31 - 1) for f in (wire.MethodCall, wire.Credit, wire.Item,
+                                           wire.Reply)},
+    (wire.MethodCall, "window"): (0, 64),
+    (wire.Credit, "n"): (1, 64),
 }
 
 
@@ -106,6 +118,20 @@ def samples(build: Any) -> dict[type[Message], Message]:
         wire.Accepted: wire.Accepted(job_id=JOB, need=(DIGEST,), resume={}),
         wire.Chunk: wire.Chunk(name="a.bin", offset=0, data=b"x", final=True),
         wire.Lane: wire.Lane(port=1, token=b"t" * 32, cert=b"c"),
+        SessionSpec: SessionSpec(
+            requester=build.alice.peer_id, provider=build.bob.peer_id, runtime="python3",
+            inputs=(InputFile(name=CLASS_FILE, sha256=DIGEST, size=1),
+                    InputFile(name=HOST_FILE, sha256=JOB, size=1)),
+            resources=Resources(), idle_timeout_s=60, concurrency=1, max_price=None,
+            nonce=b"n" * 16, created_at=build.now_ms),
+        SessionResult: SessionResult(
+            job_id=JOB, provider=build.bob.peer_id, requester=build.alice.peer_id,
+            status="open", calls=0, transcript=DIGEST, usage=result.usage, price_charged=0,
+            reason="", at=build.now_ms),
+        wire.MethodCall: wire.MethodCall(id=1, method="reply", args=b"", window=0),
+        wire.Credit: wire.Credit(id=1, n=1),
+        wire.Item: wire.Item(id=1, value=b""),
+        wire.Reply: wire.Reply(id=1, value=b"", error=False),
     }
 
 

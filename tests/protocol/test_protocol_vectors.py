@@ -40,13 +40,14 @@ from protocol import (
 )
 from protocol.codec import pack
 from protocol.messages import Signable
+from protocol.sessions import CLASS_FILE, HOST_FILE, SessionResult, SessionSpec
 from protocol.signing import signing_bytes
 
 VECTORS = Path(__file__).with_name("vectors.json")
 REQUESTER = Identity(hashlib.sha256(b"offload test vector: requester").digest())
 PROVIDER = Identity(hashlib.sha256(b"offload test vector: provider").digest())
 SIGNED: dict[str, type[Signable]] = {c.type_name: c for c in (
-    CapacityAd, JobSpec, Quote, JobResult, Receipt, Cheque)}
+    CapacityAd, JobSpec, Quote, JobResult, Receipt, Cheque, SessionSpec, SessionResult)}
 T = 1_700_000_000_000
 PRICE = Price(start=1000, per_cpu_second=50, per_gpu_second=2000, per_gb_second=1,
               per_gb_transfer=10, minimum=500)
@@ -94,6 +95,20 @@ def messages() -> list[tuple[str, Signable, Identity]]:
                             issued_at=T + 3000), REQUESTER),
         ("cheque", Cheque(payer=r, payee=p, channel="local", cumulative=1200, serial=1,
                           issued_at=T + 3000), REQUESTER),
+        ("session_spec", SessionSpec(
+            requester=r, provider=p, runtime="python3",
+            inputs=(InputFile(name=CLASS_FILE, sha256=hashlib.sha256(b"c").hexdigest(),
+                              size=1),
+                    InputFile(name=HOST_FILE, sha256=hashlib.sha256(b"h").hexdigest(),
+                              size=1)),
+            resources=Resources(cpus=1, memory_mb=2048, max_seconds=3600), idle_timeout_s=60,
+            concurrency=1, max_price=1_000_000, nonce=bytes(range(16)), created_at=T),
+         REQUESTER),
+        ("session_result", SessionResult(
+            job_id=job_id, provider=p, requester=r, status="closed", calls=2,
+            transcript=hashlib.sha256(b"t").hexdigest(),
+            usage=Usage(wall_s=3.5, cpu_s=1.0, gpu_s=0.0, peak_memory_mb=100),
+            price_charged=900, reason="", at=T + 4000), PROVIDER),
     ]
 
 
@@ -116,6 +131,15 @@ def frames() -> list[wire.Frame]:
         wire.SettleAck(job_id=job_id),
         wire.ResultQuery(job_id=job_id),
         wire.FetchOutputs(job_id=job_id),
+        wire.SessionOpen(spec=signed["session_spec"]),
+        wire.SessionReady(job_id=job_id),
+        wire.MethodCall(id=1, method="reply", args=b"\x80\x05", window=8),
+        wire.Credit(id=1, n=4),
+        wire.Item(id=1, value=b"\xa2hi"),
+        wire.Reply(id=1, value=b"\xc0", error=False),
+        wire.Checkpoint(result=signed["session_result"]),
+        wire.SessionClose(),
+        wire.SessionEnd(result=signed["session_result"]),
         wire.Lane(port=40123, token=bytes(range(32)), cert=b"0\x82\x01\x00"),
     ]
 
