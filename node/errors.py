@@ -22,6 +22,7 @@ remote (a peer failed or misbehaved). `exit_code` is what `offload` exits with.
             JobError              the user's job ran and failed (exit 1)
                 JobFailed         a verified job exited non-zero, timed out or hit a limit
                 RemoteFunctionError  an @remote function raised on the provider
+                SessionFailed  a session's object could not be built on the provider
         RemoteError               a peer failed, vanished or misbehaved (exit 1)
             PeerGone              the stream closed before the exchange finished
             PeerTimeout           a peer did not answer within its deadline
@@ -38,7 +39,10 @@ remote (a peer failed or misbehaved). `exit_code` is what `offload` exits with.
                 TransferTimeout   a transfer stalled (also a PeerTimeout)
                 LaneRefused       a fast lane's peer did not prove the stream's peer id
             ProtocolViolation     a peer's bytes broke the protocol (exit 2, as ever)
+            HostBroke             a session host (the requester's code) broke HOST_FRAMES
             PaymentRefused        a peer's cheque or receipt was refused
+            SessionLost           a session's provider vanished; paid its last checkpoint
+            CallRaised            a streamed session call raised on the provider
 
 Lower layers keep their own roots (protocol.ProtocolError, ledger.LedgerError,
 scheduler.SchedulerError); `translate` maps them, and OSError, onto this tree at the
@@ -186,6 +190,11 @@ class RemoteFunctionError(JobError):
         return str(self.args[0]) if self.args else ""
 
 
+class SessionFailed(JobError):
+    """A session ended before its first call: the constructor raised on the provider (the
+    message carries its exception), or the sandbox died; only the start was charged."""
+
+
 # ---------------------------------------------------------------- remote
 class PeerGone(RemoteError):
     """The stream or connection to a peer closed before the exchange finished."""
@@ -264,6 +273,12 @@ class LaneRefused(TransferFailed):
     (node/net/lane.py); the data takes the stream instead."""
 
 
+class HostBroke(RemoteError):
+    """A session host, the requester's own code in its sandbox, broke HOST_FRAMES
+    (protocol/sessions.py): a bad frame, an item beyond credit, ... Its session ends
+    failed (node/provider/sessions.py)."""
+
+
 class ProtocolViolation(RemoteError):
     """A peer's bytes broke the protocol (a RemoteProtocolError reached the boundary).
 
@@ -274,6 +289,20 @@ class ProtocolViolation(RemoteError):
 
 class PaymentRefused(RemoteError):
     """A peer's cheque or receipt was refused (a RemoteLedgerError)."""
+
+
+class SessionLost(RemoteError):
+    """A session's provider vanished, went silent or ended the lease mid-call; what was
+    paid is at most its last checkpoint the requester verified (nothing without one)."""
+
+
+class CallRaised(RemoteError):
+    """A streamed session call raised on the provider; `value` is its error record, which
+    node.api turns into the exception."""
+
+    def __init__(self, value: bytes) -> None:
+        super().__init__("the streamed call raised on the provider")
+        self.value = value
 
 
 # ---------------------------------------------------------------- the boundary

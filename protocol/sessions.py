@@ -203,7 +203,11 @@ class Calls:
             raise OutOfOrder(f"call {call_id} is not in flight")
         return c
 
-    def grant(self, call_id: int, n: int) -> Call:
+    def grant(self, call_id: int, n: int) -> Call | None:
+        """More credit for a call; None for one that already replied (the reader's credit
+        and the call's reply may cross on the stream)."""
+        if call_id <= self.last_id and call_id not in self.open:
+            return None
         c = self._get(call_id)
         if n < 1 or c.credit + n > MAX_WINDOW:
             raise OutOfOrder(f"credit {n} would leave call {call_id} above {MAX_WINDOW} "

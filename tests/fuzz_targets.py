@@ -33,7 +33,9 @@ from protocol import (
     Quote,
     Receipt,
     RemoteProtocolError,
+    Resources,
     Runtime,
+    Usage,
     sha256_hex,
     sign,
     wire,
@@ -42,6 +44,7 @@ from protocol.codec import pack, unpack
 from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.receipts import open_cheque, open_receipt
+from protocol.sessions import CLASS_FILE, HOST_FILE, SessionResult, SessionSpec
 from protocol.signing import check_ad_fresh, check_spec_fresh, open_signed
 from tests import factories
 from tests.factories import ALICE, BOB, NOW_MS
@@ -95,14 +98,31 @@ def cheque() -> Cheque:
                   serial=1, issued_at=NOW_MS)
 
 
+def session_spec() -> SessionSpec:
+    return SessionSpec(
+        requester=ALICE.peer_id, provider=BOB.peer_id, runtime="python3",
+        inputs=(InputFile(name=CLASS_FILE, sha256=DIGEST, size=10),
+                InputFile(name=HOST_FILE, sha256=JOB, size=20)),
+        resources=Resources(cpus=1, max_seconds=600), idle_timeout_s=60, concurrency=2,
+        max_price=5000, nonce=bytes(range(16)), created_at=NOW_MS)
+
+
+def session_result() -> SessionResult:
+    return SessionResult(
+        job_id=JOB, provider=BOB.peer_id, requester=ALICE.peer_id, status="open", calls=3,
+        transcript=DIGEST, usage=Usage(wall_s=2.5, cpu_s=1.0, gpu_s=0.0, peak_memory_mb=50),
+        price_charged=1200, reason="", at=NOW_MS)
+
+
 SIGNER = {"capacity_ad": BOB, "quote": BOB, "job_result": BOB, "job_spec": ALICE,
-          "receipt": ALICE, "cheque": ALICE}
+          "receipt": ALICE, "cheque": ALICE, "session_spec": ALICE, "session_result": BOB}
 
 
 def signed_seeds() -> dict[str, list[bytes]]:
     """type name -> real signed envelopes of that type."""
     out: dict[str, list[bytes]] = {}
-    for msg in (ad(), spec(), result(), quote(), *receipts(), cheque()):
+    for msg in (ad(), spec(), result(), quote(), *receipts(), cheque(), session_spec(),
+                session_result()):
         out.setdefault(msg.type_name, []).append(sign(msg, SIGNER[msg.type_name]).raw)
     return out
 
@@ -122,6 +142,12 @@ def frames() -> list[wire.Frame]:
         wire.Settle(receipt=s["receipt"][0], cheque=s["cheque"][0]),
         wire.SettleAck(job_id=JOB),
         wire.Lane(port=40123, token=bytes(range(32)), cert=b"\x30\x82" + bytes(200)),
+        wire.SessionOpen(spec=s["session_spec"][0]),
+        wire.MethodCall(id=7, method="reply", args=b"\x80\x05" + bytes(30), window=8),
+        wire.Credit(id=7, n=4), wire.Item(id=7, value=b"\x81\xa1v\x01"),
+        wire.Reply(id=7, value=b"\xc0", error=True),
+        wire.Checkpoint(result=s["session_result"][0]), wire.SessionClose(),
+        wire.SessionEnd(result=s["session_result"][0]),
     ]
     seeded = {type(f) for f in out}
     for cls in wire.FRAME_TYPES.values():
@@ -394,6 +420,8 @@ def targets(ledger_dir: Path) -> tuple[list[Target], Ledger]:
             JobSpec, lambda m: check_spec_fresh(m, now_ms=NOW_MS)), s["job_spec"], remote),
         Target("job_result", _open(JobResult), s["job_result"], remote),
         Target("quote", _open(Quote), s["quote"], remote),
+        Target("session_spec", _open(SessionSpec), s["session_spec"], remote),
+        Target("session_result", _open(SessionResult), s["session_result"], remote),
         Target("receipt+check_receipt", lambda d: open_receipt(d, NOW_MS), s["receipt"],
                remote),
         Target("cheque+open_cheque", open_cheque, s["cheque"], remote),

@@ -23,7 +23,8 @@ BATCH = 10
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 NAMES = ["codec.unpack", "framing+wire", "wire.decode", "capacity_ad+check_ad_fresh",
-         "job_spec+check_spec_fresh", "job_result", "quote", "receipt+check_receipt",
+         "job_spec+check_spec_fresh", "job_result", "quote", "session_spec",
+         "session_result", "receipt+check_receipt",
          "cheque+open_cheque", "ledger.record_receipt", "ledger.accept_cheque",
          "values.decode_return"]
 

@@ -28,14 +28,16 @@ import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import cloudpickle
 import trio
 
-from node.api.requester import CURRENT, Job, Requester, Result, Verify
+from node.api.requester import Job, Requester, Result, Verify
+from node.api.shared import pickle_function as pickle_function
+from node.api.shared import requester_for
 from node.api.values import (
     ARGS_FILE,
     FUNCTION_FILE,
@@ -49,7 +51,11 @@ from node.api.values import (
 from node.errors import RemoteError, UserError, sole_error
 from scheduler.decide import LOCAL
 
+if TYPE_CHECKING:
+    from node.api.classes import RemoteClass
+
 log = logging.getLogger(__name__)
+C = TypeVar("C")
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -93,6 +99,8 @@ class Options:
 
 
 _SESSION = frozenset(f.name for f in dataclasses.fields(Options)) - {"job"}
+_LEASE = ("idle_timeout", "max_duration", "concurrency")
+"""@remote's settings for classes only (node.api.classes)."""
 
 
 class _Method(Generic[P, T]):
@@ -245,21 +253,8 @@ class RemoteFunction(Generic[P, R]):
                 raise
             return exc
 
-    @asynccontextmanager
-    async def _session(self) -> AsyncIterator[Requester]:
-        """The Requester open in this task; else the sync facade's; else a new one."""
-        open_now = CURRENT.get()
-        if open_now is not None:
-            yield open_now
-            return
-        from node.api.sync import session_for
-
-        kept = await session_for(self.options.session())
-        if kept is not None:
-            yield kept
-            return
-        async with Requester(**self.options.session()) as r:
-            yield r
+    def _session(self) -> AbstractAsyncContextManager[Requester]:
+        return requester_for(self.options.session())
 
     def _job(self, wrapper: Path, fn_file: Path, args_file: Path) -> Job:
         return dataclasses.replace(self.options.job, script=wrapper, files=(fn_file, args_file))
@@ -284,33 +279,6 @@ class RemoteFunction(Generic[P, R]):
 @functools.lru_cache(maxsize=1)
 def _wrapper_bytes() -> bytes:
     return WRAPPER.encode()
-
-
-def pickle_function(fn: Callable[..., Any]) -> bytes:
-    """cloudpickle `fn`; a function from an importable module (not __main__) travels by
-    value, since the provider has only the runtime's packages."""
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    by_value = module is not None and module.__name__ != "__main__" and not _installed(module)
-    if by_value:
-        assert module is not None
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        data: bytes = cloudpickle.dumps(fn, protocol=pickle.DEFAULT_PROTOCOL)
-        return data
-    finally:
-        if by_value:
-            assert module is not None
-            cloudpickle.unregister_pickle_by_value(module)
-
-
-def _installed(module: Any) -> bool:
-    """Part of an installed distribution (site-packages) or the standard library."""
-    path = getattr(module, "__file__", None)
-    if path is None:
-        return True
-    parts = Path(path).parts
-    return "site-packages" in parts or "dist-packages" in parts or path.startswith(
-        sys.base_prefix)
 
 
 class _staged:
@@ -353,6 +321,18 @@ class _staged:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: type[C], /) -> RemoteClass[C]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> RemoteFunction[P, R]: ...
+
+
+@overload
+def remote(fn: type[C], /) -> RemoteClass[C]: ...  # type: ignore[overload-overlap]
+
+
 @overload
 def remote(fn: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 
@@ -365,12 +345,11 @@ def remote(*, gpus: int = 0, cpus: int = 1, memory_gb: float = 2.0, disk_gb: flo
            plan: bool = False, echo: bool = True, home: str | os.PathLike[str] | None = None,
            bootstrap: Sequence[str] | None = None,
            config: str | os.PathLike[str] | None = None,
-           out: str | os.PathLike[str] = "offload-out"
-           ) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]: ...
+           out: str | os.PathLike[str] = "offload-out", idle_timeout: int = 300,
+           max_duration: int = 3600, concurrency: int = 1) -> _Decorator: ...
 
 
-def remote(fn: Callable[P, R] | None = None, /, **settings: Any
-           ) -> RemoteFunction[P, R] | Callable[[Callable[P, R]], RemoteFunction[P, R]]:
+def remote(fn: Any = None, /, **settings: Any) -> Any:
     """Make `fn` offloadable: `@remote` or `@remote(gpus=1, max_price=2.0, ...)`.
 
     gpus, cpus, memory_gb, disk_gb, timeout (s), max_price (credits), where, runtime: what
@@ -379,7 +358,12 @@ def remote(fn: Callable[P, R] | None = None, /, **settings: Any
     runs the share it keeps here in this process (gflop: one call's size, for the plan).
     home, bootstrap, config, out: the session, as the CLI's --home/--bootstrap/--config
     (OFFLOAD_HOME, OFFLOAD_BOOTSTRAP, OFFLOAD_REQUESTER_CONFIG).
+
+    On a class, it gives a RemoteClass (node.api.classes): `with Chat.session(...) as
+    chat:` builds one object on a provider and calls its methods there; idle_timeout and
+    max_duration (s) bound the lease, concurrency is how many calls may run at once.
     """
+    lease = {k: settings.pop(k) for k in _LEASE if k in settings}
     for key in ("home", "config", "out"):
         if settings.get(key) is not None:
             settings[key] = os.fspath(settings[key])
@@ -395,7 +379,14 @@ def remote(fn: Callable[P, R] | None = None, /, **settings: Any
     if job.redundancy < 1 or job.cpus < 1 or job.gpus < 0:
         raise UserError("@remote: cpus and redundancy must be at least 1, gpus at least 0")
 
-    def wrap(f: Callable[P, R]) -> RemoteFunction[P, R]:
+    def wrap(f: Any) -> Any:
+        if isinstance(f, type):
+            from node.api.classes import RemoteClass
+
+            return RemoteClass(f, options, **lease)
+        if lease:
+            raise UserError(f"@remote: {', '.join(sorted(lease))} are for classes (sessions), "
+                            "not functions")
         return RemoteFunction(f, options)
 
     return wrap(fn) if fn is not None else wrap

@@ -117,6 +117,12 @@ class Portal:
                     pass
             raise
 
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `fn(*args)` as a task of the loop, from inside it, for as long as it takes
+        (a session held open across blocking calls); it must not raise."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
     async def session(self, kwargs: dict[str, Any]) -> Requester:
         """The kept Requester for these settings, opened on first use (in the loop)."""
         key = _key(kwargs)

@@ -6,6 +6,8 @@ exchange.py    the provider's side of the job and settle exchanges (protocol/exc
 admission.py   slots, a bounded FIFO queue and per-peer shares, decided at quote time
 executor.py    where jobs run: a proven sandbox tier (warm or cold) or, if allowed, plain
 jobio.py       a job's files: inputs via the cache (resumable), outputs out
+sessions.py    the provider's side of the session exchange: a host process, many calls
+session_host_io.py  the frames to and from the session host (HOST_FRAMES)
 live.py        live job output: runner chunks to capped `Output` frames
 cache.py       content-addressed input cache: LRU by bytes, pins, resumable partials
 results.py     recent signed results, for requesters that lost theirs

@@ -28,7 +28,7 @@ from node.net.peers import PeerBook
 from node.net.proximity import probe_forever
 from node.net.reach import Reachability, ReachState
 from node.net.relay import provide_relay_forever
-from node.provider import exchange
+from node.provider import exchange, sessions
 from node.provider.admission import Admission
 from node.provider.cache import InputCache
 from node.provider.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
@@ -215,6 +215,9 @@ class Provider:
     async def handle_job(self, stream: Stream) -> None:
         await exchange.handle_job(self, stream)
 
+    async def handle_session(self, stream: Stream) -> None:
+        await sessions.handle_session(self, stream)
+
     def status(self) -> dict[str, Any]:
         """What `offload status` shows; published to the home every few seconds."""
         self.metrics.queue_depth.set(self.admission.queued)
@@ -359,6 +362,7 @@ async def _run_provider(provider: Provider, host: Host, disc: Discovery,
     host.peer_errors.on_count = provider.metrics.count_peer_error
     host.handle(wire.JOB_PROTOCOL, provider.handle_job, refuse=busy_stream)
     host.handle(wire.SETTLE_PROTOCOL, provider.handle_settle, refuse=busy_stream)
+    host.handle(wire.SESSION_PROTOCOL, provider.handle_session, refuse=busy_stream)
     ads = trio.CancelScope()
     if setup.executor is not None:
         await nursery.start(_in_scope, ads, provider.advertise_forever, host, disc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +46,7 @@ from protocol import (
     sign,
     wire,
 )
-from protocol.exchange import JOB, SETTLE
+from protocol.exchange import JOB, SETTLE, Table
 from protocol.messages import clip_text
 from scheduler.pricing import charge, credits
 
@@ -115,16 +116,22 @@ async def _serve_fetch(p: Provider, stream: Stream, job_id: str) -> None:
 
 async def handle_job(p: Provider, raw: Stream) -> None:
     """One job exchange; every failure ends in a named error frame, never a traceback."""
-    stream = guarded(raw, JOB, "provider")
+    await serve_exchange(p, raw, JOB, _serve)
+
+
+async def serve_exchange(p: Provider, raw: Stream, table: Table,
+                         serve: Callable[[Provider, Stream], Awaitable[None]]) -> None:
+    """`serve` one exchange of `table` on a stream the admission counts; the boundary."""
+    stream = guarded(raw, table, "provider")
     if not p.admission.open_stream():
         await try_send(stream, wire.ErrorReply(
             code="busy", message="too many open job streams",
             retry_after_s=p.admission.retry_after_s))
         return
     try:
-        await _serve(p, stream)
+        await serve(p, stream)
     except Exception as exc:  # the boundary: the peer hears a named error, we go on
-        p.peer_errors.failed("job exchange", stream.remote_peer, exc)
+        p.peer_errors.failed(f"{table.name} exchange", stream.remote_peer, exc)
         await try_send(stream, wire.ErrorReply(code=error_code(exc), message=error_text(exc)))
     finally:
         p.admission.close_stream()
@@ -141,9 +148,20 @@ async def _serve(p: Provider, stream: Stream) -> None:
                      else "bad_request", str(exc))
         return
     spec, job_id = signed.message, signed.digest
+    await admit_and_run(p, stream, spec, job_id, partial(_run, p, stream, spec, job_id))
+
+
+async def admit_and_run(p: Provider, stream: Stream, spec: JobSpec, job_id: str,
+                        run: Callable[[Quote], Awaitable[None]], *, what: str = "job",
+                        ) -> None:
+    """What a job and a session (`what`) go through before they run: the checks,
+    freshness and replay, draining, the quote and its cap, an admission ticket, the quote
+    offered and accepted, the queue; then `run(quote)` holding the slot."""
+    count = p.metrics.jobs_total.labels if what == "job" else None
     refusal = check_spec(p, spec, stream.remote_peer)
     if refusal:
-        p.metrics.jobs_total.labels(outcome=REFUSAL_OUTCOME.get(refusal[0], "refused")).inc()
+        if count:
+            count(outcome=REFUSAL_OUTCOME.get(refusal[0], "refused")).inc()
         await refuse(stream, *refusal)
         return
     try:
@@ -161,19 +179,21 @@ async def _serve(p: Provider, stream: Stream) -> None:
     try:
         quote = p.quote(spec, job_id)
     except ValueOutOfRange:
-        await refuse(stream, "price", "price: this job could cost more than any ledger "
+        await refuse(stream, "price", f"price: this {what} could cost more than any ledger "
                      "holds; ask for less time or fewer resources")
         return
     if spec.max_price is not None and quote.max_charge > spec.max_price:
-        p.metrics.jobs_total.labels(outcome="price").inc()
-        await refuse(stream, "price", f"price: this job can cost up to "
+        if count:
+            count(outcome="price").inc()
+        await refuse(stream, "price", f"price: this {what} can cost up to "
                      f"{credits(quote.max_charge)} credits here, above your cap of "
                      f"{credits(spec.max_price)}")
         return
     try:
         ticket = p.admission.admit(stream.remote_peer)
     except Busy as exc:
-        p.metrics.jobs_total.labels(outcome="busy").inc()
+        if count:
+            count(outcome="busy").inc()
         await try_send(stream, wire.ErrorReply(code="busy", message=str(exc),
                                                retry_after_s=exc.retry_after_s))
         return
@@ -181,18 +201,19 @@ async def _serve(p: Provider, stream: Stream) -> None:
         await stream.send(wire.QuoteOffer(quote=sign(quote, p.identity).raw))
         answer = await stream.receive_within(p.config.quote_hold_s, "quote acceptance")
         if isinstance(answer, wire.ErrorReply):
-            log.info("job %s: quote declined (%s)", job_id[:12], answer.message)
+            log.info("%s %s: quote declined (%s)", what, job_id[:12], answer.message)
             return
         assert isinstance(answer, wire.QuoteAccept)  # the table allows no other
         if answer.job_id != job_id:
-            raise MalformedMessage("the quote acceptance names another job")
-        await _queue(p, stream, ticket)
+            raise MalformedMessage(f"the quote acceptance names another {what}")
+        await queue(p, stream, ticket)
         p.running += 1
         try:
-            await _run(p, stream, spec, job_id, quote)
+            await run(quote)
         except* LaunchFailed as group:  # e.g. EAGAIN from the kernel: try elsewhere
-            p.metrics.jobs_total.labels(outcome="busy").inc()
-            await refuse(stream, "busy", f"the job's sandbox could not start here "
+            if count:
+                count(outcome="busy").inc()
+            await refuse(stream, "busy", f"the {what}'s sandbox could not start here "
                          f"({group.exceptions[0]}); try again or another provider")
         finally:
             p.running -= 1
@@ -201,7 +222,7 @@ async def _serve(p: Provider, stream: Stream) -> None:
         p.admission.release(ticket)
 
 
-async def _queue(p: Provider, stream: Stream, ticket: Ticket) -> None:
+async def queue(p: Provider, stream: Stream, ticket: Ticket) -> None:
     """Wait for the ticket's slot, telling the requester its place every few seconds."""
     if ticket.has_slot:
         return

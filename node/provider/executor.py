@@ -6,9 +6,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Literal, Protocol
@@ -37,18 +41,74 @@ class Execution:
     profile: SandboxProfile
 
 
+class Interactive:
+    """A long-lived process of a slot (a session host): `stdin` and `stdout` are pipes the
+    caller drives; stderr is kept (capped, `stderr_tail`). `cpu_s()` and `peak_memory_mb`
+    are its usage so far; the slot's `interactive()` kills it on exit and leaves the final
+    usage here."""
+
+    def __init__(self, process: trio.Process, usage: Callable[[], tuple[float, int]]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self.stdin: trio.abc.SendStream = process.stdin
+        self.stdout: trio.abc.ReceiveStream = process.stdout
+        self.started = time.monotonic()
+        self._usage = usage
+        self.final: tuple[float, int] | None = None
+        self._stderr = bytearray()
+
+    def cpu_s(self) -> float:
+        return (self.final or self._usage())[0]
+
+    @property
+    def peak_memory_mb(self) -> int:
+        return (self.final or self._usage())[1]
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def stderr_tail(self, n: int = 500) -> str:
+        return bytes(self._stderr[-n:]).decode("utf-8", "replace")
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Its stderr kept (the last MAX_STDERR_KEPT bytes) while the caller talks to it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drain_stderr)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _drain_stderr(self) -> None:
+        stream = self.process.stderr
+        if stream is None:
+            return
+        while chunk := await stream.receive_some(65536):
+            self._stderr += chunk
+            del self._stderr[:-MAX_STDERR_KEPT]
+
+
+MAX_STDERR_KEPT = 64 * 1024
+
+
 class Slot(Protocol):
     def input_path(self, name: str) -> Path: ...
     def expose_input(self, name: str) -> None: ...
     @property
     def out_dir(self) -> Path: ...
     async def run(self) -> Execution: ...
+    def interactive(self) -> AbstractAsyncContextManager[Interactive]:
+        """The spec's entrypoint, started with stdin and stdout pipes, in the job's cwd."""
+        ...
 
 
 class Executor(Protocol):
     tier: SandboxTier
 
-    def slot(self, spec: JobSpec, job_id: str) -> AbstractAsyncContextManager[Slot]: ...
+    def slot(self, spec: JobSpec, job_id: str, *,
+             warm: bool = True) -> AbstractAsyncContextManager[Slot]: ...
 
 
 def limits_for(spec: JobSpec) -> JobLimits:
@@ -89,6 +149,55 @@ class PlainSlot:
             runtime_digest="", warm=False)
         return Execution(process=proc, limits_hit=hit, profile=profile)
 
+    def _env(self) -> dict[str, str]:
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.work),
+                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                "OMP_NUM_THREADS": str(self.spec.resources.cpus)}
+
+    @asynccontextmanager
+    async def interactive(self) -> AsyncIterator[Interactive]:
+        self.out_dir.mkdir(exist_ok=True)
+        argv = [sys.executable, "-u", "-s", self.spec.entrypoint, *self.spec.args]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = await trio.lowlevel.open_process(
+            argv, cwd=str(self.work), env=self._env(), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+        def usage() -> tuple[float, int]:
+            return _proc_cpu_s(proc.pid), 0
+
+        it = Interactive(proc, usage)
+        try:
+            async with it.serving():
+                yield it
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                await proc.wait()
+                await _close_pipes(proc)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            it.final = (max(0.0, (after.ru_utime + after.ru_stime)
+                            - (before.ru_utime + before.ru_stime)), after.ru_maxrss // 1024)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User and system CPU of a live process so far (Linux /proc); 0.0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+async def _close_pipes(proc: trio.Process) -> None:
+    for s in (proc.stdin, proc.stdout, proc.stderr):
+        if s is not None:
+            await s.aclose()
+
 
 class PlainExecutor:
     tier: SandboxTier = "none"
@@ -97,7 +206,8 @@ class PlainExecutor:
         self.jobs_dir = jobs_dir
 
     @asynccontextmanager
-    async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
+    async def slot(self, spec: JobSpec, job_id: str, *,
+                   warm: bool = True) -> AsyncIterator[Slot]:
         work = self.jobs_dir / job_id[:16]
         work.mkdir(parents=True)
         try:
@@ -146,6 +256,38 @@ class SandboxSlot:
                                                           "cpu"))
         return Execution(process=result.process, limits_hit=hit, profile=profile)  # type: ignore[arg-type]
 
+    @asynccontextmanager
+    async def interactive(self) -> AsyncIterator[Interactive]:
+        """The entrypoint in this (cold) sandbox under the job's limits; the caller
+        enforces the wall limit. Usage is the cgroup's."""
+        job = self.job
+        assert self.worker is None, "an interactive slot needs a cold sandbox (warm=False)"
+        job.make_out_dir()
+        env = job_env(limits_for(self.spec))
+        argv = [str(self.executor.sandbox.runtime.interpreter), "-u", "-s",
+                self.spec.entrypoint, *self.spec.args]
+        proc = await job.start(argv, env, stdin=subprocess.PIPE)
+
+        def usage() -> tuple[float, int]:
+            if job.cgroup is None:
+                return 0.0, 0
+            u = job.cgroup.usage()
+            return u.cpu_s, u.peak_memory_bytes >> 20
+
+        it = Interactive(proc, usage)
+        try:
+            async with it.serving():
+                yield it
+        finally:
+            with trio.CancelScope(shield=True):
+                if job.cgroup is not None:
+                    await trio.to_thread.run_sync(job._kill_quietly)
+                proc.kill()
+                await proc.wait()
+                await _close_pipes(proc)
+                job._read_status()  # closes bwrap's status pipe
+                it.final = await trio.to_thread.run_sync(usage)
+
 
 class GpuAllocator:
     """Whole GPUs, each assigned to one job at a time."""
@@ -177,9 +319,11 @@ class SandboxExecutor:
         self.pool = pool
 
     @asynccontextmanager
-    async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
+    async def slot(self, spec: JobSpec, job_id: str, *,
+                   warm: bool = True) -> AsyncIterator[Slot]:
+        """A sandbox for `spec`: a warm worker when one is ready (and `warm`), else cold."""
         worker = None
-        if self.pool is not None and spec.resources.gpus == 0:
+        if warm and self.pool is not None and spec.resources.gpus == 0:
             worker = self.pool.take()
         if worker is not None:
             try:

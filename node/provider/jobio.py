@@ -6,8 +6,9 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -25,7 +26,7 @@ from node.net.transfer import (
 from node.provider.cache import CacheError, InputCache, PartialFile
 from node.provider.executor import Slot
 from node.provider.metrics import ProviderMetrics
-from protocol import Identity, InputFile, JobSpec, MalformedMessage, OutputFile, wire
+from protocol import Identity, InputFile, MalformedMessage, OutputFile, wire
 from protocol.messages import MAX_OUTPUTS
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,14 @@ MAX_OUTPUT_FILES = MAX_OUTPUTS
 MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
 
 
-async def receive_inputs(stream: Stream, spec: JobSpec, job_id: str, slot: Slot, *,
+class HasInputs(Protocol):
+    """What receive_inputs reads of a spec: a JobSpec or a SessionSpec."""
+
+    @property
+    def inputs(self) -> Sequence[InputFile]: ...
+
+
+async def receive_inputs(stream: Stream, spec: HasInputs, job_id: str, slot: Slot, *,
                          cache: InputCache | None, metrics: ProviderMetrics,
                          on_cached: Callable[[], None],
                          identity: Identity | None = None) -> None:

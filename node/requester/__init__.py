@@ -3,6 +3,8 @@
 session.py     the core: opens identity, ledger, host, discovery, gossip, payments, holds;
                builds a request from one job description, places, maps and plans
 exchange.py    one job exchange with a provider, driven by protocol/exchange.py's table
+sessions.py    one session (a lease on one provider): calls, streamed items, transcript
+               checks, close and settlement (last checkpoint if the provider vanished)
 offers.py      the offer cache: verified ads reused until they expire, in memory and
                under the home (re-verified when read), refreshed in the background
 placement.py   placing one job: rank offers, try providers until one delivers, verify

@@ -34,6 +34,7 @@ from node.requester.holds import Hold, HoldBook
 from node.requester.verify import verify_result_bytes
 from protocol import JobResult, Signed, wire
 from protocol.exchange import SETTLE
+from protocol.sessions import SessionResult
 
 log = logging.getLogger(__name__)
 SETTLE_TIMEOUT_S = 10.0
@@ -45,6 +46,8 @@ SWEEP_PARALLEL = 8
 T = TypeVar("T")
 Failure = (LedgerError, sqlite3.Error)
 """What a ledger write may raise that leaves the escrow as it was."""
+Charged = Signed[JobResult] | Signed[SessionResult]
+"""A signed charge to settle: a job's result, or a session's end or last checkpoint."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,7 +55,7 @@ class _Pending:
     """A settlement the ledger could not write yet."""
 
     kind: Literal["release", "refund"]
-    signed: Signed[JobResult] | None = None
+    signed: Charged | None = None
     reason: RefundReason = "failed"
     detail: str = ""
     result_digest: str = ""
@@ -129,14 +132,14 @@ class Payments:
         except Failure as exc:
             log.error("refunding job %s failed, it stays pending: %s", job_id[:12], exc)
 
-    async def accept(self, signed: Signed[JobResult]) -> None:
+    async def accept(self, signed: Charged) -> None:
         """Pay a verified result's charge; tell the provider (receipt + cheque). A ledger
         failure is raised, and the release stays pending."""
         if self.ledger is None or signed.message.job_id not in self._locked:
             return
         await self._settle(signed.message.job_id, _Pending("release", signed=signed))
 
-    async def reject(self, signed: Signed[JobResult], why: str) -> None:
+    async def reject(self, signed: Charged, why: str) -> None:
         """A wrong result: nothing is paid, and the provider gets the signed rejection."""
         r = signed.message
         if self.ledger is None or r.job_id not in self._locked:

@@ -73,6 +73,9 @@ def test_the_book_refuses_what_the_peer_may_not_send_and_stays_as_it_was() -> No
     assert list(book.open) == [5] and book.transcript.calls == 0
     book.reply(5, b"", False)
     assert book.transcript.calls == 1
+    assert book.grant(5, 1) is None  # credit that crossed the reply is let go
+    with pytest.raises(OutOfOrder, match=r"^call 6 is not in flight$"):
+        book.grant(6, 1)  # a call never made is not
 
 
 @pytest.mark.parametrize("name", ["_private", "__class__", "1x", "a-b", "", "x" * 129])
