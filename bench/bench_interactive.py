@@ -80,10 +80,11 @@ def local_calls(n: int) -> dict[str, float]:
     return summary(ms)
 
 
-def ray_calls(n: int) -> dict[str, Any]:
+def ray_calls(n: int, script: str = RAY_SCRIPT) -> dict[str, Any]:
+    """`script` in the Ray venv: it prints {"ms": [...], "version"} for `n` calls."""
     if not RAY_PYTHON.exists():
         return {"skipped": f"no {RAY_PYTHON}: run `sh bench/setup_ray.sh` for this column"}
-    proc = subprocess.run([str(RAY_PYTHON), "-c", RAY_SCRIPT, str(n)], capture_output=True,
+    proc = subprocess.run([str(RAY_PYTHON), "-c", script, str(n)], capture_output=True,
                           text=True, timeout=300)
     if proc.returncode != 0:
         return {"skipped": f"ray failed: {proc.stderr.strip()[-300:]}"}

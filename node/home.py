@@ -69,6 +69,11 @@ class Home:
         return self.root / "status.json"
 
     @property
+    def sessions(self) -> Path:
+        """Sessions this requester opened and their signed ends (node/requester/records.py)."""
+        return self.root / "sessions"
+
+    @property
     def results(self) -> Path:
         """Signed results a provider keeps for settle (node/provider/results.py)."""
         return self.root / "results"
@@ -100,13 +105,19 @@ def atomic_write_json(path: Path, doc: Any, *, indent: int | None = None,
     """Replace `path` with `doc` as JSON: a reader sees the old file or the new, never half.
     The folder must exist unless `parents` (then it is made)."""
     text = json.dumps(doc, indent=indent, sort_keys=sort_keys) + ("\n" if newline else "")
+    atomic_write_bytes(path, text.encode(), mode=mode, fsync=fsync, parents=parents)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, fsync: bool = False,
+                       parents: bool = False) -> None:
+    """Replace `path` with `data`, as atomic_write_json does."""
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
-            f.write(text)
+            f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -127,7 +127,7 @@ class RemoteClass(Generic[T]):
                     concurrency=self.lease.concurrency, max_price=jr.max_price,
                     runtime=jr.runtime, caps=jr.caps)
                 async with open_session(r.core.host, ad, request, payments=r.core.payments,
-                                        emit=r.emit,
+                                        emit=r.emit, home=r.core.home,
                                         echo=_echo if self.options.echo else None) as s:
                     yield RemoteInstance(self.cls, s)
         finally:

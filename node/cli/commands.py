@@ -1,6 +1,6 @@
 """The `offload` parser and its table of verbs; this node's own verbs (init, id, provide,
 relay, verify, demo, sandbox, runtime, status). Requester verbs are in jobs.py, the ledger's in
-ledger.py."""
+ledger.py, `offload sessions` in sessions.py."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ import trio
 
 from node.cli import jobs as jobs_cli
 from node.cli import ledger as ledger_cli
+from node.cli import sessions as sessions_cli
 from node.cli.common import bootstrap, emit
 from node.config import resolve
 from node.home import init_identity, load_identity, resolve_home
+from scheduler.pricing import credits
 
 EXAMPLES = {
     **jobs_cli.EXAMPLES,
+    **sessions_cli.EXAMPLES,
     "init": "offload init",
     "id": "offload id --json",
     "provide": "offload provide --listen /ip4/127.0.0.1/tcp/4001 --ready-file ready.json",
@@ -97,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "bulk data waits for a direct connection")
 
     jobs_cli.register(sub, cmd)
+    sessions_cli.register(sub, cmd)
     ledger_cli.register(sub)
 
     c = cmd("sandbox", "check or set up job isolation on this host")
@@ -121,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("status", "show the provider running with this home: slots, queue, jobs, earnings")
     c.add_argument("--json", action="store_true")
 
-    c = cmd("verify", "check a saved result offline: signature and output digests")
+    c = cmd("verify", "check a saved result offline: signature and output digests (or a "
+            "session's signed result, see `offload sessions`)")
     c.add_argument("result", type=Path, metavar="RESULT_FILE")
     c.add_argument("--json", action="store_true")
 
@@ -205,8 +210,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from node.errors import ResultRejected
-    from node.requester.verify import verify_result_file
+    from node.requester.verify import is_session_file, verify_result_file
 
+    if is_session_file(args.result):
+        return _verify_session(args)
     try:
         signed = verify_result_file(args.result)
     except ResultRejected as exc:
@@ -216,6 +223,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     emit(args, {"valid": True, "job_id": r.job_id, "provider": r.provider,
                  "outputs": len(r.outputs)},
           f"valid: job {r.job_id[:12]} signed by {r.provider}, {len(r.outputs)} output(s) intact")
+    return 0
+
+
+def _verify_session(args: argparse.Namespace) -> int:
+    from node.errors import ResultRejected
+    from node.requester.verify import verify_session_file
+
+    try:
+        signed = verify_session_file(args.result)
+    except ResultRejected as exc:
+        emit(args, {"valid": False, "reason": str(exc)}, f"INVALID: {exc}")
+        return 1
+    r = signed.message
+    emit(args, {"valid": True, "session_id": r.job_id, "provider": r.provider,
+                 "requester": r.requester, "calls": r.calls, "status": r.status,
+                 "charge": credits(r.price_charged), "transcript": r.transcript},
+          f"valid: session {r.job_id[:12]} signed by {r.provider}, {r.calls} call(s), "
+          f"status {r.status}")
     return 0
 
 
@@ -274,6 +299,7 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **jobs_cli.COMMANDS,
     **ledger_cli.COMMANDS,
+    **sessions_cli.COMMANDS,
     "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "relay": cmd_relay,
     "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
     "runtime": cmd_runtime, "status": cmd_status,

@@ -68,8 +68,9 @@ def register(sub: Any) -> None:
             a.add_argument("--limit", type=int, metavar="N", help="only the latest N entries")
         a.add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="jobs this node submitted: provider, status, charge",
-                       description="jobs this node submitted, from its ledger: job id, "
-                                   "provider, status, charge, verified",
+                       description="jobs (and sessions) this node submitted, from its "
+                                   "ledger: job id, provider, status, charge, verified; "
+                                   "a session is marked so (see `offload sessions`)",
                        epilog=f"example: {EXAMPLES['jobs']}", formatter_class=raw)
     j.add_argument("--json", action="store_true")
 
@@ -249,14 +250,20 @@ def _status(j: Job) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from node.requester import records
+
     def body(ledger: Ledger) -> int:
         jobs = ledger.jobs()
+        # a session's escrow is a job row under the session id; its record says which
+        sessions = {r.session_id for r in records.load(resolve_home(args.home))}
         doc = [{"job_id": j.job_id, "provider": j.provider, "status": j.state,
                 "reason": j.reason, "charge": credits(j.charge), "locked": credits(j.amount),
-                "verified": j.verified, "locked_at": j.locked_at, "closed_at": j.closed_at}
+                "verified": j.verified, "locked_at": j.locked_at, "closed_at": j.closed_at,
+                "kind": "session" if j.job_id in sessions else "job"}
                for j in jobs]
         lines = [f"{j.job_id[:12]}  {j.provider[:20]}  {_status(j):<20} "
-                 f"{credits(j.charge):>14}  {'verified' if j.verified else '-'}" for j in jobs]
+                 f"{credits(j.charge):>14}  {'verified' if j.verified else '-'}"
+                 f"{'  session' if j.job_id in sessions else ''}" for j in jobs]
         _emit(args, doc, "\n".join(lines) or "no jobs yet")
         return 0
 

@@ -129,6 +129,7 @@ class Provider:
         self.results = RecentResults(Home(config.home).results)  # for handle_settle
         self.held_outputs = HeldOutputs()
         self.reach = ReachState()
+        self.sessions = sessions.Live()
 
     def gpu_devices(self, sample: HostSample | None = None) -> list[Device]:
         """One Device per GPU jobs here can be given (none without a sandbox), with its
@@ -227,7 +228,8 @@ class Provider:
         return self.metrics.snapshot() | {
             "peer_id": self.identity.peer_id, "addrs": self.addrs,
             "tier": self.executor.tier if self.executor else "refusing",
-            "draining": self.draining, "metrics_url": self.metrics_url} | self.reach.doc()
+            "draining": self.draining, "metrics_url": self.metrics_url,
+            "sessions": self.sessions.doc(trio.current_time())} | self.reach.doc()
 
     async def benchmark_forever(self) -> None:
         """Measure what jobs here get (the job runtime's torch), now and on a schedule."""

@@ -10,6 +10,9 @@ may stream no item beyond the reader's credit. Every CHECKPOINT_S a signed Sessi
 
 The checks, the quote and the slot reuse the job's, on `as_job(spec)`: the session seen as
 a job that runs HOST_FILE with the session's inputs and resources.
+
+While it runs, each session is in the provider's `sessions` book (`Live`), which the status
+document (`offload status`) shows.
 """
 
 from __future__ import annotations
@@ -72,6 +75,20 @@ TICK_S = 0.1
 MAX_REASON = 1000
 
 
+class Live:
+    """The sessions a provider serves now, and how many ended since it started."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, _Session] = {}
+        self.ended = 0
+
+    def doc(self, now: float) -> dict[str, Any]:
+        """For the status document: each open session (id, requester, age_s, calls,
+        status), and the count of ended ones."""
+        return {"open": [s.status_doc(now) for s in self.open.values()],
+                "ended": self.ended}
+
+
 def as_job(spec: SessionSpec) -> JobSpec:
     """The session as the job checks, quotes and slots see it: HOST_FILE with its inputs."""
     return JobSpec(
@@ -114,7 +131,12 @@ async def _run(p: Provider, stream: Stream, spec: SessionSpec, job: JobSpec,
                  spec.requester[:16])
         async with slot.interactive() as host:
             session = _Session(p, stream, spec, session_id, quote, host)
-            await session.run()
+            p.sessions.open[session_id] = session
+            try:
+                await session.run()
+            finally:
+                del p.sessions.open[session_id]
+                p.sessions.ended += 1
     # the host and its sandbox are gone: its usage is final
     status, reason = session.end or ("failed", "the session ended without a reason")
     result = session.result(status, reason, cpu_s=host.cpu_s(), peak_mb=host.peak_memory_mb)
@@ -166,6 +188,15 @@ class _Session:
             self.end = (status, reason[:MAX_REASON])
             self.ended_at = trio.current_time()
         self.scope.cancel()
+
+    def status_doc(self, now: float) -> dict[str, Any]:
+        """One line of the status document (`now`: trio's clock)."""
+        state = ("starting" if self.ready_at is None
+                 else "open" if self.end is None and self.close_by is None
+                 else "closing" if self.end is None else self.end[0])
+        return {"id": self.session_id, "requester": self.spec.requester,
+                "age_s": round(max(0.0, now - self.started), 1),
+                "calls": self.calls.transcript.calls, "status": state}
 
     def wall_s(self) -> float:
         end = self.ended_at if self.ended_at is not None else trio.current_time()

@@ -111,6 +111,12 @@ def _reach(doc: dict[str, Any]) -> str:
             f"{_int(doc, 'direct_upgrades')} direct upgrade(s)")
 
 
+def _sessions(doc: Any) -> str:
+    live = doc.get("open") if isinstance(doc, dict) else None
+    ended = _int(doc, "ended") if isinstance(doc, dict) else 0
+    return f"{len(live) if isinstance(live, list) else 0} open, {ended} ended"
+
+
 def format_status(doc: dict[str, Any]) -> str:
     """A human-readable summary of a `read_status` document."""
     state = (f"running (pid {doc.get('pid')})" if doc.get("running")
@@ -135,6 +141,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"{_int(doc, 'warm_ready')} warm worker(s) ready",
         f"  queue:        {_int(doc, 'queue_depth')} waiting",
         f"  jobs:         {total} ({by_outcome})",
+        *([f"  sessions:     {_sessions(doc['sessions'])}"] if "sessions" in doc else []),
         f"  bytes in:     {_size(_int(doc, 'bytes_in'))}",
         f"  bytes out:    {_size(_int(doc, 'bytes_out'))}",
         f"  earnings:     {_credits(_int(doc, 'earnings_microcredits'))} credits",

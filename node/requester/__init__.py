@@ -5,6 +5,8 @@ session.py     the core: opens identity, ledger, host, discovery, gossip, paymen
 exchange.py    one job exchange with a provider, driven by protocol/exchange.py's table
 sessions.py    one session (a lease on one provider): calls, streamed items, transcript
                checks, close and settlement (last checkpoint if the provider vanished)
+records.py     the sessions this node opened, and the signed result each settled on,
+               kept under the home for `offload sessions` and `offload verify`
 offers.py      the offer cache: verified ads reused until they expire, in memory and
                under the home (re-verified when read), refreshed in the background
 placement.py   placing one job: rank offers, try providers until one delivers, verify

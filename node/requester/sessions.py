@@ -8,7 +8,8 @@ belongs to. Our own `Calls` book keeps ids, concurrency and credit (a streamed i
 what we granted is the provider's breach) and the transcript every signed SessionResult
 must match. On the way out the session is closed (bounded, shielded) and settled once:
 the verified final result is paid; a wrong one is rejected (nothing paid); a provider that
-vanished is paid its last verified checkpoint, or nothing.
+vanished is paid its last verified checkpoint, or nothing. With a home, the session is
+recorded under it (records.py: open once built; at settle, the signed result it paid).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +41,7 @@ from node.errors import (
 from node.net.guard import GuardedStream, guarded
 from node.net.host import Host
 from node.net.transfer import send_file, transfer_deadline
-from node.requester import events
+from node.requester import events, records
 from node.requester.events import Emit, ignore
 from node.requester.exchange import (
     GRACE_S,
@@ -152,7 +154,8 @@ class RemoteSession:
 
     def __init__(self, stream: GuardedStream, *, session_id: str, ad: CapacityAd,
                  requester: str, concurrency: int, payments: Payments, emit: Emit = ignore,
-                 echo: Echo | None = None) -> None:
+                 echo: Echo | None = None, home: Path | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.link = stream
         self.session_id = session_id
         self.ad = ad
@@ -176,6 +179,11 @@ class RemoteSession:
         self._ended = trio.Event()
         self._settled = False
         self._reader = trio.CancelScope(shield=True)
+        self.home = home
+        """Where the session is recorded (records.py); None: nowhere."""
+        self.clock = clock
+        self.opened_at = clock()
+        self._recorded = False
 
     @property
     def who(self) -> str:
@@ -249,6 +257,10 @@ class RemoteSession:
         assert isinstance(frame, wire.SessionReady)
         if frame.job_id != sid:
             raise ResultRejected("the provider opened a different session id")
+        if self.home is not None:
+            self._recorded = True
+            await trio.to_thread.run_sync(records.record_open, self.home, sid,
+                                          self.ad.peer_id, self.opened_at)
 
     # -- calls -------------------------------------------------------------------------
     async def call(self, method: str, args: bytes) -> tuple[bytes, bool]:
@@ -479,6 +491,20 @@ class RemoteSession:
         except Failure as exc:
             log.error("settling session %s failed, it stays pending: %s",
                       self.session_id[:12], exc)
+        with trio.CancelScope(shield=True):
+            await self._record()
+
+    async def _record(self) -> None:
+        """Keep what the session settled on under the home: the verified final result,
+        else the last verified checkpoint (a rejected one is not kept)."""
+        kept = None if self._evidence is not None else self.final or self.checkpoint
+        if self.home is None or not (self._recorded or kept is not None
+                                     or self._evidence is not None):
+            return
+        status: records.Unsigned = "rejected" if self._evidence is not None else "lost"
+        await trio.to_thread.run_sync(partial(
+            records.record_end, self.home, self.session_id, self.ad.peer_id,
+            self.opened_at, kept, status=status, now=self.clock()))
 
     def raise_failure(self) -> None:
         """After close: the reason the session did not end cleanly, if any (a lease that
@@ -499,11 +525,12 @@ def build_spec(host: Host, ad: CapacityAd, request: SessionRequest,
 @asynccontextmanager
 async def open_session(host: Host, ad: CapacityAd, request: SessionRequest, *,
                        payments: Payments | None = None, emit: Emit = ignore,
-                       echo: Echo | None = None, clock: Callable[[], float] = time.time
-                       ) -> AsyncIterator[RemoteSession]:
+                       echo: Echo | None = None, clock: Callable[[], float] = time.time,
+                       home: Path | None = None) -> AsyncIterator[RemoteSession]:
     """An open session on `ad`'s provider, closed and settled on the way out (even when
     cancelled: shielded, bounded). Raises SessionFailed when the object could not be
-    built, SessionLost / ResultRejected when the session did not end cleanly."""
+    built, SessionLost / ResultRejected when the session did not end cleanly. With `home`
+    it is recorded there (records.py) for `offload sessions` and `offload verify`."""
     files = session_files(request)
     try:
         signed_spec = sign(build_spec(host, ad, request, files, clock), host.identity)
@@ -514,7 +541,7 @@ async def open_session(host: Host, ad: CapacityAd, request: SessionRequest, *,
     stream = guarded(raw, SESSION, "requester")
     session = RemoteSession(stream, session_id=signed_spec.digest, ad=ad,
                             requester=host.peer_id, concurrency=request.concurrency,
-                            payments=pay, emit=emit, echo=echo)
+                            payments=pay, emit=emit, echo=echo, home=home, clock=clock)
     try:
         try:
             await session._open(signed_spec.raw, request, files)

@@ -1,4 +1,5 @@
-"""Offline checks of a saved result: the provider's signature and every output digest."""
+"""Offline checks of a saved result: the provider's signature and every output digest; or
+a saved session result (records.py): its provider's signature and well-formed ids."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 from node.errors import ResultRejected
 from protocol import JobResult, ProtocolError, Signed, open_signed
+from protocol.sessions import SessionResult
+from protocol.signing import envelope_fields
 
 RESULT_FILE = "result.msgpack"
 
@@ -51,3 +54,29 @@ def verify_result_file(path: Path) -> Signed[JobResult]:
         if len(data) != out.size or hashlib.sha256(data).hexdigest() != out.sha256:
             raise ResultRejected(f"output {out.name} does not match its signed digest")
     return signed
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ResultRejected(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def is_session_file(path: Path) -> bool:
+    """Whether `path` holds a signed session result (False for anything else, a job's
+    result, a file that cannot be read or decoded: the job check names what is wrong)."""
+    try:
+        doc = envelope_fields(path.read_bytes())
+    except (OSError, ProtocolError):
+        return False
+    return bool(doc["type"] == SessionResult.type_name)
+
+
+def verify_session_file(path: Path) -> Signed[SessionResult]:
+    """Open a saved signed SessionResult: the provider's signature over it, and its session
+    id and transcript head well-formed sha256 digests (the message's own checks)."""
+    try:
+        return open_signed(_read(path), SessionResult)
+    except ProtocolError as exc:
+        raise ResultRejected(f"session result is not intact: {exc}") from exc

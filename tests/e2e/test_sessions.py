@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +22,7 @@ from node.api.classes import RemoteClass
 from node.api.remote import remote
 from node.api.values import RemoteFunctionError
 from node.errors import SessionLost
-from tests.e2e.conftest import Network
+from tests.e2e.conftest import REPO, Network, _env
 
 PRICED = "[price]\nstart = 1000\nper_cpu_second = 20\nminimum = 1000\n"
 
@@ -113,6 +116,17 @@ def test_an_async_session_streams_items_as_they_are_made(net: Network) -> None:
     assert seen[0] < seen[-1] - 1.0  # the first item came before the generator finished
 
 
+def test_the_chat_example_streams_what_generating_here_gives(net: Network) -> None:
+    env = _env() | {"OFFLOAD_HOME": str(net.root / "req"), "PYTHONPATH": str(REPO),
+                    "OFFLOAD_BOOTSTRAP": net.providers[0]["addr"]}
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "chat.py"), "--train-s",
+                           "1", "--tokens", "30"], cwd=net.root, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the streamed text matches generating here" in proc.stdout
+    assert "2 calls on one loaded model" in proc.stderr
+
+
 def test_a_session_left_idle_ends_on_the_provider_and_the_next_call_says_so(
         net: Network) -> None:
     Counter = counter(net, idle_timeout=2, max_duration=300)
@@ -175,3 +189,53 @@ async def test_hostile_session_frames_get_named_errors_and_the_provider_serves_o
     Counter = counter(net, idle_timeout=60, max_duration=300)
     async with Counter.session.aio(3) as c:  # canary: a well-formed session is served
         assert await c.add.aio(1) == 4
+
+
+def test_a_session_shows_in_status_while_open_then_in_sessions_jobs_and_verify(
+        net: Network) -> None:
+    def provider_status() -> dict[str, Any]:
+        res = net.offload("status", "--json", home="p1", check=True)
+        doc: dict[str, Any] = json.loads(res.stdout)
+        return doc
+
+    ended_before = provider_status()["sessions"]["ended"]
+    Counter = counter(net, idle_timeout=60, max_duration=300)
+    with Counter.session(1) as c:
+        assert c.add(1) == 2
+        sid = c.session.session_id
+        deadline = time.monotonic() + 20  # the status document is rewritten every 5 s
+        while True:  # (one written while the object was being built says "starting")
+            live = provider_status()["sessions"]["open"]
+            mine = [s for s in live if s["id"] == sid]
+            if (mine and mine[0]["calls"] >= 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(mine) == 1, live
+        assert (mine[0]["requester"], mine[0]["status"]) == (c.session.requester, "open"), mine
+        assert mine[0]["calls"] == 1 and mine[0]["age_s"] > 0
+        text = net.offload("status", home="p1", check=True).stdout
+        assert re.search(r"sessions:\s+[1-9]\d* open, \d+ ended", text), text
+        during = json.loads(net.offload("sessions", "--json", home="req", check=True).stdout)
+        assert [(d["session_id"], d["status"]) for d in during][:1] == [(sid, "open")]
+    final = c.session.final
+    assert final is not None
+    doc = json.loads(net.offload("sessions", "--json", home="req", check=True).stdout)
+    first = doc[0]
+    assert first["session_id"] == sid and first["status"] == "closed"
+    assert first["calls"] == 1 and first["provider"] == net.providers[0]["peer_id"]
+    assert first["charge"] == f"{final.message.price_charged / 1e6:.6f}"
+    res = net.offload("verify", first["file"], home="req")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == (f"valid: session {sid[:12]} signed by "
+                                  f"{final.message.provider}, 1 call(s), status closed")
+    with open(first["file"], "rb") as f:
+        assert f.read() == final.raw
+    jobs = json.loads(net.offload("jobs", "--json", home="req", check=True).stdout)
+    assert [j["kind"] for j in jobs if j["job_id"] == sid] == ["session"]
+    deadline = time.monotonic() + 20  # ended: off the open list, counted
+    while True:
+        after = provider_status()["sessions"]
+        if (after["ended"] > ended_before and all(s["id"] != sid for s in after["open"])):
+            break
+        assert time.monotonic() < deadline, f"the ended session is still listed: {after}"
+        time.sleep(0.5)

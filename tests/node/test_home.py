@@ -17,7 +17,7 @@ def test_every_path_keeps_the_name_existing_homes_use(tmp_path: Path) -> None:
              "peers": "peers.json", "holds": "holds.json", "leases": "leases",
              "status": "status.json", "results": "results", "benchmark": "benchmark.json",
              "local_benchmark": "local-benchmark.json", "cache": "cache", "jobs": "jobs",
-             "offers": "offers.msgpack"}
+             "offers": "offers.msgpack", "sessions": "sessions"}
     assert {k: getattr(home, k) for k in names} == {k: tmp_path / v for k, v in names.items()}
     props = {n for n, v in vars(Home).items() if isinstance(v, property)}
     assert props == set(names)

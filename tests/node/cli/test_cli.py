@@ -69,7 +69,8 @@ def test_verify_of_a_missing_or_garbage_file_exits_1(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help_with_an_example(tmp_path: Path) -> None:
-    for command in ("init", "id", "provide", "offers", "submit", "verify", "demo"):
+    for command in ("init", "id", "provide", "offers", "submit", "verify", "demo",
+                    "sessions"):
         res = offload(command, "--help", home=tmp_path / "h")
         assert res.returncode == 0 and "example: offload" in res.stdout
 

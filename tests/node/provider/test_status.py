@@ -125,6 +125,17 @@ def test_format_status_of_a_stopped_or_sparse_doc() -> None:
     assert format_status({"running": False}).splitlines()[0] == "provider ?: stopped"
 
 
+def test_format_status_counts_the_sessions() -> None:
+    live = {"open": [{"id": "ab" * 32, "requester": "12D3KooWreq", "age_s": 3.5, "calls": 2,
+                      "status": "open"}], "ended": 4}
+    lines = format_status(doc(sessions=live) | {"running": True}).splitlines()
+    assert "  sessions:     1 open, 4 ended" in lines
+    assert lines.index("  sessions:     1 open, 4 ended") == lines.index(
+        next(x for x in lines if x.startswith("  jobs:"))) + 1
+    garbled = format_status(doc(sessions="?") | {"running": True})
+    assert "  sessions:     0 open, 0 ended" in garbled
+
+
 async def test_publish_forever_rewrites_the_file(tmp_path: Path) -> None:
     ticks: list[float] = []
 

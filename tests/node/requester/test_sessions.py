@@ -21,6 +21,7 @@ from node.errors import CallRaised, PeerGone, ResultRejected, SessionFailed, Ses
 from node.net.host import Stream
 from node.net.memory import MemoryHost, memory_network
 from node.net.transfer import receive_file
+from node.requester import records
 from node.requester.payments import Payments
 from node.requester.sessions import SessionRequest, open_session
 from protocol import Identity, Price, Quote, Usage, open_signed, sign, wire
@@ -147,13 +148,21 @@ async def test_calls_keep_order_and_a_clean_close_pays_the_final_charge(tmp_path
     printed: list[tuple[str, str]] = []
     async with setup(tmp_path) as (pay, provider, ledger, host):
         async with open_session(host, provider.ad(), request(tmp_path), payments=pay,
-                                echo=lambda s, t: printed.append((s, t))) as session:
+                                echo=lambda s, t: printed.append((s, t)),
+                                home=tmp_path / "home", clock=lambda: 1234.5) as session:
+            assert [(r.status, r.file) for r in records.load(tmp_path / "home")] == [
+                ("open", None)]
             assert await session.call("echo", b"one") == (b"one", False)
             assert await session.call("fail", b"") == (b"boom", True)
             await trio.testing.wait_all_tasks_blocked()
             assert session.checkpoint is not None
             assert session.checkpoint.message.price_charged == 210
         assert session.final is not None and session.final.message.status == "closed"
+        [kept] = records.load(tmp_path / "home")
+        assert (kept.session_id, kept.provider, kept.opened_at, kept.status, kept.calls,
+                kept.charge) == (session.session_id, provider.ad().peer_id, 1234.5, "closed",
+                                 2, 210)
+        assert kept.file is not None and Path(kept.file).read_bytes() == session.final.raw
         assert ledger.balance().available == FUNDS - 210 and ledger.balance().escrow == 0
         assert set(provider.inputs) == {CLASS_FILE, HOST_FILE}
         assert printed == [("stdout", "building\n"), ("stdout", "called\n"),
@@ -192,9 +201,11 @@ async def test_a_wrong_transcript_is_rejected_and_nothing_is_paid(tmp_path: Path
         with pytest.raises(ResultRejected, match=r"transcript \(1 calls\) does not match "
                            r"ours \(1 calls\)"):
             async with open_session(host, provider.ad(), request(tmp_path),
-                                    payments=pay) as session:
+                                    payments=pay, home=tmp_path / "home") as session:
                 await session.call("echo", b"x")
         assert ledger.balance().available == FUNDS and ledger.balance().escrow == 0
+        assert [(r.status, r.file) for r in records.load(tmp_path / "home")] == [
+            ("rejected", None)]  # a wrong result is not kept as one
 
 
 async def test_an_overcharge_is_rejected(tmp_path: Path) -> None:
@@ -211,10 +222,14 @@ async def test_a_provider_that_vanishes_is_paid_its_last_checkpoint(tmp_path: Pa
         with pytest.raises(SessionLost, match=r"at most its last checkpoint is paid "
                            r"\(0\.000110 credits, 1 calls\)"):
             async with open_session(host, provider.ad(), request(tmp_path),
-                                    payments=pay) as session:
+                                    payments=pay, home=tmp_path / "home") as session:
                 assert await session.call("echo", b"x") == (b"x", False)
                 await session.call("echo", b"y")
         assert ledger.balance().available == FUNDS - 110 and ledger.balance().escrow == 0
+        [kept] = records.load(tmp_path / "home")  # the checkpoint it was paid
+        assert (kept.status, kept.calls, kept.charge) == ("lost", 1, 110)
+        assert session.checkpoint is not None and kept.file is not None
+        assert Path(kept.file).read_bytes() == session.checkpoint.raw
 
 
 async def test_a_constructor_that_raised_is_session_failed(tmp_path: Path) -> None:
