@@ -48,6 +48,10 @@ class _Counter:
     def fail(self) -> None:
         raise KeyError("nope")
 
+    def stamped(self, n: int) -> Iterator[float]:
+        for _ in range(n):
+            yield time.time()  # when the provider made it (one clock: the same host)
+
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
@@ -114,6 +118,39 @@ def test_an_async_session_streams_items_as_they_are_made(net: Network) -> None:
     seen = trio.run(go)
     assert len(seen) == 4
     assert seen[0] < seen[-1] - 1.0  # the first item came before the generator finished
+
+
+def test_a_slow_reader_holds_the_generator_back_within_its_window(net: Network) -> None:
+    """The reader takes one item, then pauses: the generator makes at most its window
+    (plus one credit batch) meanwhile, and the rest only once reading goes on."""
+    from protocol.sessions import MAX_WINDOW
+
+    Counter = counter(net, idle_timeout=60, max_duration=300)
+    with Counter.session(0) as c:
+        items = c.stamped(300)
+        next(items)
+        paused = time.time()
+        time.sleep(3.0)
+        resumed = time.time()
+        rest = list(items)
+    assert len(rest) == 299
+    made_while_paused = [t for t in rest if paused + 0.5 < t < resumed]
+    assert len(made_while_paused) <= MAX_WINDOW, len(made_while_paused)
+    assert sum(1 for t in rest if t >= resumed) > 200  # canary: most came after the pause
+
+
+def test_a_session_ends_at_its_maximum_duration_and_is_charged_within_its_quote(
+        net: Network) -> None:
+    Counter = counter(net, idle_timeout=60, max_duration=3)
+    with Counter.session(1) as c:
+        assert c.add(1) == 2
+        time.sleep(5)
+        with pytest.raises(SessionLost, match="expired"):
+            c.add(1)
+    final = c.session.final
+    assert final is not None and final.message.status == "expired"
+    assert 2.5 <= final.message.usage.wall_s <= 4.5
+    assert final.message.price_charged <= c.session.quote.max_charge
 
 
 def test_the_chat_example_streams_what_generating_here_gives(net: Network) -> None:
