@@ -98,7 +98,12 @@ def provider_footprint(pid: int) -> dict[str, int]:
     return {"fds": fds, "rss_mb": rss, "children": children}
 
 
-async def measure(addr: str, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+WARM_REFILL_S = 6.0
+"""A warm worker boots (torch imported) in about 2-4 s once the provider is quiet."""
+
+
+async def measure(addr: str, warm_addr: str, home: Path,
+                  args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"home": home, "bootstrap": [addr], "config": os.devnull,
                                 "echo": False, "max_price": 1.0}
     Counter = remote(cpus=1, idle_timeout=120, max_duration=600, **settings)(_Counter)
@@ -110,6 +115,17 @@ async def measure(addr: str, home: Path, args: argparse.Namespace) -> dict[str, 
             opens.append((time.perf_counter() - t) * 1000)
             await c.add.aio(1)
     out["open_cold"] = summary(opens)
+    if warm_addr:
+        Warm = remote(cpus=1, idle_timeout=120, max_duration=600,
+                      **(settings | {"bootstrap": [warm_addr]}))(_Counter)
+        opens = []
+        for _ in range(args.opens):
+            await trio.sleep(WARM_REFILL_S)  # the pool refills after a quiet second
+            t = time.perf_counter()
+            async with Warm.session.aio() as c:
+                opens.append((time.perf_counter() - t) * 1000)
+                await c.add.aio(1)
+        out["open_warm"] = summary(opens)
     async with Counter.session.aio() as c:
         for _ in range(5):
             await c.add.aio(1)
@@ -169,9 +185,11 @@ def main() -> None:
         root = Path(tmp)
         with LocalNet(root, grace_s=10) as net:
             p = net.start("one", extra=("--warm", "0", "--slots", "2"), config=PRICED)
+            # its own network: each requester finds only the provider it bootstraps from
+            warm = net.start("warm", extra=("--warm", "1", "--slots", "2"), config=PRICED)
             home = root / "req"
             deposit(HERE.parent, home)
-            out.update(trio.run(measure, p.addr, home, args))
+            out.update(trio.run(measure, p.addr, warm.addr, home, args))
             if args.churn:
                 time.sleep(1.0)
                 before = provider_footprint(p.proc.pid)

@@ -107,8 +107,7 @@ class Slot(Protocol):
 class Executor(Protocol):
     tier: SandboxTier
 
-    def slot(self, spec: JobSpec, job_id: str, *,
-             warm: bool = True) -> AbstractAsyncContextManager[Slot]: ...
+    def slot(self, spec: JobSpec, job_id: str) -> AbstractAsyncContextManager[Slot]: ...
 
 
 def limits_for(spec: JobSpec) -> JobLimits:
@@ -206,8 +205,7 @@ class PlainExecutor:
         self.jobs_dir = jobs_dir
 
     @asynccontextmanager
-    async def slot(self, spec: JobSpec, job_id: str, *,
-                   warm: bool = True) -> AsyncIterator[Slot]:
+    async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
         work = self.jobs_dir / job_id[:16]
         work.mkdir(parents=True)
         try:
@@ -258,21 +256,29 @@ class SandboxSlot:
 
     @asynccontextmanager
     async def interactive(self) -> AsyncIterator[Interactive]:
-        """The entrypoint in this (cold) sandbox under the job's limits; the caller
-        enforces the wall limit. Usage is the cgroup's."""
+        """The entrypoint in this sandbox under the job's limits: handed to the warm
+        worker when the slot has one, else started cold; the caller enforces the wall
+        limit. Usage is the cgroup's (from the handover, for a warm worker)."""
+        from node.provider.sandbox.pool import Worker
+
         job = self.job
-        assert self.worker is None, "an interactive slot needs a cold sandbox (warm=False)"
         job.make_out_dir()
-        env = job_env(limits_for(self.spec))
-        argv = [str(self.executor.sandbox.runtime.interpreter), "-u", "-s",
-                self.spec.entrypoint, *self.spec.args]
-        proc = await job.start(argv, env, stdin=subprocess.PIPE)
+        limits = limits_for(self.spec)
+        env = job_env(limits)
+        baseline = 0.0
+        if isinstance(self.worker, Worker):
+            proc = await self.worker.start_interactive(self.spec.entrypoint, limits, env)
+            baseline = self.worker.cpu_at_ready
+        else:
+            argv = [str(self.executor.sandbox.runtime.interpreter), "-u", "-s",
+                    self.spec.entrypoint, *self.spec.args]
+            proc = await job.start(argv, env, stdin=subprocess.PIPE)
 
         def usage() -> tuple[float, int]:
             if job.cgroup is None:
                 return 0.0, 0
             u = job.cgroup.usage()
-            return u.cpu_s, u.peak_memory_bytes >> 20
+            return max(0.0, u.cpu_s - baseline), u.peak_memory_bytes >> 20
 
         it = Interactive(proc, usage)
         try:
@@ -319,11 +325,10 @@ class SandboxExecutor:
         self.pool = pool
 
     @asynccontextmanager
-    async def slot(self, spec: JobSpec, job_id: str, *,
-                   warm: bool = True) -> AsyncIterator[Slot]:
-        """A sandbox for `spec`: a warm worker when one is ready (and `warm`), else cold."""
+    async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
+        """A sandbox for `spec`: a warm worker when one is ready, else cold."""
         worker = None
-        if warm and self.pool is not None and spec.resources.gpus == 0:
+        if self.pool is not None and spec.resources.gpus == 0:
             worker = self.pool.take()
         if worker is not None:
             try:

@@ -123,7 +123,7 @@ async def _open(p: Provider, stream: Stream) -> None:
 async def _run(p: Provider, stream: Stream, spec: SessionSpec, job: JobSpec,
                session_id: str, quote: Quote) -> None:
     assert p.executor is not None
-    async with p.executor.slot(job, session_id, warm=False) as slot:
+    async with p.executor.slot(job, session_id) as slot:
         await receive_inputs(stream, spec, session_id, slot, cache=p.cache,
                              metrics=p.metrics, on_cached=p.wake_advertiser,
                              identity=p.identity)

@@ -1,7 +1,8 @@
 """Warm workers: sandboxes started ahead of their job, with the runtime's heavy imports done.
 
-A worker is a tier-A SandboxJob running BOOT. It serves exactly one job (read as one JSON
-line on stdin) and is then destroyed with its sandbox; nothing is shared across jobs.
+A worker is a tier-A SandboxJob running BOOT. It serves exactly one job or session (read as
+one JSON line on stdin; a session's host keeps stdin for its frames) and is then destroyed
+with its sandbox; nothing is shared across jobs.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ _line = sys.stdin.readline()
 if not _line:
     raise SystemExit(0)
 _job = json.loads(_line)
-sys.stdin.close()
-sys.stdin = open(os.devnull)
+if not _job.get("interactive"):
+    sys.stdin.close()
+    sys.stdin = open(os.devnull)
 os.environ.clear()
 os.environ.update(_job["env"])
 if "torch" in sys.modules:
@@ -94,6 +96,21 @@ class Worker:
         await stdin.aclose()
         return await job.wait(timeout_s=limits.wall_s, warm=True,
                               cpu_baseline_s=self.cpu_at_ready)
+
+    async def start_interactive(self, entrypoint: str, limits: JobLimits,
+                                env: dict[str, str]) -> trio.Process:
+        """Hand a session host to the worker; its stdin and stdout stay the caller's."""
+        job = self.job
+        assert job.cgroup is not None and job._process is not None
+        job.apply_limits(limits)
+        self.cpu_at_ready = job.cgroup.usage().cpu_s
+        line = json.dumps({"entrypoint": entrypoint, "args": [], "interactive": True,
+                           "env": job.view_env(env), "job_dir": job.inputs_view,
+                           "threads": max(1, int(limits.cpus))}) + "\n"
+        stdin = job._process.stdin
+        assert stdin is not None
+        await stdin.send_all(line.encode())
+        return job._process
 
     def done(self) -> None:
         self._release.set()

@@ -394,3 +394,27 @@ async def test_a_session_runs_in_the_real_sandbox(sandbox: object, tmp_path: Pat
         result = await the_end(stream, provider, sid, quote)
         assert (result.status, result.calls) == ("closed", 2), result.reason
         assert result.usage.cpu_s > 0  # the cgroup's count
+
+
+async def test_a_session_takes_a_warm_worker_when_one_is_ready(sandbox: object,
+                                                              tmp_path: Path) -> None:
+    from node.provider.sandbox.pool import warm_pool
+    from node.provider.sandbox.runner import Sandbox
+
+    assert isinstance(sandbox, Sandbox)
+    if sandbox.tier != "A":
+        pytest.skip("warm workers are tier-A sandboxes")
+    name = sandbox.runtime.name
+    async with warm_pool(sandbox, 1) as pool:
+        with trio.fail_after(120):
+            while not pool.ready:
+                await trio.sleep(0.05)
+        async with provider_with(tmp_path, SandboxExecutor(sandbox, pool), name) as three:
+            provider, phost, rhost = three
+            stream, sid, quote = await ready(phost, rhost, {"start": 5}, runtime=name)
+            assert pool.started == 2  # the ready worker was taken, and another boots
+            reply = await call(stream, 1, "add", b"2")
+            assert isinstance(reply, wire.Reply) and reply.value == b"7"
+            await stream.send(wire.SessionClose())
+            result = await the_end(stream, provider, sid, quote)
+            assert (result.status, result.calls) == ("closed", 1), result.reason
