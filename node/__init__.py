@@ -16,7 +16,7 @@ localnet.py    N local provider processes on loopback: demo, e2e tests and bench
 
 Dependencies inside node/ (tests/test_layout.py): only net/ imports libp2p; provider/ and
 requester/ never import each other; api/ goes through requester/; nothing imports cli/.
-`from node import Requester, remote, Result, Job` loads the API on first use, so the
+`from node import Requester, remote, File, Result, Job` loads the API on first use, so the
 CLI does not pay for it.
 """
 
@@ -25,18 +25,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from node.api.classes import File, RemoteClass
     from node.api.remote import RemoteFunction, remote
     from node.api.requester import Job, JobFailed, MapItemFailed, Offer, Requester, Result
     from node.api.sync import SyncRequester
     from node.api.values import RemoteFunctionError, ReturnValueRejected
 
-__all__ = ["Job", "JobFailed", "MapItemFailed", "Offer", "RemoteFunction",
+__all__ = ["File", "Job", "JobFailed", "MapItemFailed", "Offer", "RemoteClass", "RemoteFunction",
            "RemoteFunctionError", "Requester", "Result", "ReturnValueRejected",
            "SyncRequester", "remote"]
 _API = "node.api.requester"
 _LAZY = {"Job": _API, "JobFailed": _API, "MapItemFailed": _API, "Offer": _API,
          "Requester": _API, "Result": _API,
          "RemoteFunction": "node.api.remote", "remote": "node.api.remote",
+         "File": "node.api.classes", "RemoteClass": "node.api.classes",
          "SyncRequester": "node.api.sync", "RemoteFunctionError": "node.api.values",
          "ReturnValueRejected": "node.api.values"}
 

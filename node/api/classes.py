@@ -14,7 +14,10 @@
         await chat.reply.aio("hi")
         async for token in chat.stream.aio("x"): ...
 
-The class and the constructor's arguments are cloudpickled into CLASS_FILE, which only
+A `File(path)` among the constructor's arguments moves as one of the session's inputs,
+through the provider's content-addressed cache (a provider that holds it is sent nothing,
+and placement counts that locality); in the sandbox it arrives as a `pathlib.Path` to the
+file. The class and the other arguments are cloudpickled into CLASS_FILE, which only
 the session's sandbox unpickles; node.api.session_host.HOST serves the calls there. Values
 come back as strict msgpack (node.api.values), never as pickles; a remote exception is
 raised here as RemoteFunctionError (mixed with its built-in type). The provider is chosen
@@ -27,6 +30,7 @@ import dataclasses
 import functools
 import inspect
 import operator
+import os
 import pickle
 import shutil
 import sys
@@ -70,6 +74,47 @@ class Lease:
             raise UserError(f"@remote: concurrency must be 1 .. {MAX_CONCURRENCY}")
 
 
+class File(os.PathLike[str]):
+    """A local file for a session's constructor: sent once (content-addressed, cached on
+    the provider), received there as a `pathlib.Path`; here it is a path like any other."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"File({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, File) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+
+def _take_files(value: Any, folder: Path, found: dict[Path, Path]) -> Any:
+    """`value` with each File (in lists, tuples and dict values too) replaced by the Path
+    it will have in the sandbox; each file linked into `folder` under a unique name."""
+    if isinstance(value, File):
+        src = value.path.resolve()
+        if not src.is_file():
+            raise UserError(f"{value.path} is not a readable file")
+        if src not in found:
+            stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)
+            link = folder / f"file{len(found)}-{stem}"[:120]
+            link.symlink_to(src)
+            found[src] = link
+        return Path(found[src].name)
+    if isinstance(value, list | tuple):
+        items = [_take_files(v, folder, found) for v in value]
+        return type(value)(items) if type(value) in (list, tuple) else value
+    if isinstance(value, dict):
+        return {k: _take_files(v, folder, found) for k, v in value.items()}
+    return value
+
+
 class RemoteClass(Generic[T]):
     """A class whose `.session(...)` builds one instance on a provider; calling the class
     itself (or `.local`) builds one here."""
@@ -106,13 +151,17 @@ class RemoteClass(Generic[T]):
         folder = Path(tempfile.mkdtemp(prefix="offload-session-"))
         try:
             class_file, host_file = folder / CLASS_FILE, folder / HOST_FILE
+            found: dict[Path, Path] = {}
+            args = _take_files(args, folder, found)
+            kwargs = _take_files(kwargs, folder, found)
             try:
                 class_file.write_bytes(pickle_function(self.cls, (self.cls, args, kwargs)))
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 raise UserError(f"cannot send {self.cls.__qualname__} and its arguments to "
                                 f"a provider: {exc}; keep them picklable") from None
             host_file.write_bytes(host_bytes())
-            job = dataclasses.replace(self.options.job, script=class_file,
+            files = tuple(found.values())
+            job = dataclasses.replace(self.options.job, script=class_file, files=files,
                                       timeout=self.lease.max_duration)
             async with requester_for(self.options.session()) as r:
                 ranked = await r.candidates(job)
@@ -122,7 +171,8 @@ class RemoteClass(Generic[T]):
                 ad = ranked[0][0]
                 jr = r.request(job)
                 request = SessionRequest(
-                    class_file=class_file, host_file=host_file, resources=jr.resources,
+                    class_file=class_file, host_file=host_file, files=files,
+                    resources=jr.resources,
                     idle_timeout_s=self.lease.idle_timeout,
                     concurrency=self.lease.concurrency, max_price=jr.max_price,
                     runtime=jr.runtime, caps=jr.caps)

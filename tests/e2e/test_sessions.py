@@ -153,6 +153,52 @@ def test_a_session_ends_at_its_maximum_duration_and_is_charged_within_its_quote(
     assert final.message.price_charged <= c.session.quote.max_charge
 
 
+class _Weights:
+    def __init__(self, weights: Any, more: dict[str, Any]) -> None:
+        import hashlib
+        from pathlib import Path
+
+        self.kind = type(weights).__name__
+        self.digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+        self.same = more["again"][0] == weights
+
+    def info(self) -> tuple[str, str, bool]:
+        return self.kind, self.digest, self.same
+
+
+def test_a_file_argument_moves_once_and_a_second_session_sends_nothing(
+        net: Network) -> None:
+    from node.api.classes import File
+    from node.api.requester import Requester
+    from node.requester import events
+
+    data = os.urandom(2 * 2**20)
+    path = net.root / "weights.bin"
+    path.write_bytes(data)
+    Weights = remote(cpus=1, idle_timeout=60, max_duration=300, echo=False, max_price=1.0)(
+        _Weights)
+
+    async def twice() -> list[tuple[list[str], tuple[str, str, bool]]]:
+        seen: list[tuple[list[str], tuple[str, str, bool]]] = []
+        async with Requester(home=net.root / "req", config=os.devnull,
+                             bootstrap=[net.providers[0]["addr"]]) as r:
+            for _ in range(2):
+                sent: list[str] = []
+                stop = r.subscribe(lambda ev: sent.append(ev.name) if isinstance(
+                    ev, events.Uploading) else None)
+                async with Weights.session.aio(File(path), {"again": [File(path)]}) as w:
+                    seen.append((sent, await w.info.aio()))
+                stop()
+        return seen
+
+    (first, info1), (second, info2) = trio.run(twice)
+    import hashlib
+
+    assert info1 == info2 == ("PosixPath", hashlib.sha256(data).hexdigest(), True)
+    assert any(n.endswith("weights.bin") for n in first), first  # canary: it moved once
+    assert not any(n.endswith("weights.bin") for n in second), second  # held there
+
+
 def test_the_chat_example_streams_what_generating_here_gives(net: Network) -> None:
     env = _env() | {"OFFLOAD_HOME": str(net.root / "req"), "PYTHONPATH": str(REPO),
                     "OFFLOAD_BOOTSTRAP": net.providers[0]["addr"]}
