@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from node.api.classes import File, RemoteClass
+    from node.api.classes import File, RemoteClass, idempotent
     from node.api.remote import RemoteFunction, remote
     from node.api.requester import Job, JobFailed, MapItemFailed, Offer, Requester, Result
     from node.api.sync import SyncRequester
@@ -33,12 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = ["File", "Job", "JobFailed", "MapItemFailed", "Offer", "RemoteClass", "RemoteFunction",
            "RemoteFunctionError", "Requester", "Result", "ReturnValueRejected",
-           "SyncRequester", "remote"]
+           "SyncRequester", "idempotent", "remote"]
 _API = "node.api.requester"
 _LAZY = {"Job": _API, "JobFailed": _API, "MapItemFailed": _API, "Offer": _API,
          "Requester": _API, "Result": _API,
          "RemoteFunction": "node.api.remote", "remote": "node.api.remote",
          "File": "node.api.classes", "RemoteClass": "node.api.classes",
+         "idempotent": "node.api.classes",
          "SyncRequester": "node.api.sync", "RemoteFunctionError": "node.api.values",
          "ReturnValueRejected": "node.api.values"}
 

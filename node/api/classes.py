@@ -29,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import logging
 import operator
 import os
 import pickle
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +48,15 @@ import trio
 from node.api.session_host import host_bytes
 from node.api.shared import pickle_function, requester_for
 from node.api.values import decode_return_bytes, remote_error
-from node.errors import CallRaised, NoProviders, ResultRejected, UserError
+from node.errors import (
+    CallRaised,
+    NoProviders,
+    RemoteError,
+    ResultRejected,
+    SessionLost,
+    UserError,
+    sole_error,
+)
 from node.requester.sessions import RemoteSession, SessionRequest, open_session
 from protocol.sessions import CLASS_FILE, HOST_FILE, MAX_CONCURRENCY, MAX_IDLE_S
 
@@ -55,6 +64,8 @@ if TYPE_CHECKING:
     from node.api.remote import Options
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +75,7 @@ class Lease:
     idle_timeout: int = 300
     max_duration: int = 3600
     concurrency: int = 1
+    restart: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.idle_timeout <= MAX_IDLE_S:
@@ -120,10 +132,11 @@ class RemoteClass(Generic[T]):
     itself (or `.local`) builds one here."""
 
     def __init__(self, cls: type[T], options: Options, *, idle_timeout: int = 300,
-                 max_duration: int = 3600, concurrency: int = 1) -> None:
+                 max_duration: int = 3600, concurrency: int = 1,
+                 restart: bool = False) -> None:
         self.cls = cls
         self.options = options
-        self.lease = Lease(idle_timeout, max_duration, concurrency)
+        self.lease = Lease(idle_timeout, max_duration, concurrency, restart)
         self.session = _Opener(self)
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
@@ -168,7 +181,6 @@ class RemoteClass(Generic[T]):
                 if not ranked:
                     raise NoProviders(f"no provider can hold a session of "
                                       f"{self.cls.__qualname__}; see `offload offers`")
-                ad = ranked[0][0]
                 jr = r.request(job)
                 request = SessionRequest(
                     class_file=class_file, host_file=host_file, files=files,
@@ -176,10 +188,22 @@ class RemoteClass(Generic[T]):
                     idle_timeout_s=self.lease.idle_timeout,
                     concurrency=self.lease.concurrency, max_price=jr.max_price,
                     runtime=jr.runtime, caps=jr.caps)
-                async with open_session(r.core.host, ad, request, payments=r.core.payments,
-                                        emit=r.emit, home=r.core.home,
-                                        echo=_echo if self.options.echo else None) as s:
-                    yield RemoteInstance(self.cls, s)
+                tried: set[str] = set()
+
+                def attempt() -> AbstractAsyncContextManager[RemoteSession]:
+                    ads = [ad for ad, _ in ranked if ad.peer_id not in tried]
+                    if not ads:
+                        raise NoProviders(f"no other provider can hold a session of "
+                                          f"{self.cls.__qualname__}")
+                    tried.add(ads[0].peer_id)
+                    return open_session(r.core.host, ads[0], request,
+                                        payments=r.core.payments, emit=r.emit,
+                                        home=r.core.home,
+                                        echo=_echo if self.options.echo else None)
+
+                async with RemoteInstance.held(self.cls, attempt,
+                                               restart=self.lease.restart) as instance:
+                    yield instance
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -201,13 +225,89 @@ class _Opener(Generic[T]):
         return self._rc._open(args, kwargs)
 
 
+def idempotent(fn: F) -> F:
+    """Mark a method safe to run twice: with `restart=True`, a call of it that was in
+    flight when its session was lost runs again on the new session."""
+    fn.__offload_idempotent__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+Attempt = Callable[[], AbstractAsyncContextManager[RemoteSession]]
+
+
 class RemoteInstance:
     """The object on the provider: each public method of the class, with `.aio`; a
-    generator method's call iterates over its items as they come."""
+    generator method's call iterates over its items as they come. With `restart`, a lost
+    session is opened again on another provider (its constructor runs again) when a call
+    meets the loss. The sessions are held by one task of their own (`held`), so a call
+    can ask for the next one while the block goes on."""
 
-    def __init__(self, cls: type, session: RemoteSession) -> None:
+    def __init__(self, cls: type, attempt: Attempt, *, restart: bool) -> None:
         self._cls = cls
-        self.session = session
+        self._attempt = attempt
+        self._restart = restart
+        self._wake = trio.Event()
+        self._next = trio.Event()
+        self._stopping = False
+        self._error: BaseException | None = None
+        self.restarts = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def held(cls, of: type, attempt: Attempt, *,
+                   restart: bool) -> AsyncIterator[RemoteInstance]:
+        self = cls(of, attempt, restart=restart)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep)
+                await self._next.wait()
+                if self._error is None:
+                    try:
+                        yield self
+                    finally:
+                        self._stopping = True
+                        self._wake.set()
+        except BaseExceptionGroup as group:
+            err = sole_error(group)
+            if err is None:
+                raise
+            raise err from None
+        if self._error is not None:
+            raise self._error
+
+    async def _keep(self) -> None:
+        """Hold one session at a time until the block ends; open the next when asked."""
+        while True:
+            self._wake = trio.Event()
+            entered = False
+            try:
+                async with self._attempt() as session:
+                    entered = True
+                    self.session = session
+                    self._next.set()
+                    await self._wake.wait()
+            except (RemoteError, UserError) as exc:
+                # a lost session's own end is expected when it is replaced; not opening
+                # one, or the last one's end, is the block's error
+                if self._stopping or not entered or not self._restart:
+                    self._error = exc
+            if self._stopping or self._error is not None:
+                self._next.set()
+                return
+
+    async def reopen(self, lost: SessionLost, session: RemoteSession) -> None:
+        """`session` was lost: settled (at most its last checkpoint paid), a new one open
+        (unless another call opened it already)."""
+        if not self._restart:
+            raise lost
+        if session is self.session and not self._wake.is_set():
+            log.warning("%s; opening the session again on another provider", lost)
+            self._next = trio.Event()
+            self._wake.set()
+            self.restarts += 1
+        await self._next.wait()
+        if self._error is not None:
+            raise self._error
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -216,8 +316,8 @@ class RemoteInstance:
         if not callable(fn):
             raise AttributeError(f"{self._cls.__qualname__} has no method {name!r}")
         if inspect.isgeneratorfunction(fn):
-            return _StreamMethod(self.session, name)
-        return _CallMethod(self.session, name)
+            return _StreamMethod(self, name)
+        return _CallMethod(self, name, getattr(fn, "__offload_idempotent__", False))
 
 
 def _args(args: tuple[Any, ...], kwargs: dict[str, Any], method: str) -> bytes:
@@ -240,9 +340,10 @@ def _value(session: RemoteSession, data: bytes, error: bool) -> Any:
 
 
 class _CallMethod:
-    def __init__(self, session: RemoteSession, name: str) -> None:
-        self._session = session
+    def __init__(self, instance: RemoteInstance, name: str, idempotent: bool) -> None:
+        self._instance = instance
         self._name = name
+        self._idempotent = idempotent
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from node.api.sync import portal
@@ -250,13 +351,28 @@ class _CallMethod:
         return portal().run(functools.partial(self.aio, *args, **kwargs))
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
-        data, error = await self._session.call(self._name, _args(args, kwargs, self._name))
-        return _value(self._session, data, error)
+        payload = _args(args, kwargs, self._name)
+        inst = self._instance
+        session = inst.session
+        sent = session.calls.last_id
+        try:
+            data, error = await session.call(self._name, payload)
+        except SessionLost as lost:
+            await inst.reopen(lost, session)
+            in_flight = session.calls.last_id != sent
+            if in_flight and not self._idempotent:
+                raise SessionLost(f"{lost}; the session was opened again on provider "
+                                  f"{inst.session.ad.peer_id[:16]}, but {self._name} "
+                                  "is not marked @idempotent, so it was not run "
+                                  "again") from lost
+            session = inst.session
+            data, error = await session.call(self._name, payload)
+        return _value(session, data, error)
 
 
 class _StreamMethod:
-    def __init__(self, session: RemoteSession, name: str) -> None:
-        self._session = session
+    def __init__(self, instance: RemoteInstance, name: str) -> None:
+        self._instance = instance
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -274,13 +390,16 @@ class _StreamMethod:
             p.run(items.aclose)
 
     async def aio(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        """Items as they come; a session lost mid-stream is not resumed (items already
+        given cannot be taken back), a later call opens it again with `restart`."""
         payload = _args(args, kwargs, self._name)
-        async with aclosing(self._session.stream(self._name, payload)) as items:
+        session = self._instance.session
+        async with aclosing(session.stream(self._name, payload)) as items:
             try:
                 async for data in items:
-                    yield _value(self._session, data, False)
+                    yield _value(session, data, False)
             except CallRaised as exc:
-                _value(self._session, exc.value, True)
+                _value(session, exc.value, True)
 
 
 class SyncSession:

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import trio
 
-from node.api.classes import RemoteClass
+from node.api.classes import RemoteClass, idempotent
 from node.api.remote import remote
 from node.api.values import RemoteFunctionError
-from node.errors import SessionLost
+from node.errors import NoProviders, SessionLost
 from tests.e2e.conftest import REPO, Network, _env
 
 PRICED = "[price]\nstart = 1000\nper_cpu_second = 20\nminimum = 1000\n"
@@ -184,8 +184,12 @@ def test_a_file_argument_moves_once_and_a_second_session_sends_nothing(
                              bootstrap=[net.providers[0]["addr"]]) as r:
             for _ in range(2):
                 sent: list[str] = []
-                stop = r.subscribe(lambda ev: sent.append(ev.name) if isinstance(
-                    ev, events.Uploading) else None)
+
+                def uploads(ev: events.Event, sent: list[str] = sent) -> None:
+                    if isinstance(ev, events.Uploading):
+                        sent.append(ev.name)
+
+                stop = r.subscribe(uploads)
                 async with Weights.session.aio(File(path), {"again": [File(path)]}) as w:
                     seen.append((sent, await w.info.aio()))
                 stop()
@@ -322,3 +326,61 @@ def test_a_session_shows_in_status_while_open_then_in_sessions_jobs_and_verify(
             break
         assert time.monotonic() < deadline, f"the ended session is still listed: {after}"
         time.sleep(0.5)
+
+
+class _Restartable:
+    def __init__(self) -> None:
+        self.token = os.urandom(8).hex()  # one per constructor run
+        self.n = 0
+
+    @idempotent
+    def slow_token(self, pause: float) -> str:
+        time.sleep(pause)
+        return self.token
+
+    def slow_add(self, pause: float) -> int:
+        time.sleep(pause)
+        self.n += 1
+        return self.n
+
+
+def test_restart_reopens_a_lost_session_elsewhere_and_retries_only_idempotent_calls(
+        tmp_path: Any) -> None:
+    import threading
+
+    network = Network(tmp_path)
+    try:
+        first = network.start_provider(extra=["--warm", "0"])
+        for _ in range(2):
+            network.start_provider(bootstrap=first["addr"], extra=["--warm", "0"])
+        procs = {p["peer_id"]: p["proc"] for p in network.providers}
+        R = remote(cpus=1, idle_timeout=60, max_duration=300, echo=False, restart=True,
+                   home=network.root / "req", config=os.devnull,
+                   bootstrap=[first["addr"]])(_Restartable)
+
+        def kill_soon(peer: str) -> None:
+            def kill() -> None:
+                time.sleep(1.0)
+                os.killpg(procs[peer].pid, signal.SIGKILL)
+            threading.Thread(target=kill, daemon=True).start()
+
+        # the block ends with the last loss: no provider was left to open it again
+        with pytest.raises(NoProviders), R.session() as r:
+            token = r.slow_token(0)
+            one = r.session.ad.peer_id
+            kill_soon(one)
+            again = r.slow_token(3.0)  # in flight when its provider dies: run again
+            two = r.session.ad.peer_id
+            assert two != one and again != token and r.restarts == 1
+            assert r.slow_add(0) == 1
+            kill_soon(two)
+            with pytest.raises(SessionLost, match="is not marked @idempotent"):
+                r.slow_add(3.0)  # not safe to run twice: the caller decides
+            three = r.session.ad.peer_id
+            assert three not in (one, two) and r.restarts == 2
+            assert r.slow_add(0) == 1  # a fresh object on the third provider
+            kill_soon(three)
+            with pytest.raises(NoProviders, match="no other provider"):
+                r.slow_token(3.0)
+    finally:
+        network.close()

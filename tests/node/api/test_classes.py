@@ -179,8 +179,11 @@ async def session_of(rc: RemoteClass[Any], *args: Any,
             class_file.write_bytes(pickle_function(rc.cls, (rc.cls, args, {})))
             host_file.write_bytes(host_bytes())
             request = SessionRequest(class_file=class_file, host_file=host_file)
-            async with open_session(host, provider.ad(), request, echo=echo) as s:
-                yield RemoteInstance(rc.cls, s)
+            def attempt() -> Any:
+                return open_session(host, provider.ad(), request, echo=echo)
+
+            async with RemoteInstance.held(rc.cls, attempt, restart=False) as instance:
+                yield instance
 
 
 async def test_a_session_keeps_state_streams_items_and_raises_remote_errors() -> None:
