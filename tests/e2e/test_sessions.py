@@ -203,7 +203,7 @@ def test_a_file_argument_moves_once_and_a_second_session_sends_nothing(
     assert not any(n.endswith("weights.bin") for n in second), second  # held there
 
 
-def test_the_chat_example_streams_what_generating_here_gives(net: Network) -> None:
+def test_the_chat_and_embedding_examples_match_running_here(net: Network) -> None:
     env = _env() | {"OFFLOAD_HOME": str(net.root / "req"), "PYTHONPATH": str(REPO),
                     "OFFLOAD_BOOTSTRAP": net.providers[0]["addr"]}
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "chat.py"), "--train-s",
@@ -212,6 +212,11 @@ def test_the_chat_example_streams_what_generating_here_gives(net: Network) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the streamed text matches generating here" in proc.stdout
     assert "2 calls on one loaded model" in proc.stderr
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "embed_service.py"),
+                           "--batches", "200"], cwd=net.root, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "200 batches embedded; the last one matches computing it here" in proc.stdout
 
 
 def test_a_session_left_idle_ends_on_the_provider_and_the_next_call_says_so(
