@@ -30,9 +30,11 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import operator
 import os
 import pickle
+import random
 import shutil
 import sys
 import tempfile
@@ -47,7 +49,7 @@ import trio
 
 from node.api.session_host import host_bytes
 from node.api.shared import pickle_function, requester_for
-from node.api.values import decode_return_bytes, remote_error
+from node.api.values import ReturnValueRejected, decode_return_bytes, remote_error
 from node.errors import (
     CallRaised,
     NoProviders,
@@ -76,8 +78,12 @@ class Lease:
     max_duration: int = 3600
     concurrency: int = 1
     restart: bool = False
+    sample: float = 0.25
+    """verify="sample": the share of calls replayed on a second provider's session."""
 
     def __post_init__(self) -> None:
+        if not 0 < self.sample <= 1:
+            raise UserError("@remote: sample is a share of calls, above 0 and at most 1")
         if not 1 <= self.idle_timeout <= MAX_IDLE_S:
             raise UserError(f"@remote: idle_timeout must be 1 .. {MAX_IDLE_S} s")
         if self.max_duration < 1:
@@ -133,10 +139,10 @@ class RemoteClass(Generic[T]):
 
     def __init__(self, cls: type[T], options: Options, *, idle_timeout: int = 300,
                  max_duration: int = 3600, concurrency: int = 1,
-                 restart: bool = False) -> None:
+                 restart: bool = False, sample: float = 0.25) -> None:
         self.cls = cls
         self.options = options
-        self.lease = Lease(idle_timeout, max_duration, concurrency, restart)
+        self.lease = Lease(idle_timeout, max_duration, concurrency, restart, sample)
         self.session = _Opener(self)
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
@@ -203,7 +209,14 @@ class RemoteClass(Generic[T]):
 
                 async with RemoteInstance.held(self.cls, attempt,
                                                restart=self.lease.restart) as instance:
-                    yield instance
+                    if self.options.job.verify != "sample":
+                        yield instance
+                        return
+                    async with RemoteInstance.held(self.cls, attempt,
+                                                   restart=False) as checker:
+                        instance.sampling = Sampling(
+                            checker, attempt, self.lease.sample, self.options.job.tolerance)
+                        yield instance
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -251,6 +264,9 @@ class RemoteInstance:
         self._stopping = False
         self._error: BaseException | None = None
         self.restarts = 0
+        self.sampling: Sampling | None = None
+        self.caught = ""
+        """Why this session takes no more calls: its provider was outvoted."""
 
     @classmethod
     @asynccontextmanager
@@ -355,6 +371,8 @@ class _CallMethod:
         inst = self._instance
         session = inst.session
         sent = session.calls.last_id
+        if inst.caught:
+            raise ResultRejected(inst.caught)
         try:
             data, error = await session.call(self._name, payload)
         except SessionLost as lost:
@@ -367,7 +385,95 @@ class _CallMethod:
                                   "again") from lost
             session = inst.session
             data, error = await session.call(self._name, payload)
+        if inst.sampling is not None:
+            await inst.sampling.check(inst, self._name, payload, data, error)
         return _value(session, data, error)
+
+
+class Sampling:
+    """verify="sample": a share of calls replayed on a second provider's session built
+    with the same arguments (sound only for methods whose result depends on the
+    constructor's and the call's arguments). A disagreement is settled by a third
+    session, as a quorum would: the outvoted provider is not paid (its result goes back
+    rejected) and, when it is the session's own, the session refuses further calls."""
+
+    def __init__(self, checker: RemoteInstance, attempt: Attempt, share: float,
+                 tolerance: float | None) -> None:
+        self.checker: RemoteInstance | None = checker
+        self.attempt = attempt
+        self.share = share
+        self.tolerance = tolerance
+        self.rng = random.Random()
+        self.checked = 0
+
+    async def check(self, inst: RemoteInstance, method: str, payload: bytes, data: bytes,
+                    error: bool) -> None:
+        checker = self.checker
+        if checker is None or self.rng.random() >= self.share:
+            return
+        try:
+            other = await checker.session.call(method, payload)
+        except SessionLost as exc:
+            log.warning("the checking session was lost (%s); calls are no longer sampled",
+                        exc)
+            self.checker = None
+            return
+        self.checked += 1
+        mine = (data, error)
+        if _agree(mine, other, self.tolerance):
+            return
+        async with RemoteInstance.held(inst._cls, self.attempt, restart=False) as referee:
+            third = await referee.session.call(method, payload)
+            who = {"session": inst.session.ad.peer_id, "checker": checker.session.ad.peer_id,
+                   "referee": referee.session.ad.peer_id}
+            why = f"{method} disagreed between providers {who['session'][:16]} and " \
+                  f"{who['checker'][:16]}; "
+            if _agree(third, mine, self.tolerance):
+                checker.session.outvote(why + "outvoted by a third provider")
+                log.warning("%s: the checker was outvoted, not paid", why)
+                self.checker = None
+                return
+            if _agree(third, other, self.tolerance):
+                inst.session.outvote(why + "outvoted by a third provider")
+                inst.caught = (f"provider {who['session'][:16]} returned a wrong result for "
+                               f"{method} (outvoted by two other providers); it is not paid "
+                               "and this session takes no more calls")
+                raise ResultRejected(inst.caught)
+            for s in (inst.session, checker.session, referee.session):
+                s.outvote(why + "and a third provider agreed with neither")
+            inst.caught = (f"three providers disagree on {method}; none is paid and this "
+                           "session takes no more calls")
+            raise ResultRejected(inst.caught)
+
+
+def _agree(a: tuple[bytes, bool], b: tuple[bytes, bool], tolerance: float | None) -> bool:
+    """Two replies alike: the same bytes, or within `tolerance` on every number."""
+    if a == b:
+        return True
+    if tolerance is None or a[1] != b[1]:
+        return False
+    try:
+        x, y = decode_return_bytes(a[0]), decode_return_bytes(b[0])
+    except ReturnValueRejected:
+        return False
+    return x.ok == y.ok and x.ok and _close(x.value, y.value, tolerance)
+
+
+def _close(x: Any, y: Any, tol: float) -> bool:
+    if isinstance(x, bool) or isinstance(y, bool):
+        return x is y
+    if isinstance(x, int | float) and isinstance(y, int | float):
+        return math.isclose(x, y, rel_tol=tol, abs_tol=tol)
+    if isinstance(x, list | tuple) and isinstance(y, list | tuple):
+        return len(x) == len(y) and all(_close(a, b, tol) for a, b in zip(x, y, strict=True))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_close(x[k], y[k], tol) for k in x)
+    if hasattr(x, "shape") and hasattr(y, "shape"):  # numpy arrays and torch tensors
+        import numpy as np
+
+        ax, ay = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        return ax.shape == ay.shape and bool(np.allclose(ax, ay, rtol=tol, atol=tol))
+    return bool(x == y)
 
 
 class _StreamMethod:

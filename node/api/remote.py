@@ -99,7 +99,7 @@ class Options:
 
 
 _SESSION = frozenset(f.name for f in dataclasses.fields(Options)) - {"job"}
-_LEASE = ("idle_timeout", "max_duration", "concurrency", "restart")
+_LEASE = ("idle_timeout", "max_duration", "concurrency", "restart", "sample")
 """@remote's settings for classes only (node.api.classes)."""
 
 
@@ -347,7 +347,7 @@ def remote(*, gpus: int = 0, cpus: int = 1, memory_gb: float = 2.0, disk_gb: flo
            config: str | os.PathLike[str] | None = None,
            out: str | os.PathLike[str] = "offload-out", idle_timeout: int = 300,
            max_duration: int = 3600, concurrency: int = 1,
-           restart: bool = False) -> _Decorator: ...
+           restart: bool = False, sample: float = 0.25) -> _Decorator: ...
 
 
 def remote(fn: Any = None, /, **settings: Any) -> Any:
@@ -364,7 +364,8 @@ def remote(fn: Any = None, /, **settings: Any) -> Any:
     chat:` builds one object on a provider and calls its methods there; idle_timeout and
     max_duration (s) bound the lease, concurrency is how many calls may run at once;
     restart: a lost session is opened again on another provider (the constructor runs
-    again) and a call in flight is retried if its method is marked `@idempotent`.
+    again) and a call in flight is retried if its method is marked `@idempotent`;
+    verify="sample" replays a `sample` share of calls on a second provider's session.
     """
     lease = {k: settings.pop(k) for k in _LEASE if k in settings}
     for key in ("home", "config", "out"):

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from scheduler.decide import Plan
     from scheduler.verification import Policy
 
-Verify = Literal["none", "adaptive", "canary"]
+Verify = Literal["none", "adaptive", "canary", "sample"]
+"""`sample` is for sessions (@remote classes): a share of calls replayed elsewhere."""
 Ranked = list[tuple[CapacityAd, ScoreParts]]
 
 
@@ -225,6 +226,9 @@ class Session:
         """How the result is checked; UserError for a bad redundancy or tolerance."""
         from node.requester.placement import verification_policy
 
+        if job.verify == "sample":
+            raise UserError(f"{self.prefix}verify='sample' is for @remote classes (sessions);"
+                            " jobs use redundancy, 'adaptive' or 'canary'")
         policy = verification_policy(job.redundancy, job.verify, self.peers.trust,
                                      what=f"{self.prefix}redundancy")
         if job.tolerance is not None and not 0 <= job.tolerance < 1:

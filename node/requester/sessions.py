@@ -171,6 +171,7 @@ class RemoteSession:
         self._evidence: tuple[Signed[SessionResult], str] | None = None
         self._failure: BaseException | None = None
         self._expired = False
+        self._outvoted = ""
         self._slots = trio.Semaphore(concurrency)
         self._send_lock = trio.Lock()
         self._waiting: dict[int, trio.MemorySendChannel[_Event]] = {}
@@ -467,6 +468,11 @@ class RemoteSession:
                                   f"{self.session_id[:12]} within {CLOSE_S:.0f} s"
                                   f"{self._paid()}"))
 
+    def outvote(self, why: str) -> None:
+        """Other providers' sessions disagreed with one of this one's replies: it is not
+        paid; its signed result (or nothing) goes back rejected at settlement."""
+        self._outvoted = self._outvoted or why[:200]
+
     def stop_reading(self) -> None:
         self._reader.cancel()
 
@@ -479,7 +485,12 @@ class RemoteSession:
         pay = self.payments
         try:
             with trio.CancelScope(shield=True):
-                if self._evidence is not None:
+                if self._outvoted and (self.final or self.checkpoint):
+                    await pay.reject(self.final or self.checkpoint,  # type: ignore[arg-type]
+                                     self._outvoted)
+                elif self._outvoted:
+                    await pay.refund(self.session_id, "rejected", detail=self._outvoted)
+                elif self._evidence is not None:
                     await pay.reject(self._evidence[0], self._evidence[1])
                 elif self.final is not None:
                     await pay.accept(self.final)
@@ -497,11 +508,11 @@ class RemoteSession:
     async def _record(self) -> None:
         """Keep what the session settled on under the home: the verified final result,
         else the last verified checkpoint (a rejected one is not kept)."""
-        kept = None if self._evidence is not None else self.final or self.checkpoint
-        if self.home is None or not (self._recorded or kept is not None
-                                     or self._evidence is not None):
+        rejected = self._evidence is not None or bool(self._outvoted)
+        kept = None if rejected else self.final or self.checkpoint
+        if self.home is None or not (self._recorded or kept is not None or rejected):
             return
-        status: records.Unsigned = "rejected" if self._evidence is not None else "lost"
+        status: records.Unsigned = "rejected" if rejected else "lost"
         await trio.to_thread.run_sync(partial(
             records.record_end, self.home, self.session_id, self.ad.peer_id,
             self.opened_at, kept, status=status, now=self.clock()))

@@ -5,6 +5,8 @@
 cheat: every digit of a job's stdout is shifted by one before the result is signed.
 die:   the process exits the moment a job's outputs are collected (before the result).
 mute:  receipts it is given are not gossiped on (only their requester's gossip spreads them).
+lie:   a session provider that adds one to every small int its sessions' methods return,
+       before the transcript (so its signed results stay self-consistent).
 stay:  a requester that never waits for a direct connection: outputs of any size follow a
        relayed job stream (as before `fetch_outputs`).
 """
@@ -43,6 +45,21 @@ def _install(fault: str) -> None:
             return None
 
         Gossip.publish = silent  # type: ignore[method-assign]
+    elif fault == "lie":
+        import dataclasses
+
+        import node.provider.sessions as sessions
+
+        real_next = sessions.HostReader.next
+
+        async def next_lying(self: sessions.HostReader) -> object:
+            ev = await real_next(self)
+            if isinstance(ev, sessions.Ended) and not ev.error and ev.value \
+                    and ev.value[-1] < 0x7F:
+                ev = dataclasses.replace(ev, value=ev.value[:-1] + bytes([ev.value[-1] + 1]))
+            return ev
+
+        sessions.HostReader.next = next_lying  # type: ignore[assignment,method-assign]
     elif fault == "stay":
         import node.requester.exchange as requester
 

@@ -389,3 +389,53 @@ def test_restart_reopens_a_lost_session_elsewhere_and_retries_only_idempotent_ca
                 r.slow_token(3.0)
     finally:
         network.close()
+
+
+class _Pure:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def times(self, x: int) -> int:
+        return self.k * x
+
+
+def test_sampled_verification_catches_a_provider_that_alters_replies(tmp_path: Any) -> None:
+    """Two honest priced providers and a free one that lies (placement's first choice):
+    the canary shows the lie goes through unchecked; with verify="sample" a second
+    provider's session disagrees, a third settles it, and the liar is not paid."""
+    from node.errors import ResultRejected
+
+    network = Network(tmp_path)
+    priced = network.root / "priced.toml"
+    priced.write_text(PRICED)
+    try:
+        liar = network.start_provider(fault="lie", extra=["--warm", "0"])
+        for _ in range(2):
+            network.start_provider(bootstrap=liar["addr"],
+                                   extra=["--warm", "0", "--config", str(priced)])
+        network.offload("ledger", "deposit", "5", home="req", check=True)
+        settings: dict[str, Any] = {"home": network.root / "req", "config": os.devnull,
+                                    "bootstrap": [liar["addr"]], "echo": False,
+                                    "max_price": 1.0, "idle_timeout": 60,
+                                    "max_duration": 300}
+        Plain = remote(cpus=1, **settings)(_Pure)
+        with Plain.session(2) as c:  # canary: unchecked, the lie goes through
+            assert c.session.ad.peer_id == liar["peer_id"]
+            assert c.times(3) == 7
+        Sampled = remote(cpus=1, verify="sample", sample=1.0, **settings)(_Pure)
+        with Sampled.session(2) as c:
+            assert c.session.ad.peer_id == liar["peer_id"]
+            with pytest.raises(ResultRejected, match="outvoted by two other providers"):
+                c.times(3)
+            with pytest.raises(ResultRejected, match="takes no more calls"):
+                c.times(4)
+            sid = c.session.session_id
+        rows = json.loads(network.offload("sessions", "--json", home="req",
+                                          check=True).stdout)
+        by_id = {r["session_id"]: r for r in rows}
+        assert by_id[sid]["status"] == "rejected", by_id[sid]  # the liar: not paid
+        honest = [r for r in rows if r["provider"] != liar["peer_id"]]
+        assert len(honest) == 2 and all(r["status"] == "closed" for r in honest), honest
+        assert all(float(r["charge"]) > 0 for r in honest)  # checker and referee: paid
+    finally:
+        network.close()

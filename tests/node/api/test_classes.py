@@ -222,3 +222,31 @@ def test_the_sync_facade_holds_a_session_across_blocking_calls(
     assert capsys.readouterr().out == "heard a\nheard b\nheard c\n"
     with pytest.raises(SessionFailed, match="the constructor raised"), Broken.session():
         pytest.fail("the session opened")
+
+
+def test_sampled_replies_agree_on_equal_bytes_or_within_the_tolerance() -> None:
+    import numpy as np
+
+    from node.api.classes import _agree
+    from node.api.values import WRAPPER, WRAPPER_NAME
+
+    ns: dict[str, Any] = {"__name__": "offload_wrapper"}
+    exec(compile(WRAPPER, WRAPPER_NAME, "exec"), ns)
+
+    def v(value: Any) -> tuple[bytes, bool]:
+        return ns["dumps"]({"v": 1, "ok": True, "value": value}), False
+
+    assert _agree(v(6), v(6), None)
+    assert not _agree(v(6), v(7), None)  # canary: exact by default
+    assert not _agree(v(1.0), v(1.0 + 1e-9), None)
+    assert _agree(v([1.0, {"a": 2.0}]), v([1.0 + 1e-9, {"a": 2.0}]), 1e-6)
+    assert not _agree(v([1.0, {"a": 2.0}]), v([1.0, {"a": 2.1}]), 1e-6)
+    assert _agree(v(np.ones(3)), v(np.ones(3) * (1 + 1e-9)), 1e-6)
+    assert not _agree(v(np.ones(3)), v(np.ones(4)), 1e-6)
+    assert not _agree(v(True), v(1), 1e-6)
+    assert not _agree(v(6), (v(6)[0], True), 1e-6)  # a value never agrees with an error
+
+
+def test_a_sample_share_outside_0_to_1_is_refused() -> None:
+    with pytest.raises(UserError, match="sample is a share of calls"):
+        remote(verify="sample", sample=0)(type("C", (), {}))
