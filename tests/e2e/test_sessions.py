@@ -72,14 +72,14 @@ def counter(net: Network, **lease: Any) -> RemoteClass[_Counter]:
     return remote(cpus=1, max_price=1.0, **settings, **lease)(_Counter)
 
 
-def ledger(net: Network) -> dict[str, float]:
-    res = net.offload("ledger", "balance", "--json", home="req", check=True)
+def ledger(net: Network, home: str = "req") -> dict[str, float]:
+    res = net.offload("ledger", "balance", "--json", home=home, check=True)
     return {k: float(v) for k, v in json.loads(res.stdout).items()}
 
 
 def test_state_stays_on_the_provider_items_stream_in_order_and_the_lease_is_paid(
         net: Network) -> None:
-    before = ledger(net)
+    before, earned = ledger(net), ledger(net, "p1")["earned"]
     Counter = counter(net, idle_timeout=60, max_duration=300)
     with Counter.session(10) as c:
         assert c.add(1) == 11 and c.add(2) == 13  # one object, kept between calls
@@ -101,6 +101,11 @@ def test_state_stays_on_the_provider_items_stream_in_order_and_the_lease_is_paid
     assert round(before["available"] - after["available"], 6) == round(charged, 6)
     assert round(after["paid"] - before["paid"], 6) == round(charged, 6)
     assert after["escrow"] == before["escrow"] == 0.0
+    deadline = time.monotonic() + 20  # the receipt and cheque reach the provider
+    while ledger(net, "p1")["earned"] - earned < charged - 1e-9 and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert round(ledger(net, "p1")["earned"] - earned, 6) == round(charged, 6)
 
 
 def test_an_async_session_streams_items_as_they_are_made(net: Network) -> None:
