@@ -402,8 +402,6 @@ async def test_a_session_takes_a_warm_worker_when_one_is_ready(sandbox: object,
     from node.provider.sandbox.runner import Sandbox
 
     assert isinstance(sandbox, Sandbox)
-    if sandbox.tier != "A":
-        pytest.skip("warm workers are tier-A sandboxes")
     name = sandbox.runtime.name
     async with warm_pool(sandbox, 1) as pool:
         with trio.fail_after(120):
