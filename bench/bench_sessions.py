@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 from bench_interactive import PRICED, deposit, ray_calls, summary  # noqa: E402
 
 from node.api.remote import remote  # noqa: E402
+from node.api.requester import Requester  # noqa: E402
 from node.localnet import LocalNet  # noqa: E402
 
 RAY_ACTOR = """
@@ -108,24 +109,33 @@ async def measure(addr: str, warm_addr: str, home: Path,
                                 "echo": False, "max_price": 1.0}
     Counter = remote(cpus=1, idle_timeout=120, max_duration=600, **settings)(_Counter)
     out: dict[str, Any] = {}
-    opens = []
-    for _ in range(args.opens):
-        t = time.perf_counter()
-        async with Counter.session.aio() as c:
-            opens.append((time.perf_counter() - t) * 1000)
-            await c.add.aio(1)
-    out["open_cold"] = summary(opens)
+
+    async def opens_of(rc: Any, pause: float) -> dict[str, float]:
+        ms = []
+        for _ in range(args.opens):
+            await trio.sleep(pause)
+            t = time.perf_counter()
+            async with rc.session.aio() as c:
+                ms.append((time.perf_counter() - t) * 1000)
+                await c.add.aio(1)
+        return summary(ms)
+
+    # without an open Requester each session starts its own (host, DHT, ledger)
+    out["open_cold_new_requester"] = await opens_of(Counter, 0.0)
+    async with Requester(home=home, bootstrap=[addr], config=os.devnull):
+        out["open_cold"] = await opens_of(Counter, 0.0)
     if warm_addr:
         Warm = remote(cpus=1, idle_timeout=120, max_duration=600,
                       **(settings | {"bootstrap": [warm_addr]}))(_Counter)
-        opens = []
-        for _ in range(args.opens):
-            await trio.sleep(WARM_REFILL_S)  # the pool refills after a quiet second
-            t = time.perf_counter()
-            async with Warm.session.aio() as c:
-                opens.append((time.perf_counter() - t) * 1000)
-                await c.add.aio(1)
-        out["open_warm"] = summary(opens)
+        async with Requester(home=home, bootstrap=[warm_addr], config=os.devnull):
+            out["open_warm"] = await opens_of(Warm, WARM_REFILL_S)
+    async with Requester(home=home, bootstrap=[addr], config=os.devnull):
+        return out | await _calls(Counter, settings, args)
+
+
+async def _calls(Counter: Any, settings: dict[str, Any],
+                 args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     async with Counter.session.aio() as c:
         for _ in range(5):
             await c.add.aio(1)
@@ -165,9 +175,10 @@ async def churn(addr: str, home: Path, n: int) -> float:
                                 "echo": False, "max_price": 1.0}
     Counter = remote(cpus=1, idle_timeout=60, max_duration=120, **settings)(_Counter)
     t = time.perf_counter()
-    for _ in range(n):
-        async with Counter.session.aio() as c:
-            await c.add.aio(1)
+    async with Requester(home=home, bootstrap=[addr], config=os.devnull):
+        for _ in range(n):
+            async with Counter.session.aio() as c:
+                await c.add.aio(1)
     return round(time.perf_counter() - t, 2)
 
 

@@ -5,6 +5,7 @@ SessionLost within a bounded time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,6 +48,17 @@ class _Counter:
 
     def fail(self) -> None:
         raise KeyError("nope")
+
+    def leave_traces(self) -> list[str]:
+        """Files this session writes where a later session on the provider would look."""
+        import tempfile
+
+        found = [p for p in ("trace.txt", f"{tempfile.gettempdir()}/trace.txt")
+                 if os.path.exists(p)]
+        for p in ("trace.txt", f"{tempfile.gettempdir()}/trace.txt"):
+            with open(p, "w") as f:
+                f.write("left by an earlier session")
+        return found
 
     def stamped(self, n: int) -> Iterator[float]:
         for _ in range(n):
@@ -206,6 +218,38 @@ def test_a_file_argument_moves_once_and_a_second_session_sends_nothing(
     assert info1 == info2 == ("PosixPath", hashlib.sha256(data).hexdigest(), True)
     assert any(n.endswith("weights.bin") for n in first), first  # canary: it moved once
     assert not any(n.endswith("weights.bin") for n in second), second  # held there
+
+
+def test_nothing_of_one_session_survives_into_the_next(net: Network) -> None:
+    Counter = counter(net, idle_timeout=60, max_duration=300)
+    with Counter.session(0) as c:
+        assert c.leave_traces() == []
+        assert len(c.leave_traces()) == 2  # canary: within a session the files are there
+    with Counter.session(0) as c:
+        assert c.leave_traces() == []  # a new sandbox: its folders start empty
+
+
+def test_a_frozen_provider_is_a_session_lost_within_bounds(tmp_path: Any) -> None:
+    from node.requester.sessions import SILENCE_S
+
+    network = Network(tmp_path)
+    p: dict[str, Any] = {}
+    try:
+        p = network.start_provider(extra=["--warm", "0"])
+        Counter = remote(cpus=1, idle_timeout=120, max_duration=300, echo=False,
+                         home=network.root / "req", config=os.devnull,
+                         bootstrap=[p["addr"]])(_Counter)
+        with pytest.raises(SessionLost), Counter.session(0) as c:
+            for i in c.count(10_000, 0.05):
+                if i == 3:
+                    os.killpg(p["proc"].pid, signal.SIGSTOP)
+                    frozen = time.monotonic()
+        assert time.monotonic() - frozen < SILENCE_S + 30
+    finally:
+        if p:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p["proc"].pid, signal.SIGCONT)
+        network.close()
 
 
 def test_the_chat_and_embedding_examples_match_running_here(net: Network) -> None:
