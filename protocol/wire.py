@@ -290,9 +290,11 @@ class Checkpoint(Frame):
 
 @message
 class SessionClose(Frame):
-    """Requester -> provider: end the lease once the calls in flight have replied."""
+    """Requester -> provider: end the lease once the calls in flight have replied, or at
+    once with `abandon` (the requester gave up on them: Ctrl-C, a cancelled block)."""
 
     type_name: ClassVar[str] = "session_close"
+    abandon: bool
 
 
 @message

@@ -146,7 +146,7 @@ def frames() -> list[wire.Frame]:
         wire.MethodCall(id=7, method="reply", args=b"\x80\x05" + bytes(30), window=8),
         wire.Credit(id=7, n=4), wire.Item(id=7, value=b"\x81\xa1v\x01"),
         wire.Reply(id=7, value=b"\xc0", error=True),
-        wire.Checkpoint(result=s["session_result"][0]), wire.SessionClose(),
+        wire.Checkpoint(result=s["session_result"][0]), wire.SessionClose(abandon=False),
         wire.SessionEnd(result=s["session_result"][0]),
     ]
     seeded = {type(f) for f in out}

@@ -264,6 +264,7 @@ class RemoteInstance:
         self._stopping = False
         self._error: BaseException | None = None
         self.restarts = 0
+        self._abandoned = False
         self.sampling: Sampling | None = None
         self.caught = ""
         """Why this session takes no more calls: its provider was outvoted."""
@@ -280,6 +281,9 @@ class RemoteInstance:
                 if self._error is None:
                     try:
                         yield self
+                    except BaseException:
+                        self.abandon()
+                        raise
                     finally:
                         self._stopping = True
                         self._wake.set()
@@ -302,6 +306,9 @@ class RemoteInstance:
                     self.session = session
                     self._next.set()
                     await self._wake.wait()
+                    if self._abandoned:
+                        with trio.CancelScope(shield=True):
+                            await session.close(abandon=True)
             except (RemoteError, UserError) as exc:
                 # a lost session's own end is expected when it is replaced; not opening
                 # one, or the last one's end, is the block's error
@@ -310,6 +317,11 @@ class RemoteInstance:
             if self._stopping or self._error is not None:
                 self._next.set()
                 return
+
+    def abandon(self) -> None:
+        """The block ends on an error (Ctrl-C, say): the session ends at once, its calls
+        in flight cut, and settles."""
+        self._abandoned = True
 
     async def reopen(self, lost: SessionLost, session: RemoteSession) -> None:
         """`session` was lost: settled (at most its last checkpoint paid), a new one open
@@ -520,6 +532,7 @@ class SyncSession:
         self._stop: trio.Event | None = None
         self._done: trio.Event | None = None
         self._error: list[BaseException] = []
+        self._opened: list[RemoteInstance] = []
 
     def __enter__(self) -> RemoteInstance:
         from node.api.sync import portal
@@ -536,6 +549,7 @@ class SyncSession:
         p.run(enter)
         if not opened:
             raise self._error[0]
+        self._opened = opened
         return opened[0]
 
     async def _hold(self, ready: trio.Event, opened: list[RemoteInstance]) -> None:
@@ -560,6 +574,8 @@ class SyncSession:
             return
 
         async def leave() -> None:
+            if exc is not None and self._opened:
+                self._opened[0].abandon()
             stop.set()
             await done.wait()
 

@@ -303,7 +303,10 @@ class _Session:
                     await stdin.send_all(credit_frame(frame.id, frame.n))
             elif isinstance(frame, wire.SessionClose):
                 self.close_by = trio.current_time() + CLOSE_GRACE_S
-                if not self.calls.open:
+                if frame.abandon and self.calls.open:
+                    self.finish("closed", f"the requester abandoned {len(self.calls.open)} "
+                                "call(s) in flight")
+                elif not self.calls.open:
                     self.finish("closed")
             elif isinstance(frame, wire.ErrorReply):
                 self.finish("closed", f"the requester ended the session: {frame.message}")

@@ -450,15 +450,16 @@ class RemoteSession:
         self._ended.set()
 
     # -- closing and settling ----------------------------------------------------------
-    async def close(self) -> None:
-        """Ask the provider to end the lease; wait (bounded) for its final result. Call it
+    async def close(self, *, abandon: bool = False) -> None:
+        """Ask the provider to end the lease (at once, cutting the calls in flight, with
+        `abandon`); wait (bounded) for its final result. Call it
         shielded; it never raises (a failure is recorded, `settle` acts on it)."""
         if self._ended.is_set() or self._closing:
             return
         self._closing = True
         with trio.move_on_after(CLOSE_S):
             try:
-                await self._send(wire.SessionClose())
+                await self._send(wire.SessionClose(abandon=abandon))
                 await self._ended.wait()
             except (RemoteError, ProtocolError) as exc:
                 self._end(SessionLost(f"session {self.session_id[:12]} could not be "
@@ -568,7 +569,7 @@ async def open_session(host: Host, ad: CapacityAd, request: SessionRequest, *,
                     clean = True
                 finally:
                     with trio.CancelScope(shield=True):
-                        await session.close()
+                        await session.close(abandon=not clean)
                     session.stop_reading()
         except BaseExceptionGroup as group:
             err = sole_error(group)

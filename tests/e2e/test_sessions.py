@@ -252,6 +252,48 @@ def test_a_frozen_provider_is_a_session_lost_within_bounds(tmp_path: Any) -> Non
         network.close()
 
 
+CTRL_C = """
+import os, sys, time
+from node import remote
+
+class Slow:
+    def wait(self, s):
+        time.sleep(s)
+        return s
+
+S = remote(cpus=1, idle_timeout=60, max_duration=300, echo=False, max_price=1.0)(Slow)
+with S.session() as s:
+    print("open", flush=True)
+    s.wait(60)
+"""
+
+
+def test_ctrl_c_mid_call_closes_the_lease_and_settles(net: Network) -> None:
+    env = _env() | {"OFFLOAD_HOME": str(net.root / "req"), "PYTHONPATH": str(REPO),
+                    "OFFLOAD_BOOTSTRAP": net.providers[0]["addr"],
+                    "OFFLOAD_REQUESTER_CONFIG": os.devnull}
+    script = net.root / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    before = {r["session_id"] for r in json.loads(net.offload(
+        "sessions", "--json", home="req", check=True).stdout)}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=net.root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "open\n"
+        time.sleep(1.0)  # the call is in flight
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and err.strip().endswith("KeyboardInterrupt"), err
+    assert ledger(net)["escrow"] == 0.0  # nothing left locked
+    rows = [r for r in json.loads(net.offload("sessions", "--json", home="req",
+                                              check=True).stdout)
+            if r["session_id"] not in before]
+    assert len(rows) == 1 and rows[0]["status"] == "closed", rows
+
+
 def test_the_chat_and_embedding_examples_match_running_here(net: Network) -> None:
     env = _env() | {"OFFLOAD_HOME": str(net.root / "req"), "PYTHONPATH": str(REPO),
                     "OFFLOAD_BOOTSTRAP": net.providers[0]["addr"]}

@@ -46,7 +46,7 @@ SAMPLE: dict[str, wire.Frame] = {
     "item": wire.Item(id=1, value=b"i"),
     "reply": wire.Reply(id=1, value=b"v", error=False),
     "checkpoint": wire.Checkpoint(result=b"r"),
-    "session_close": wire.SessionClose(),
+    "session_close": wire.SessionClose(abandon=False),
     "session_end": wire.SessionEnd(result=b"r"),
 }
 P: Role = "provider"

@@ -138,7 +138,7 @@ def frames() -> list[wire.Frame]:
         wire.Item(id=1, value=b"\xa2hi"),
         wire.Reply(id=1, value=b"\xc0", error=False),
         wire.Checkpoint(result=signed["session_result"]),
-        wire.SessionClose(),
+        wire.SessionClose(abandon=False),
         wire.SessionEnd(result=signed["session_result"]),
         wire.Lane(port=40123, token=bytes(range(32)), cert=b"0\x82\x01\x00"),
     ]

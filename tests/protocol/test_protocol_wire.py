@@ -94,7 +94,7 @@ def all_frames(build: Any) -> list[Frame]:
         Item(id=1, value=b"\x01"),
         Reply(id=1, value=b"\xc0", error=False),
         Checkpoint(result=b"r" * 100),
-        SessionClose(),
+        SessionClose(abandon=False),
         SessionEnd(result=b"r" * 100),
         Lane(port=40123, token=b"\x07" * 32, cert=b"0" * 600),
         Lane(port=0, token=b"", cert=b""),

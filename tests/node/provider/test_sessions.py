@@ -226,7 +226,7 @@ async def test_state_lasts_across_calls_and_the_signed_transcript_is_the_callers
     reply = await next_frame(stream)
     assert isinstance(reply, wire.Reply) and reply.id == 4
     mine.add(4, "print", b"hello", EMPTY, b"", False)
-    await stream.send(wire.SessionClose())
+    await stream.send(wire.SessionClose(abandon=False))
     result = await the_end(stream, provider, sid, quote)
     assert (result.status, result.calls, result.reason) == ("closed", 4, "")
     assert result.transcript == mine.head
@@ -255,7 +255,7 @@ async def test_a_streamed_call_never_runs_past_the_readers_credit(pair: Pair) ->
     assert isinstance(reply, wire.Reply) and reply.value == b"done"
     mine = Transcript(sid)
     mine.add(1, "count", b"6", book.items, b"done", False)
-    await stream.send(wire.SessionClose())
+    await stream.send(wire.SessionClose(abandon=False))
     result = await the_end(stream, provider, sid, quote)
     assert result.status == "closed" and result.transcript == mine.head
 
@@ -274,7 +274,7 @@ async def test_an_open_session_sends_signed_checkpoints(
     point = open_signed(frame.result, SessionResult).message
     assert (point.status, point.calls, point.transcript) == ("open", 1, mine.head)
     assert point.price_charged <= quote.max_charge
-    await stream.send(wire.SessionClose())
+    await stream.send(wire.SessionClose(abandon=False))
     assert (await the_end(stream, provider, sid, quote)).status == "closed"
 
 
@@ -337,7 +337,7 @@ async def test_a_close_waits_for_the_calls_in_flight(pair: Pair) -> None:
     provider, phost, rhost = pair
     stream, sid, quote = await ready(phost, rhost)
     await stream.send(wire.MethodCall(id=1, method="sleep", args=b"0.5", window=0))
-    await stream.send(wire.SessionClose())
+    await stream.send(wire.SessionClose(abandon=False))
     reply = await next_frame(stream)
     assert isinstance(reply, wire.Reply) and reply.value == b"slept"
     result = await the_end(stream, provider, sid, quote)
@@ -362,7 +362,7 @@ async def test_hostile_frames_are_refused_and_the_provider_serves_on(pair: Pair)
     stream, sid, quote = await ready(phost, rhost)  # canary: a well-behaved one is served
     reply = await call(stream, 1, "add", b"2")
     assert isinstance(reply, wire.Reply) and reply.value == b"2"
-    await stream.send(wire.SessionClose())
+    await stream.send(wire.SessionClose(abandon=False))
     assert (await the_end(stream, provider, sid, quote)).status == "closed"
 
 
@@ -390,7 +390,7 @@ async def test_a_session_runs_in_the_real_sandbox(sandbox: object, tmp_path: Pat
         items = [await next_frame(stream), await next_frame(stream)]
         assert [i.value for i in items if isinstance(i, wire.Item)] == [b"0", b"1"]
         assert isinstance(await next_frame(stream), wire.Reply)
-        await stream.send(wire.SessionClose())
+        await stream.send(wire.SessionClose(abandon=False))
         result = await the_end(stream, provider, sid, quote)
         assert (result.status, result.calls) == ("closed", 2), result.reason
         assert result.usage.cpu_s > 0  # the cgroup's count
@@ -413,6 +413,6 @@ async def test_a_session_takes_a_warm_worker_when_one_is_ready(sandbox: object,
             assert pool.started == 2  # the ready worker was taken, and another boots
             reply = await call(stream, 1, "add", b"2")
             assert isinstance(reply, wire.Reply) and reply.value == b"7"
-            await stream.send(wire.SessionClose())
+            await stream.send(wire.SessionClose(abandon=False))
             result = await the_end(stream, provider, sid, quote)
             assert (result.status, result.calls) == ("closed", 1), result.reason
