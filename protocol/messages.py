@@ -229,17 +229,25 @@ class JobSpec(Signable):
     created_at: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
-        check_peer_id(self.requester, "requester")
-        check_peer_id(self.provider, "provider")
-        names = [f.name for f in self.inputs]
-        if len(set(names)) != len(names):
-            raise InvalidMessage("input names must be unique")
+        names = check_work_spec(self.requester, self.provider, self.inputs, self.nonce)
         if sum(len(a.encode()) for a in self.args) > MAX_ARGS_BYTES:
             raise InvalidMessage(f"args exceed {MAX_ARGS_BYTES} bytes in all")
         if self.entrypoint not in names:
             raise InvalidMessage("entrypoint must be one of the input files")
-        if len(self.nonce) < 16:
-            raise InvalidMessage("nonce must be at least 16 bytes")
+
+
+def check_work_spec(requester: str, provider: str, inputs: tuple[InputFile, ...],
+                    nonce: bytes) -> list[str]:
+    """What a job spec and a session spec both need: two peer ids, unique input names, a
+    nonce of at least 16 bytes; the input names."""
+    check_peer_id(requester, "requester")
+    check_peer_id(provider, "provider")
+    names = [f.name for f in inputs]
+    if len(set(names)) != len(names):
+        raise InvalidMessage("input names must be unique")
+    if len(nonce) < 16:
+        raise InvalidMessage("nonce must be at least 16 bytes")
+    return names
 
 
 @message

@@ -26,6 +26,7 @@ from protocol.messages import (
     check_method,
     check_peer_id,
     check_sha256,
+    check_work_spec,
 )
 from protocol.schema import field, message
 
@@ -80,15 +81,9 @@ class SessionSpec(Signable):
     created_at: int = field(ge=0, le=MAX_TIME_MS)
 
     def validate(self) -> None:
-        check_peer_id(self.requester, "requester")
-        check_peer_id(self.provider, "provider")
-        names = [f.name for f in self.inputs]
-        if len(set(names)) != len(names):
-            raise InvalidMessage("input names must be unique")
+        names = check_work_spec(self.requester, self.provider, self.inputs, self.nonce)
         if names[:2] != [CLASS_FILE, HOST_FILE]:
             raise InvalidMessage(f"the first inputs must be {CLASS_FILE} and {HOST_FILE}")
-        if len(self.nonce) < 16:
-            raise InvalidMessage("nonce must be at least 16 bytes")
 
 
 @message

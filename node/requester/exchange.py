@@ -218,7 +218,7 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
         if isinstance(exc, ResultRejected) and seen:
             await pay.refund(job_id, "rejected", detail=str(exc), result_digest=seen[0])
         else:
-            await pay.refund(job_id, _refund_reason(exc), detail=str(exc))
+            await pay.refund(job_id, refund_reason(exc), detail=str(exc))
         raise
     return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
                       quote=quote, route=route, output_route=out_route)
@@ -308,17 +308,17 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     """The verified result, the quote, and the outputs' route (from the job's `route`)."""
     phases = Phases(request.resources.max_seconds)
     who = f"provider {ad.peer_id[:16]}"
-    with _within(phases.quote_s, f"{who} sent no quote for job {job_id[:12]}"):
+    with within(phases.quote_s, f"{who} sent no quote for job {job_id[:12]}"):
         await stream.send(wire.SubmitJob(spec=spec_raw))
         reply = await stream.receive()
-    _raise_if_error(reply)
+    raise_if_error(reply)
     assert isinstance(reply, wire.QuoteOffer)  # the exchange table allows no other
     offer = reply
     try:
         quote = check_quote(offer.quote, job_id=job_id, ad=ad, requester=requester,
                             request=request)
     except PriceRefused as exc:
-        await _tell(stream, wire.ErrorReply(code="price", message=str(exc)[:1000]))
+        await tell(stream, wire.ErrorReply(code="price", message=str(exc)[:1000]))
         raise
     mark("quote")
     emit(events.Quoted(job_id=job_id, provider=ad.peer_id, max_charge=quote.max_charge))
@@ -326,14 +326,14 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     try:
         await pay.lock(job_id, ad.peer_id, quote.max_charge)
     except LedgerError as exc:
-        await _tell(stream, wire.ErrorReply(code="price", message=f"requester: {exc}"[:1000]))
+        await tell(stream, wire.ErrorReply(code="price", message=f"requester: {exc}"[:1000]))
         raise
     mark("escrow")
-    with _within(phases.slot_s, f"{who} gave job {job_id[:12]} no slot"):
+    with within(phases.slot_s, f"{who} gave job {job_id[:12]} no slot"):
         await _send(stream, wire.QuoteAccept(job_id=job_id), "the quote acceptance")
         while True:
             reply = await stream.receive_within(HEARTBEAT_GRACE_S, "slot or place in line")
-            _raise_if_error(reply)
+            raise_if_error(reply)
             if not isinstance(reply, wire.Queued):
                 break
     assert isinstance(reply, wire.Accepted)
@@ -364,7 +364,7 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
                               [(f.name, path, offset) for (f, path), offset in sending],
                               fallback=upload, on_lane=on_lane)
     mark("upload")
-    with _within(phases.run_s, f"{who} returned no result for job {job_id[:12]}"):
+    with within(phases.run_s, f"{who} returned no result for job {job_id[:12]}"):
         ready = await _await_result(stream, job_id, ad, emit)
     mark("run")
     signed = verify_result_bytes(ready.result, job_id=job_id, provider=ad.peer_id,
@@ -427,7 +427,7 @@ async def _await_result(stream: Stream, job_id: str, ad: CapacityAd,
         except PeerGone as exc:
             raise PeerGone(f"provider {ad.peer_id[:16]} went away while running job "
                            f"{job_id[:12]}; nothing was charged") from exc
-        _raise_if_error(frame)
+        raise_if_error(frame)
         if isinstance(frame, wire.Running):
             emit(events.Running(job_id=job_id, provider=ad.peer_id, elapsed_s=frame.elapsed_s))
             continue
@@ -440,7 +440,7 @@ async def _await_result(stream: Stream, job_id: str, ad: CapacityAd,
 
 
 @contextmanager
-def _within(seconds: float, what: str) -> Iterator[None]:
+def within(seconds: float, what: str) -> Iterator[None]:
     """Bound one phase of the exchange; PeerTimeout naming it when it runs out."""
     with trio.move_on_after(seconds) as scope:
         yield
@@ -456,7 +456,7 @@ async def _send(stream: Stream, frame: wire.Frame, what: str) -> None:
                           f"{STALL_S:.0f} s")
 
 
-async def _tell(stream: Stream, frame: wire.Frame) -> None:
+async def tell(stream: Stream, frame: wire.Frame) -> None:
     """A last word before giving up: bounded, and its failure is not the story."""
     with trio.move_on_after(STALL_S):
         try:
@@ -465,7 +465,7 @@ async def _tell(stream: Stream, frame: wire.Frame) -> None:
             pass
 
 
-def _refund_reason(exc: BaseException) -> RefundReason:
+def refund_reason(exc: BaseException) -> RefundReason:
     if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
         return "cancelled"
     if isinstance(exc, PeerTimeout):
@@ -473,6 +473,6 @@ def _refund_reason(exc: BaseException) -> RefundReason:
     return "failed"
 
 
-def _raise_if_error(frame: wire.Frame) -> None:
+def raise_if_error(frame: wire.Frame) -> None:
     if isinstance(frame, wire.ErrorReply):
         raise PeerRefused(frame.code, frame.message, frame.retry_after_s)

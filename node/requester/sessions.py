@@ -48,14 +48,15 @@ from node.requester.exchange import (
     HEARTBEAT_GRACE_S,
     QUOTE_S,
     JobRequest,
-    _raise_if_error,
-    _refund_reason,
-    _tell,
-    _within,
     check_quote,
     input_files,
+    raise_if_error,
+    refund_reason,
+    tell,
+    within,
 )
 from node.requester.payments import Failure, Payments
+from node.requester.verify import verify_session_bytes
 from protocol import (
     CapacityAd,
     InputFile,
@@ -64,7 +65,6 @@ from protocol import (
     Quote,
     Resources,
     Signed,
-    open_signed,
     sign,
     wire,
 )
@@ -139,13 +139,6 @@ def judge(signed: Signed[SessionResult], *, session_id: str, provider: str,
     return ""
 
 
-def open_result(raw: bytes) -> Signed[SessionResult]:
-    try:
-        return open_signed(raw, SessionResult)
-    except ProtocolError as exc:
-        raise ResultRejected(f"the session result is not intact: {exc}") from exc
-
-
 _Event = tuple[Literal["item"], bytes] | tuple[Literal["reply"], bytes, bool]
 
 
@@ -195,10 +188,10 @@ class RemoteSession:
                     files: list[tuple[InputFile, Path]]) -> None:
         """Quote, escrow, inputs, and the object built (or SessionFailed)."""
         sid, who = self.session_id, self.who
-        with _within(QUOTE_S, f"{who} sent no quote for session {sid[:12]}"):
+        with within(QUOTE_S, f"{who} sent no quote for session {sid[:12]}"):
             await self._send(wire.SessionOpen(spec=spec_raw))
             reply = await self.link.receive()
-        _raise_if_error(reply)
+        raise_if_error(reply)
         assert isinstance(reply, wire.QuoteOffer)  # the exchange table allows no other
         check = JobRequest(script=request.class_file, max_price=request.max_price,
                            caps=request.caps)
@@ -206,24 +199,24 @@ class RemoteSession:
             quote = check_quote(reply.quote, job_id=sid, ad=self.ad,
                                 requester=self.requester, request=check)
         except PriceRefused as exc:
-            await _tell(self.link, wire.ErrorReply(code="price", message=str(exc)[:1000]))
+            await tell(self.link, wire.ErrorReply(code="price", message=str(exc)[:1000]))
             raise
         self.emit(events.Quoted(job_id=sid, provider=self.ad.peer_id,
                                 max_charge=quote.max_charge))
         try:
             await self.payments.lock(sid, self.ad.peer_id, quote.max_charge)
         except LedgerError as exc:
-            await _tell(self.link, wire.ErrorReply(code="price",
+            await tell(self.link, wire.ErrorReply(code="price",
                                                      message=f"requester: {exc}"[:1000]))
             raise
         self.quote = quote
         slot_s = request.resources.max_seconds + GRACE_S
-        with _within(slot_s, f"{who} gave session {sid[:12]} no slot"):
+        with within(slot_s, f"{who} gave session {sid[:12]} no slot"):
             await self._send(wire.QuoteAccept(job_id=sid))
             while True:
                 reply = await self.link.receive_within(HEARTBEAT_GRACE_S,
                                                          "slot or place in line")
-                _raise_if_error(reply)
+                raise_if_error(reply)
                 if not isinstance(reply, wire.Queued):
                     break
         assert isinstance(reply, wire.Accepted)
@@ -241,10 +234,10 @@ class RemoteSession:
                                            name=f.name, size=f.size, offset=at))
                 async with self._send_lock:
                     await send_file(self.link, f.name, path, offset=at)
-        with _within(slot_s, f"{who} did not build the object of session {sid[:12]}"):
+        with within(slot_s, f"{who} did not build the object of session {sid[:12]}"):
             while True:
                 frame = await self.link.receive()
-                _raise_if_error(frame)
+                raise_if_error(frame)
                 if isinstance(frame, wire.Output):
                     self._output(frame)
                     continue
@@ -399,7 +392,7 @@ class RemoteSession:
 
     def _dispatch(self, frame: wire.Frame) -> bool:
         """Handle one frame; True once the session ended."""
-        _raise_if_error(frame)
+        raise_if_error(frame)
         if isinstance(frame, wire.Item):
             self.calls.item(frame.id, frame.value)
             self._waiting[frame.id].send_nowait(("item", frame.value))
@@ -425,7 +418,7 @@ class RemoteSession:
         return False
 
     def _verify(self, raw: bytes, *, final: bool) -> Signed[SessionResult]:
-        signed = open_result(raw)
+        signed = verify_session_bytes(raw)
         assert self.quote is not None
         why = judge(signed, session_id=self.session_id, provider=self.ad.peer_id,
                     requester=self.requester, transcript=self.calls.transcript,
@@ -558,7 +551,7 @@ async def open_session(host: Host, ad: CapacityAd, request: SessionRequest, *,
         try:
             await session._open(signed_spec.raw, request, files)
         except BaseException as exc:
-            await session.settle(_refund_reason(exc))
+            await session.settle(refund_reason(exc))
             raise
         clean = False
         try:
@@ -573,12 +566,12 @@ async def open_session(host: Host, ad: CapacityAd, request: SessionRequest, *,
                     session.stop_reading()
         except BaseExceptionGroup as group:
             err = sole_error(group)
-            await session.settle(_refund_reason(err) if err is not None else "cancelled")
+            await session.settle(refund_reason(err) if err is not None else "cancelled")
             if err is None:
                 raise
             raise err from None
         except BaseException as exc:
-            await session.settle(_refund_reason(exc))
+            await session.settle(refund_reason(exc))
             raise
         await session.settle()
         if clean:

@@ -40,11 +40,7 @@ def safe_join(root: Path, rel: str) -> Path:
 
 def verify_result_file(path: Path) -> Signed[JobResult]:
     """Check `path` and the output files saved beside it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ResultRejected(f"cannot read {path}: {exc.strerror}") from exc
-    signed = verify_result_bytes(raw)
+    signed = verify_result_bytes(_read(path))
     for out in signed.message.outputs:
         file = safe_join(path.parent, out.name)
         try:
@@ -73,10 +69,15 @@ def is_session_file(path: Path) -> bool:
     return bool(doc["type"] == SessionResult.type_name)
 
 
-def verify_session_file(path: Path) -> Signed[SessionResult]:
-    """Open a saved signed SessionResult: the provider's signature over it, and its session
-    id and transcript head well-formed sha256 digests (the message's own checks)."""
+def verify_session_bytes(raw: bytes) -> Signed[SessionResult]:
+    """Open a signed SessionResult: the provider's signature over it, and its session id
+    and transcript head well-formed sha256 digests (the message's own checks)."""
     try:
-        return open_signed(_read(path), SessionResult)
+        return open_signed(raw, SessionResult)
     except ProtocolError as exc:
         raise ResultRejected(f"session result is not intact: {exc}") from exc
+
+
+def verify_session_file(path: Path) -> Signed[SessionResult]:
+    """A saved signed SessionResult, opened as verify_session_bytes does."""
+    return verify_session_bytes(_read(path))
