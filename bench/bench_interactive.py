@@ -31,6 +31,7 @@ import trio
 from node.api import sync
 from node.api.remote import remote
 from node.api.requester import Job, Requester
+from node.api.warm import sessions_of
 from node.localnet import LocalNet
 from node.requester import events, placement
 from node.requester.payments import Payments
@@ -176,6 +177,31 @@ def remote_calls(addr: str, home: Path, n: int) -> dict[str, Any]:
     return {**total, "phases_ms": accounted}
 
 
+def kept_warm_calls(addr: str, home: Path, n: int, items: int) -> dict[str, Any]:
+    """`n` calls of a `@remote(keep_warm=60)` function (one session on the provider, the
+    sync facade), then a map of `items` calls through it (concurrency 4): calls/s."""
+    deposit(HERE.parent, home)
+    fn = remote(timeout=60, echo=False, home=str(home), bootstrap=(addr,), keep_warm=60,
+                concurrency=4, config=os.devnull, out=str(home / "out"))(plus_one)
+    for i in range(WARMUP):
+        assert fn.remote(i) == i + 1
+    ms = []
+    for i in range(n):
+        t = time.perf_counter()
+        assert fn.remote(i) == i + 1
+        ms.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter()
+    got = list(fn.map(range(items)))
+    wall = time.perf_counter() - t
+    assert got == [i + 1 for i in range(items)]
+    r = sync.portal().run(sync.session_for, fn.options.session())
+    opened = sessions_of(r).opened if r is not None else -1
+    sync.close()
+    sync._set_portal(sync.Portal())
+    return {**summary(ms), "map_items": items, "map_calls_per_s": round(items / wall, 1),
+            "sessions_opened": opened}
+
+
 def whole_process(net: LocalNet, addr: str, home: Path, script: Path,
                   n: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(net.tree), "OFFLOAD_REQUESTER_CONFIG": os.devnull}
@@ -217,7 +243,7 @@ def main() -> None:
     parser.add_argument("--submits", type=int, default=5)
     parser.add_argument("--network", type=int, default=10,
                         help="providers of the discovery-inclusive run (0: skip it)")
-    parser.add_argument("--only", default="", help="comma list: remote,ray,cli,jobs,network")
+    parser.add_argument("--only", default="", help="comma list: remote,warm,ray,cli,jobs,network")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -238,6 +264,9 @@ def main() -> None:
             time.sleep(2.0)  # let the warm pool fill
             if want("remote"):
                 out["remote_warm"] = remote_calls(addr, root / "req-remote", args.calls)
+            if want("warm"):
+                out["remote_keep_warm"] = kept_warm_calls(addr, root / "req-warm",
+                                                          args.calls, args.jobs * 5)
             if want("cli"):
                 out["cli"] = whole_process(net, addr, root / "req-cli", script, args.submits)
             if want("jobs"):
@@ -257,6 +286,9 @@ def main() -> None:
         ratios["remote_to_local"] = round(warm / out["local"]["median_ms"], 1)
         if ray_ms:
             ratios["remote_to_ray"] = round(warm / ray_ms, 2)
+    kept = out.get("remote_keep_warm", {}).get("median_ms")
+    if kept is not None and ray_ms:
+        ratios["keep_warm_to_ray"] = round(kept / ray_ms, 2)
     out["ratios"] = ratios
     print(json.dumps(out, indent=1))
 

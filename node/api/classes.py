@@ -163,6 +163,10 @@ class RemoteClass(Generic[T]):
     def __repr__(self) -> str:
         return f"<remote class {self.cls.__qualname__!r}>"
 
+    def payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """CLASS_FILE's bytes: what the sandbox builds the object from."""
+        return pickle_function(self.cls, (self.cls, args, kwargs))
+
     @asynccontextmanager
     async def _open(self, args: tuple[Any, ...], kwargs: dict[str, Any]
                     ) -> AsyncIterator[RemoteInstance]:
@@ -174,7 +178,7 @@ class RemoteClass(Generic[T]):
             args = _take_files(args, folder, found)
             kwargs = _take_files(kwargs, folder, found)
             try:
-                class_file.write_bytes(pickle_function(self.cls, (self.cls, args, kwargs)))
+                class_file.write_bytes(self.payload(args, kwargs))
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 raise UserError(f"cannot send {self.cls.__qualname__} and its arguments to "
                                 f"a provider: {exc}; keep them picklable") from None
@@ -345,7 +349,7 @@ class RemoteInstance:
             raise AttributeError(f"{self._cls.__qualname__} has no method {name!r}")
         if inspect.isgeneratorfunction(fn):
             return _StreamMethod(self, name)
-        return _CallMethod(self, name, getattr(fn, "__offload_idempotent__", False))
+        return CallMethod(self, name, getattr(fn, "__offload_idempotent__", False))
 
 
 def _args(args: tuple[Any, ...], kwargs: dict[str, Any], method: str) -> bytes:
@@ -367,7 +371,7 @@ def _value(session: RemoteSession, data: bytes, error: bool) -> Any:
     return returned.value
 
 
-class _CallMethod:
+class CallMethod:
     def __init__(self, instance: RemoteInstance, name: str, idempotent: bool) -> None:
         self._instance = instance
         self._name = name

@@ -82,6 +82,9 @@ class Options:
     bootstrap: tuple[str, ...] | None = None
     config: str | None = None
     out: str = "offload-out"
+    keep_warm: int = 0
+    """Seconds a session holding the function stays open after its last call (0: each
+    call is a job); node.api.warm."""
 
     @classmethod
     def of(cls, **settings: Any) -> Options:
@@ -99,6 +102,7 @@ class Options:
 
 
 _SESSION = frozenset(f.name for f in dataclasses.fields(Options)) - {"job"}
+MAX_KEEP_WARM_S = 3600
 _LEASE = ("idle_timeout", "max_duration", "concurrency", "restart", "sample")
 """@remote's settings for classes only (node.api.classes)."""
 
@@ -159,9 +163,16 @@ class _MapMethod(Generic[R]):
 class RemoteFunction(Generic[P, R]):
     """A function with `.remote`, `.map`, `.call` (on providers) and `.local` (here)."""
 
-    def __init__(self, fn: Callable[P, R], options: Options) -> None:
+    def __init__(self, fn: Callable[P, R], options: Options, *, concurrency: int = 1,
+                 sample: float = 0.25) -> None:
         self.fn = fn
         self.options = options
+        self._warm: RemoteClass[Any] | None = None
+        if options.keep_warm:
+            from node.api.warm import function_class
+
+            self._warm = function_class(fn, options, keep_warm=options.keep_warm,
+                                        concurrency=concurrency, sample=sample)
         functools.update_wrapper(self, fn)
         self.remote: _Method[P, R] = _Method(self._remote, "Run on a provider; the value.")
         self.call: _Method[P, Result] = _Method(self._call, "Run on a provider; the Result.")
@@ -184,6 +195,10 @@ class RemoteFunction(Generic[P, R]):
 
     # the calls ------------------------------------------------------------------------
     async def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        if self._warm is not None:
+            async with self._session() as r:
+                warm_value: R = await self._warm_call(r, args, kwargs)
+                return warm_value
         result = await self._call(args, kwargs)
         value: R = result.value
         return value
@@ -198,6 +213,8 @@ class RemoteFunction(Generic[P, R]):
                    return_exceptions: bool) -> list[R | Exception]:
         if not calls:
             return []
+        if self._warm is not None:
+            return await self._warm_map(calls, return_exceptions)
         out: list[R | Exception | None] = [None] * len(calls)
         with _staged(self.fn, calls) as (jobs_files, _):
             async with self._session() as r:
@@ -232,6 +249,38 @@ class RemoteFunction(Generic[P, R]):
                 except BaseExceptionGroup as group:
                     raise (sole_error(group) or group) from None
         return out  # type: ignore[return-value]  # every slot is filled by now
+
+    async def _warm_call(self, r: Requester, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> Any:
+        from node.api.warm import call
+
+        assert self._warm is not None
+        return await call(r, self, self._warm, self.options.keep_warm, args, kwargs)
+
+    async def _warm_map(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                        return_exceptions: bool) -> list[R | Exception]:
+        """Every call on the one warm session, as many at once as its concurrency."""
+        assert self._warm is not None
+        out: list[Any] = [None] * len(calls)
+        limiter = trio.CapacityLimiter(self._warm.lease.concurrency)
+
+        async def one(r: Requester, i: int) -> None:
+            async with limiter:
+                try:
+                    out[i] = await self._warm_call(r, *calls[i])
+                except (RemoteError, RemoteFunctionError) as exc:
+                    if not return_exceptions:
+                        raise
+                    out[i] = exc
+
+        async with self._session() as r:
+            try:
+                async with trio.open_nursery() as nursery:
+                    for i in range(len(calls)):
+                        nursery.start_soon(one, r, i)
+            except BaseExceptionGroup as group:
+                raise (sole_error(group) or group) from None
+        return out
 
     async def _planned_here(self, r: Requester, files: tuple[Path, Path, Path],
                             items: int) -> int:
@@ -347,7 +396,7 @@ def remote(*, gpus: int = 0, cpus: int = 1, memory_gb: float = 2.0, disk_gb: flo
            config: str | os.PathLike[str] | None = None,
            out: str | os.PathLike[str] = "offload-out", idle_timeout: int = 300,
            max_duration: int = 3600, concurrency: int = 1,
-           restart: bool = False, sample: float = 0.25) -> _Decorator: ...
+           restart: bool = False, sample: float = 0.25, keep_warm: int = 0) -> _Decorator: ...
 
 
 def remote(fn: Any = None, /, **settings: Any) -> Any:
@@ -366,6 +415,11 @@ def remote(fn: Any = None, /, **settings: Any) -> Any:
     restart: a lost session is opened again on another provider (the constructor runs
     again) and a call in flight is retried if its method is marked `@idempotent`;
     verify="sample" replays a `sample` share of calls on a second provider's session.
+
+    keep_warm (s), on a function: its calls are served by one session kept open on a
+    provider until keep_warm seconds after the last call (node.api.warm): milliseconds a
+    call instead of a fresh sandbox each; `concurrency` calls at once (map uses it too);
+    verify "none" or "sample". `.call()` still runs each call as a job.
     """
     lease = {k: settings.pop(k) for k in _LEASE if k in settings}
     for key in ("home", "config", "out"):
@@ -387,10 +441,22 @@ def remote(fn: Any = None, /, **settings: Any) -> Any:
         if isinstance(f, type):
             from node.api.classes import RemoteClass
 
+            if options.keep_warm:
+                raise UserError("@remote: keep_warm is for functions; a class's session "
+                                "stays open for its block (idle_timeout bounds it)")
             return RemoteClass(f, options, **lease)
-        if lease:
-            raise UserError(f"@remote: {', '.join(sorted(lease))} are for classes (sessions), "
-                            "not functions")
-        return RemoteFunction(f, options)
+        if options.keep_warm:
+            if not 0 < options.keep_warm <= MAX_KEEP_WARM_S:
+                raise UserError(f"@remote: keep_warm must be 1 .. {MAX_KEEP_WARM_S} s")
+            if job.verify not in ("none", "sample") or job.redundancy > 1:
+                raise UserError("@remote: a keep_warm function takes verify=\"none\" or "
+                                "\"sample\" (its calls are session calls), not redundancy")
+            warm_only = {"concurrency", "sample"}
+        else:
+            warm_only = set()
+        if set(lease) - warm_only:
+            raise UserError(f"@remote: {', '.join(sorted(set(lease) - warm_only))} are for "
+                            "classes (sessions), not functions")
+        return RemoteFunction(f, options, **lease)
 
     return wrap(fn) if fn is not None else wrap

@@ -118,6 +118,10 @@ class Requester:
         """Escrows that dead processes on this home had left locked, settled at start."""
         self.closed = trio.Event()
         """Set once the session has closed."""
+        self.background: trio.Nursery | None = None
+        """Tasks that live as long as the session (kept-warm sessions: node.api.warm)."""
+        self.at_close: list[Callable[[], None]] = []
+        """Called first when the session closes, before `background` is waited for."""
 
     # session --------------------------------------------------------------------------
     async def __aenter__(self) -> Requester:
@@ -128,6 +132,8 @@ class Requester:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.core)
             self.swept = self.core.swept
+            self.background = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(self._closing)
             self._stack = stack.pop_all()
         self._token = CURRENT.set(self)
         return self
@@ -147,6 +153,10 @@ class Requester:
             return await stack.__aexit__(kind, exc, tb)
         finally:
             self.closed.set()
+
+    def _closing(self) -> None:
+        for fn in self.at_close:
+            fn()
 
     @property
     def peer_id(self) -> str:
