@@ -3,6 +3,7 @@
 host.py        our Host/Stream seam (typing.Protocols) and their libp2p form: dial, listen
 compat.py      every py-libp2p 0.8.1 workaround but the DHT's, in one place
 compat_kad.py  the DHT's: one-peer Kademlia requests that raise, a fair DHT server
+lean.py        libp2p without its QUIC, WebSocket and AutoTLS modules (half its import time)
 memory.py      an in-memory host pair on trio memory streams, for tests without sockets
 client.py      a requester-side node session: a host, a DHT client and the bootstrap peers
 addrs.py       peer addresses as text, checked without importing libp2p
@@ -19,3 +20,7 @@ proximity.py   Vivaldi coordinates from measured round trips
 peers.py       the requester's memory of peers: RTTs, its coordinate, trust and bans
 limits.py      per-peer and per-IP shares of streams and connections; peer errors by kind
 """
+
+from node.net.lean import install as _lean
+
+_lean()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
 
+from node.config import resolve
 from node.errors import PeerGone, PeerTimeout
 from node.net import compat
 from node.net.limits import PeerErrors, StreamShares
@@ -50,6 +51,12 @@ DIAL_BACK_S: Final = 5.0
 """An AutoNAT dial-back gives up after this long."""
 DCUTR_DIAL_S: Final = 3
 """A hole-punching dial gives up after this long (trap 5: a dead address hangs 10 s)."""
+
+
+def hole_punching() -> bool:
+    """Whether this node answers and starts DCUtR (OFFLOAD_HOLE_PUNCH=off|0|no: neither,
+    so relayed connections stay relayed)."""
+    return resolve(None, "OFFLOAD_HOLE_PUNCH", None, "on").lower() not in ("off", "0", "no")
 
 
 class NatServices:
@@ -90,8 +97,9 @@ class NatServices:
 
         compat.advertise_exactly(self._raw, lambda: self.advertised)
         compat.fresh_dial_back(self.autonat, self._raw, timeout_s=DIAL_BACK_S)
-        async with background_trio_service(self.circuit), \
-                background_trio_service(self.dcutr):
+        async with background_trio_service(self.circuit), AsyncExitStack() as stack:
+            if hole_punching():
+                await stack.enter_async_context(background_trio_service(self.dcutr))
             await self.circuit.event_started.wait()
             self._guard(AUTONAT_PROTOCOL, self.autonat.handle_stream)
             if self.relay_service:
