@@ -46,12 +46,13 @@ class HasInputs(Protocol):
 async def receive_inputs(stream: Stream, spec: HasInputs, job_id: str, slot: Slot, *,
                          cache: InputCache | None, metrics: ProviderMetrics,
                          on_cached: Callable[[], None],
-                         identity: Identity | None = None) -> None:
+                         identity: Identity | None = None, lanes: bool = True) -> None:
     """Inputs the cache holds are not sent again; interrupted ones resume where they
     stopped; each lands read-only in the job's inputs. The whole upload must average
     transfer.MIN_RATE_BPS (after its grace), so a trickling peer is cut with
     TransferTimeout and its slot freed; a resumed upload is allowed for what is left.
-    With `identity`, an upload of wire.LANE_MIN_BYTES or more is offered a fast lane."""
+    With `identity`, an upload of wire.LANE_MIN_BYTES or more is offered a fast lane;
+    `lanes=False` (a session, whose table has no lane frames): chunks only, no offer."""
     by_digest = {f.sha256: f for f in spec.inputs}
     digests = list(by_digest)
     partials: dict[str, PartialFile] = {}
@@ -86,7 +87,9 @@ async def receive_inputs(stream: Stream, spec: HasInputs, job_id: str, slot: Slo
             await stream.send(wire.Accepted(job_id=job_id, need=need, resume=resume))
             sinks: list[tuple[str, PartialFile | lane.DestFile]] = [
                 (by_digest[d].name, partials[d] if d in partials else direct[d]) for d in need]
-            if await lane.receive_phase(stream, identity, sinks, fallback=by_stream):
+            if not lanes:
+                await by_stream(stream)
+            elif await lane.receive_phase(stream, identity, sinks, fallback=by_stream):
                 await _commit_lane(need, partials, direct, held, on_cached)
                 metrics.bytes_in_total.inc(left)
     finally:

@@ -125,8 +125,7 @@ async def _run(p: Provider, stream: Stream, spec: SessionSpec, job: JobSpec,
     assert p.executor is not None
     async with p.executor.slot(job, session_id) as slot:
         await receive_inputs(stream, spec, session_id, slot, cache=p.cache,
-                             metrics=p.metrics, on_cached=p.wake_advertiser,
-                             identity=p.identity)
+                             metrics=p.metrics, on_cached=p.wake_advertiser, lanes=False)
         log.info("session %s from %s: starting its host", session_id[:12],
                  spec.requester[:16])
         async with slot.interactive() as host:

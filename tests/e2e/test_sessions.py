@@ -189,7 +189,7 @@ def test_a_file_argument_moves_once_and_a_second_session_sends_nothing(
     from node.api.requester import Requester
     from node.requester import events
 
-    data = os.urandom(2 * 2**20)
+    data = os.urandom(6 * 2**20)  # above wire.LANE_MIN_BYTES: sessions' inputs take no lane
     path = net.root / "weights.bin"
     path.write_bytes(data)
     Weights = remote(cpus=1, idle_timeout=60, max_duration=300, echo=False, max_price=1.0)(
