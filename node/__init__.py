@@ -16,7 +16,7 @@ localnet.py    N local provider processes on loopback: demo, e2e tests and bench
 
 Dependencies inside node/ (tests/test_layout.py): only net/ imports libp2p; provider/ and
 requester/ never import each other; api/ goes through requester/; nothing imports cli/.
-`from node import Requester, remote, File, Result, Job` loads the API on first use, so the
+`from node import Requester, remote, split, File, Result, Job` loads the API on first use, so the
 CLI does not pay for it.
 """
 
@@ -28,18 +28,19 @@ if TYPE_CHECKING:
     from node.api.classes import File, RemoteClass, idempotent
     from node.api.remote import RemoteFunction, remote
     from node.api.requester import Job, JobFailed, MapItemFailed, Offer, Requester, Result
+    from node.api.split import Split, split
     from node.api.sync import SyncRequester
     from node.api.values import RemoteFunctionError, ReturnValueRejected
 
 __all__ = ["File", "Job", "JobFailed", "MapItemFailed", "Offer", "RemoteClass", "RemoteFunction",
            "RemoteFunctionError", "Requester", "Result", "ReturnValueRejected",
-           "SyncRequester", "idempotent", "remote"]
+           "Split", "SyncRequester", "idempotent", "remote", "split"]
 _API = "node.api.requester"
 _LAZY = {"Job": _API, "JobFailed": _API, "MapItemFailed": _API, "Offer": _API,
          "Requester": _API, "Result": _API,
          "RemoteFunction": "node.api.remote", "remote": "node.api.remote",
          "File": "node.api.classes", "RemoteClass": "node.api.classes",
-         "idempotent": "node.api.classes",
+         "idempotent": "node.api.classes", "split": "node.api.split", "Split": "node.api.split",
          "SyncRequester": "node.api.sync", "RemoteFunctionError": "node.api.values",
          "ReturnValueRejected": "node.api.values"}
 

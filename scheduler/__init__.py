@@ -10,6 +10,7 @@ scoring.py       offer scoring: cost, completion time, reputation, locality, RTT
                  per-ad reference and the same formula over numpy feature columns
 book.py          the offer book: one ad per peer (newest seq) in columns, ranked with numpy
 decide.py        the offload decision: here, one provider, or split; explained as a Plan
+layers.py        where to cut one model between here and a provider: every cut priced
 mapping.py       a distributed map's state machine: queues, steals, retries, stragglers
 verification.py  comparators, k-of-n quorum, canaries, adaptive replication, blacklists
 vivaldi.py       Vivaldi network coordinates carried in ads

@@ -29,7 +29,7 @@ ALLOWED = {
     "ledger": {"ledger", "protocol"},
     "node": OURS | {"trio", "libp2p", "multiaddr", "platformdirs", "pynvml",
                     "prometheus_client", "cloudpickle", "numpy", "rich",
-                    "msgpack"},
+                    "msgpack", "torch"},
 }
 SHARED = {"node", "node.errors", "node.home", "node.config"}
 """node's top level that every role may use."""

@@ -1,0 +1,452 @@
+"""`split(model, example_input)`: run a model's first blocks here and the rest in a
+provider's session, cut where the objective says (scheduler.layers).
+
+    model = torch.nn.Sequential(conv, relu, ..., head)      # or a list of modules
+    sm = split(model, torch.randn(1, 3, 64, 64), objective="latency", max_price=0.5)
+    print(sm.plan.to_json())                                  # every cut, and the choice
+    y = sm(x)                                                 # equal to model(x)
+    sm.close()                                                # or `with split(...) as sm:`
+
+Another model becomes blocks by listing the modules its forward calls in order, each
+taking the previous one's output (one tensor): `split([model.embed, *model.layers,
+model.head], x)`; a model whose forward does more than chain them needs a small
+nn.Module per block that does it.
+
+How the cut is chosen: each block is timed here (median of `passes` runs after one warm-up)
+and its output measured; the best provider for the options (as @remote ranks them) is
+estimated at its benchmark's speed over ours, then, once its session is open, measured:
+the session times every block there (the calibration pass) and the link's RTT and
+bandwidth are measured with calls of known sizes. Cut n (all here) never opens a session.
+Each call re-measures the link from its own timing; when RTT or bandwidth drift more
+than `drift` (a share) from what the plan used, the cut is chosen again. The session
+holds the whole model, so any cut can be served without moving weights again.
+
+Energy: this device's power comes from `power_w=` when given, else NVML for a CUDA input,
+else RAPL (/sys/class/powercap), else DEFAULT_POWER_W; energy per byte sent from
+`joules_per_byte=`, else DEFAULT_JOULES_PER_BYTE (a Wi-Fi radio's order of magnitude);
+the plan says which (`plan.power.source`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from node.errors import ResultRejected, UserError
+from scheduler.errors import SchedulerError
+from scheduler.layers import OBJECTIVES, Block, CutPlan, Objective, Power, Remote, choose, drifted
+
+log = logging.getLogger(__name__)
+DEFAULT_POWER_W = 15.0
+DEFAULT_JOULES_PER_BYTE = 1e-7
+ASSUMED_BYTES_PER_S = 50e6
+"""The link's bandwidth before anything was measured (only the first estimate uses it)."""
+PROBE_BYTES = 512 << 10
+OUTPUT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int64", "int32",
+                           "int16", "int8", "uint8", "bool"})
+MAX_OUTPUT_BYTES = 1 << 30
+PART_BYTES = 768 << 10
+"""Activations move in parts of this size: a session call's value is at most 1 MiB."""
+LOCAL_GFLOPS_N = 256
+
+
+class _Model:
+    """The session's object on the provider: the whole model, run from any block on."""
+
+    def __init__(self, blocks: list[Any]) -> None:
+        import torch
+
+        self.blocks = [b.eval() for b in blocks]
+        torch.set_grad_enabled(False)
+
+    def run(self, x: Any, start: int) -> Any:
+        for b in self.blocks[start:]:
+            x = b(x)
+        return x
+
+    def put(self, i: int, data: bytes) -> int:
+        """Part `i` of the next input (parts are joined by `run_parts`)."""
+        parts = self.__dict__.setdefault("_parts", {})
+        parts[i] = data
+        return len(data)
+
+    def run_parts(self, start: int, n: int, dtype: str, shape: list[int], part: int) -> Any:
+        """Run from block `start` on the input put in `n` parts; a small output comes back
+        as it is, a big one as its dtype, shape and number of parts (`take` fetches them)."""
+        import torch
+
+        y = self.run(self._joined(n, dtype, shape), start)
+        raw = y.contiguous().view(torch.uint8).numpy().tobytes() if y.nelement() else b""
+        if len(raw) <= part:
+            return y
+        self._out = [raw[i:i + part] for i in range(0, len(raw), part)]
+        return [str(y.dtype).removeprefix("torch."), list(y.shape), len(self._out)]
+
+    def profile_parts(self, n: int, dtype: str, shape: list[int], passes: int) -> list[float]:
+        return self.profile(self._joined(n, dtype, shape), passes)
+
+    def _joined(self, n: int, dtype: str, shape: list[int]) -> Any:
+        import torch
+
+        parts = self.__dict__.pop("_parts", {})
+        data = bytearray(b"".join(parts[i] for i in range(n)))
+        return torch.frombuffer(data, dtype=getattr(torch, dtype)).reshape(shape)
+
+    def take(self, i: int) -> bytes:
+        return self._out[i]
+
+    def profile(self, x: Any, passes: int) -> list[float]:
+        import time as t
+
+        out = []
+        for b in self.blocks:
+            b(x)
+            runs = []
+            for _ in range(passes):
+                s = t.perf_counter()
+                y = b(x)
+                runs.append(t.perf_counter() - s)
+            runs.sort()
+            out.append(runs[len(runs) // 2])
+            x = y
+        return out
+
+    def ping(self) -> int:
+        return 0
+
+    def sink(self, data: bytes) -> int:
+        return len(data)
+
+    def source(self, n: int) -> bytes:
+        return bytes(min(n, 1 << 24))
+
+
+def _blocks(model: Any) -> list[Any]:
+    import torch
+
+    listed = isinstance(model, list | tuple) and all(
+        isinstance(m, torch.nn.Module) for m in model)
+    if isinstance(model, torch.nn.Sequential) or listed:
+        blocks = list(model)
+    else:
+        raise UserError("split() takes a torch.nn.Sequential or a list of modules (see "
+                        "help(node.api.split) for wrapping another model into blocks)")
+    if not blocks:
+        raise UserError("split() needs at least one block")
+    return blocks
+
+
+def _nbytes(value: Any) -> int:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return int(value.nelement() * value.element_size())
+    raise UserError(f"a block returned {type(value).__name__}; split() chains blocks that "
+                    "each take and return one tensor")
+
+
+def profile_here(blocks: Sequence[Any], x: Any, passes: int) -> list[Block]:
+    """Each block's median time here and the bytes of its output."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i, b in enumerate(blocks):
+            b.eval()
+            y = b(x)
+            runs = []
+            for _ in range(passes):
+                t = time.perf_counter()
+                y = b(x)
+                runs.append(time.perf_counter() - t)
+            out.append(Block(name=f"{i}:{type(b).__name__}", local_s=statistics.median(runs),
+                             out_bytes=_nbytes(y)))
+            x = y
+    return out
+
+
+def local_gflops() -> float:
+    """fp32 matmul GFLOP/s here, with the threads torch uses (what the blocks ran with)."""
+    import torch
+
+    a = torch.randn(LOCAL_GFLOPS_N, LOCAL_GFLOPS_N)
+    a @ a
+    runs = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        runs.append(time.perf_counter() - t)
+    return 4 * 2 * LOCAL_GFLOPS_N ** 3 / statistics.median(runs) / 1e9
+
+
+def power_here(x: Any, blocks: Sequence[Any], power_w: float | None,
+               joules_per_byte: float | None) -> Power:
+    jpb, jpb_src = ((joules_per_byte, "given") if joules_per_byte is not None
+                    else (DEFAULT_JOULES_PER_BYTE, "default"))
+    if power_w is not None:
+        return Power(watts=power_w, joules_per_byte=jpb,
+                     source=f"power_w={power_w:g} given; energy per byte {jpb_src}")
+    if getattr(x, "is_cuda", False):
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(x.device.index or 0)
+            watts = pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+            return Power(watts=watts, joules_per_byte=jpb,
+                         source=f"NVML (GPU {x.device.index or 0}); energy per byte {jpb_src}")
+        except Exception as exc:  # no driver, no permission: the next source
+            log.info("NVML gave no power figure: %s", exc)
+    rapl = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+    try:
+        e0, t0 = int(rapl.read_text()), time.perf_counter()
+        profile_here(blocks, x, 3)
+        e1, t1 = int(rapl.read_text()), time.perf_counter()
+        if e1 > e0 and t1 > t0:
+            return Power(watts=(e1 - e0) / 1e6 / (t1 - t0), joules_per_byte=jpb,
+                         source=f"RAPL package 0 while the blocks ran; energy per byte "
+                                f"{jpb_src}")
+    except (OSError, ValueError):
+        pass
+    return Power(watts=DEFAULT_POWER_W, joules_per_byte=jpb,
+                 source=f"no NVML or RAPL here: DEFAULT_POWER_W={DEFAULT_POWER_W:g} (set "
+                        f"power_w=); energy per byte {jpb_src}")
+
+
+@dataclasses.dataclass
+class Link:
+    rtt_s: float
+    bytes_per_s: float
+
+
+class Split:
+    """The split model: calling it runs the chosen head here and the tail in the session.
+    `plan` is the current CutPlan; `replans` counts the cuts chosen again after a drift."""
+
+    def __init__(self, blocks: list[Any], example: Any, *, objective: Objective,
+                 max_latency_s: float | None, passes: int, drift: float,
+                 power: Power, options: dict[str, Any]) -> None:
+        self.blocks = blocks
+        self.objective: Objective = objective
+        self.max_latency_s = max_latency_s
+        self.drift = drift
+        self.power = power
+        self.profile = profile_here(blocks, example, passes)
+        self.input_bytes = _nbytes(example)
+        self.replans = 0
+        self.remote: Remote | None = None
+        self._session: Any = None
+        self._instance: Any = None
+        self._options = options
+        self.remote_s: tuple[float, ...] = ()
+        self.link = Link(rtt_s=0.0, bytes_per_s=ASSUMED_BYTES_PER_S)
+        self._example, self._passes = example, passes
+        self.estimate = self._estimate()
+        self.plan = self._choose(self.estimate)
+        if self.plan.chosen.peer is not None:
+            self._open()
+
+    # planning --------------------------------------------------------------------------
+    def _choose(self, remote: Remote | None) -> CutPlan:
+        try:
+            return choose(self.profile, self.input_bytes, remote, self.power,
+                          objective=self.objective, max_latency_s=self.max_latency_s)
+        except SchedulerError as exc:
+            raise UserError(str(exc)) from None
+
+    def _estimate(self) -> Remote | None:
+        """The best provider for the options, at its benchmark's speed over ours."""
+        from node.api.remote import remote
+        from node.api.sync import portal
+
+        rc = remote(**self._options)(_Model)
+
+        async def best() -> Any:
+            from node.api.shared import requester_for
+
+            async with requester_for(rc.options.session()) as r:
+                return await r.candidates(rc.options.job)
+        ranked = portal().run(best)
+        if not ranked:
+            return None
+        ad, parts = ranked[0]
+        cpu = [d.gflops for d in ad.devices if d.kind == "cpu" and d.gflops > 0]
+        speedup = (cpu[0] / max(local_gflops(), 1e-3)) if cpu else 1.0
+        return Remote(peer=ad.peer_id, speedup=max(speedup, 1e-3),
+                      rtt_s=parts.rtt_ms / 1000.0, bytes_per_s=ASSUMED_BYTES_PER_S,
+                      credits_per_s=_credits_per_s(ad))
+
+    def _open(self) -> None:
+        """Open the session, calibrate it and the link, and choose again with them."""
+        estimate, example, passes = self.estimate, self._example, self._passes
+        if estimate is None:
+            raise UserError("no provider can run this model's blocks; see `offload offers`")
+        from node.api.remote import remote
+
+        rc = remote(**self._options)(_Model)
+        self._session = rc.session(self.blocks)
+        self._instance = self._session.__enter__()
+        atexit.register(self.close)
+        if _nbytes(example) <= PART_BYTES:
+            self.remote_s = tuple(self._instance.profile(example, passes))
+        else:
+            self.remote_s = tuple(self._instance.profile_parts(*self._put(example), passes))
+        link = self._measure_link()
+        self.remote = dataclasses.replace(estimate, peer=self._instance.session.ad.peer_id,
+                                          rtt_s=link.rtt_s, bytes_per_s=link.bytes_per_s,
+                                          remote_s=self.remote_s)
+        self.link = link
+        self.plan = self._choose(self.remote)
+        log.info("split: cut %d of %d (%s)", self.plan.chosen.k, len(self.blocks),
+                 self.plan.reason)
+
+    def _measure_link(self) -> Link:
+        inst = self._instance
+        pings = []
+        for _ in range(5):
+            t = time.perf_counter()
+            inst.ping()
+            pings.append(time.perf_counter() - t)
+        rtt = statistics.median(pings)
+        t = time.perf_counter()
+        inst.sink(bytes(PROBE_BYTES))
+        up = time.perf_counter() - t
+        t = time.perf_counter()
+        inst.source(PROBE_BYTES)
+        down = time.perf_counter() - t
+        spent = max(up + down - 2 * rtt, 1e-6)
+        return Link(rtt_s=rtt, bytes_per_s=2 * PROBE_BYTES / spent)
+
+    def force(self, k: int) -> None:
+        """Use cut `k` (0..n) whatever the objective says (measuring every cut, say)."""
+        cuts = {c.k: c for c in self.plan.cuts}
+        if k not in cuts:
+            raise UserError(f"cut {k} is not among this plan's cuts {sorted(cuts)}")
+        if cuts[k].peer is not None and self._instance is None:
+            self._open()
+            cuts = {c.k: c for c in self.plan.cuts}
+        self.plan = dataclasses.replace(self.plan, chosen=cuts[k], reason=f"cut {k} forced")
+
+    # calls -----------------------------------------------------------------------------
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        k = self.plan.chosen.k
+        with torch.no_grad():
+            for b in self.blocks[:k]:
+                x = b(x)
+            if k == len(self.blocks):
+                return x
+            up = _nbytes(x)
+            t = time.perf_counter()
+            y = self._remote_run(x, k)
+            wall = time.perf_counter() - t
+        self._observe(up + _nbytes(y), wall - sum(self.remote_s[k:]))
+        return y
+
+    forward = __call__
+
+    def _put(self, x: Any) -> tuple[int, str, list[int]]:
+        """`x` sent in parts to the session: their count, its dtype and shape."""
+        import torch
+
+        raw = x.contiguous().view(torch.uint8).numpy().tobytes() if x.nelement() else b""
+        parts = [raw[i:i + PART_BYTES] for i in range(0, len(raw), PART_BYTES)]
+        for i, part in enumerate(parts):
+            self._instance.put(i, part)
+        return len(parts), str(x.dtype).removeprefix("torch."), list(x.shape)
+
+    def _remote_run(self, x: Any, k: int) -> Any:
+        """Blocks k.. on the provider; activations in parts (a call carries at most 1 MiB)."""
+        import torch
+
+        inst = self._instance
+        if _nbytes(x) <= PART_BYTES and self.profile[-1].out_bytes <= PART_BYTES:
+            return inst.run(x, k)
+        y = inst.run_parts(k, *self._put(x), PART_BYTES)
+        if isinstance(y, torch.Tensor):
+            return y
+        dtype, shape, n = _output_head(y)
+        data = bytearray()
+        for i in range(n):
+            data += inst.take(i)
+            if len(data) > MAX_OUTPUT_BYTES:
+                break
+        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        if len(data) != size:
+            raise ResultRejected(f"the provider's output has {len(data)} bytes, not the "
+                                 f"{size} its shape says")
+        return torch.frombuffer(data, dtype=dtype).reshape(shape) if size else \
+            torch.empty(shape, dtype=dtype)
+
+    def _observe(self, nbytes: int, link_s: float) -> None:
+        """Fold one call's link time into the estimate; choose again past the drift."""
+        assert self.remote is not None
+        link_s = max(link_s, 1e-6)
+        rtt = self.link.rtt_s
+        bw = nbytes / max(link_s - rtt, 1e-6) if link_s > 2 * rtt else self.link.bytes_per_s
+        self.link = Link(rtt_s=0.8 * rtt + 0.2 * min(link_s, rtt * 4),
+                         bytes_per_s=0.8 * self.link.bytes_per_s + 0.2 * bw)
+        if drifted(self.remote, self.link.rtt_s, self.link.bytes_per_s, threshold=self.drift):
+            self.remote = dataclasses.replace(self.remote, rtt_s=self.link.rtt_s,
+                                              bytes_per_s=self.link.bytes_per_s)
+            before = self.plan.chosen.k
+            self.plan = self._choose(self.remote)
+            self.replans += 1
+            log.info("split: the link drifted; cut %d -> %d", before, self.plan.chosen.k)
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.__exit__(None, None, None)
+
+    def __enter__(self) -> Split:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _output_head(value: Any) -> tuple[Any, list[int], int]:
+    """A big output's dtype, shape and part count, as the provider sent them (checked)."""
+    import torch
+
+    ok = isinstance(value, list | tuple) and len(value) == 3
+    dtype, shape, n = value if ok else (None, None, None)
+    if not (ok and dtype in OUTPUT_DTYPES and isinstance(shape, list | tuple)
+            and len(shape) <= 16 and all(isinstance(d, int) and 0 <= d < 2**31 for d in shape)
+            and isinstance(n, int) and 0 < n <= MAX_OUTPUT_BYTES // PART_BYTES + 1):
+        raise ResultRejected("the provider described a split's output that cannot be one")
+    return getattr(torch, dtype), list(shape), n
+
+
+def _credits_per_s(ad: Any) -> float:
+    from scheduler.pricing import MICRO
+
+    return float(ad.price.per_cpu_second) / MICRO
+
+
+def split(model: Any, example_input: Any, *, objective: Objective = "latency",
+          max_latency: float | None = None, passes: int = 5, drift: float = 0.5,
+          power_w: float | None = None, joules_per_byte: float | None = None,
+          **options: Any) -> Split:
+    """Cut `model` (an nn.Sequential or a list of modules) between here and a provider
+    where `objective` ("latency", "cost" within `max_latency` s, "energy") is least; the
+    other keywords are @remote's (cpus, max_price, where, home, bootstrap, ...)."""
+    if objective not in OBJECTIVES:
+        raise UserError(f"split(): objective is one of {', '.join(OBJECTIVES)}")
+    if passes < 1 or not drift > 0:
+        raise UserError("split(): passes is at least 1 and drift above 0")
+    blocks = _blocks(model)
+    power = power_here(example_input, blocks, power_w, joules_per_byte)
+    options.setdefault("echo", False)
+    return Split(blocks, example_input, objective=objective, max_latency_s=max_latency,
+                 passes=passes, drift=drift, power=power, options=options)

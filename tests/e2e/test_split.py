@@ -1,0 +1,105 @@
+"""`split()` against a real provider: every cut's output equals the whole model run here
+(activations above a call's 1 MiB cap move in parts), the plan explains each cut with the
+provider's calibrated times, and a plan that keeps everything here opens no session."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from node.api.split import PART_BYTES, split
+from tests.e2e.conftest import Network
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    network = Network(tmp_path_factory.mktemp("split"))
+    try:
+        network.start_provider(extra=["--warm", "0"])
+        yield network
+    finally:
+        network.close()
+
+
+def settings(net: Network) -> dict[str, Any]:
+    return {"home": str(net.root / "req"), "config": os.devnull,
+            "bootstrap": [net.providers[0]["addr"]]}
+
+
+def sessions(net: Network) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(net.offload("sessions", "--json", home="req",
+                                                        check=True).stdout)
+    return rows
+
+
+def cnn() -> torch.nn.Sequential:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),      # 16x64x64: 1 MiB out
+        torch.nn.Conv2d(16, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 32 * 32, 10))
+
+
+def test_every_cut_equals_running_the_model_here(net: Network) -> None:
+    model, x = cnn(), torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    with split(model, x, passes=2, **settings(net)) as sm:
+        plan = sm.plan.to_json()
+        assert [c["k"] for c in plan["cuts"]] == list(range(len(model) + 1))
+        for k in range(len(model) + 1):
+            sm.force(k)
+            got = sm(x)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5), k
+        remote = [c for c in sm.plan.cuts if c.peer is not None]
+        assert remote and all(c.peer == net.providers[0]["peer_id"] for c in remote)
+        assert sm.remote is not None and sm.remote.remote_s is not None  # calibrated there
+        assert len(sm.remote.remote_s) == len(model) and sm.link.bytes_per_s > 0
+        assert sm.plan.cuts[1].up_bytes > PART_BYTES  # that cut's input moved in parts
+        assert sm.plan.cuts[0].up_bytes == x.nelement() * 4
+    rows = sessions(net)
+    assert rows and rows[-1]["status"] == "closed"
+
+
+def test_an_output_above_a_calls_cap_comes_back_in_parts(net: Network) -> None:
+    model, x = cnn()[:2], torch.randn(8, 3, 64, 64)  # 2 MiB out, and 384 KiB in
+    with torch.no_grad():
+        want = model(x)
+    with split(model, x, passes=1, **settings(net)) as sm:
+        sm.force(0)
+        assert sm.plan.chosen.down_bytes > PART_BYTES
+        assert torch.allclose(sm(x), want, atol=1e-5)
+    big = torch.randn(20, 3, 64, 64)  # 960 KiB in: even its calibration moves in parts
+    with split(cnn(), big, passes=1, **settings(net)) as sm2:
+        sm2.force(1)
+        assert sm2.remote is not None and sm2.remote.remote_s is not None
+        assert torch.allclose(sm2(big), cnn()(big), atol=1e-4)
+
+
+def test_a_plan_that_keeps_everything_here_opens_no_session(net: Network) -> None:
+    model, x = cnn(), torch.randn(1, 3, 64, 64)
+    before = len(sessions(net))
+    sm = split(model, x, objective="energy", power_w=0.0, passes=1, **settings(net))
+    assert sm.plan.chosen.k == len(model) and sm.plan.chosen.peer is None
+    assert "power_w=0 given" in sm.plan.power.source
+    with torch.no_grad():
+        assert torch.equal(sm(x), model(x))
+    sm.close()
+    assert len(sessions(net)) == before  # no session was opened on any provider
+
+
+def test_energy_names_its_power_figure_when_none_is_given(net: Network) -> None:
+    model, x = cnn(), torch.randn(1, 3, 64, 64)
+    sm = split(model, x, objective="energy", passes=1, joules_per_byte=1.0, **settings(net))
+    try:
+        source = sm.plan.power.source
+        assert ("RAPL" in source or "DEFAULT_POWER_W" in source) and "per byte given" in source
+        assert sm.plan.to_json()["power"]["source"] == source
+        assert sm.plan.chosen.peer is None  # a joule a byte: nothing is worth sending
+    finally:
+        sm.close()
