@@ -1,8 +1,10 @@
 """Bulk data MiB/s on loopback, one run: raw TCP (trio sockets, 1 MiB reads from disk, the
-receiver discards), the libp2p job-stream path (noise + yamux + chunk frames, digest and
-disk write on the receiver), and the fast lane (TLS 1.3 beside that stream, node/net/lane.py,
-negotiated over it, digest and disk write too); ratios against raw TCP (issue #13: the
-lane >= 0.4x). Sender and receiver run in this one process, as in bench_provider.py.
+receiver discards), raw TCP whose receiver also writes to disk and hashes (sha256, in its
+one thread; for comparison only), the libp2p job-stream path (noise + yamux + chunk
+frames, digest and disk write on the receiver), and the fast lane (TLS 1.3 beside that
+stream, node/net/lane.py, negotiated over it, digest and disk write too); ratios against
+raw TCP (issue #13: the lane >= 0.4x). Sender and receiver run in this one process, as in
+bench_provider.py; received files are deleted after the clock stops.
 
 Usage: .venv/bin/python bench/bench_bulk.py [--mib 64 256] [--repeat 3]
 """
@@ -10,6 +12,7 @@ Usage: .venv/bin/python bench/bench_bulk.py [--mib 64 256] [--repeat 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import statistics
@@ -39,13 +42,22 @@ def make_blob(path: Path, mib: int) -> str:
     return h.hexdigest()
 
 
-async def raw_tcp(blob: Path) -> float:
+async def raw_tcp(blob: Path, keep: Path | None = None) -> float:
+    """Seconds to send `blob` over plain TCP; with `keep`, the receiver writes it there and
+    hashes it as it arrives (the file is deleted after the clock stops)."""
     size = blob.stat().st_size
 
     async def sink(stream: trio.SocketStream) -> None:
         got = 0
-        while got < size:
-            got += len(await stream.receive_some(CHUNK))
+        h = hashlib.sha256()
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(keep.open("wb")) if keep is not None else None
+            while got < size:
+                data = await stream.receive_some(CHUNK)
+                if out is not None:
+                    out.write(data)
+                    h.update(data)
+                got += len(data)
         await stream.send_all(b"k")
 
     async with trio.open_nursery() as nursery:
@@ -60,6 +72,8 @@ async def raw_tcp(blob: Path) -> float:
         took = time.perf_counter() - t
         await client.aclose()
         nursery.cancel_scope.cancel()
+    if keep is not None:
+        keep.unlink()
     return took
 
 
@@ -67,13 +81,14 @@ async def node_paths(blob: Path, digest: str, tmp: Path, repeat: int) -> dict[st
     """Seconds per transfer over the libp2p stream, and over the lane, `repeat` times each."""
     size = blob.stat().st_size
     times: dict[str, list[float]] = {"stream": [], "lane": []}
-    done: trio.MemorySendChannel[bool]
-    done, finished = trio.open_memory_channel[bool](1)
+    done: trio.MemorySendChannel[tuple[bool, Path]]
+    done, finished = trio.open_memory_channel[tuple[bool, Path]](1)
     a, b = Identity.generate(), Identity.generate()
     mode = {"lane": False}
+    runs = iter(range(1 << 30))
 
     async def handler(stream: Stream) -> None:
-        dest = tmp / "recv.bin"
+        dest = tmp / f"recv-{next(runs)}.bin"  # deleted once the clock stopped
         if mode["lane"]:
             sink = lane.DestFile(dest, size, digest)
 
@@ -85,8 +100,7 @@ async def node_paths(blob: Path, digest: str, tmp: Path, repeat: int) -> dict[st
         else:
             await receive_file(stream, name="blob.bin", size=size, sha256=digest, dest=dest)
             used = False
-        dest.unlink()
-        await done.send(used)
+        await done.send((used, dest))
 
     async with open_host(a, ["/ip4/127.0.0.1/tcp/0"]) as ha, \
             open_host(b, ["/ip4/127.0.0.1/tcp/0"]) as hb:
@@ -102,8 +116,9 @@ async def node_paths(blob: Path, digest: str, tmp: Path, repeat: int) -> dict[st
                 await lane.send_phase(stream, b, [("blob.bin", blob, 0)], fallback=no_fallback)
             else:
                 await send_file(stream, "blob.bin", blob)
-            used = await finished.receive()
+            used, dest = await finished.receive()
             times[name].append(time.perf_counter() - t)
+            dest.unlink()
             assert used == mode["lane"]
             await stream.close()
     return times
@@ -112,13 +127,17 @@ async def node_paths(blob: Path, digest: str, tmp: Path, repeat: int) -> dict[st
 def run(mib: int, repeat: int, tmp: Path) -> dict[str, Any]:
     blob = tmp / f"blob-{mib}.bin"
     digest = make_blob(blob, mib)
-    raw = [trio.run(raw_tcp, blob) for _ in range(repeat)]
+    raw, kept = [], []
+    for _ in range(repeat):
+        raw.append(trio.run(raw_tcp, blob))
+        kept.append(trio.run(raw_tcp, blob, tmp / "raw-recv.bin"))
     node = trio.run(node_paths, blob, digest, tmp, repeat)
     blob.unlink()
-    med = {"raw_tcp": statistics.median(raw), **{k: statistics.median(v)
-                                                 for k, v in node.items()}}
+    med = {"raw_tcp": statistics.median(raw), "raw_tcp_kept": statistics.median(kept),
+           **{k: statistics.median(v) for k, v in node.items()}}
     return {"mib": mib, "repeat": repeat,
             **{f"{k}_mib_s": round(mib / s, 1) for k, s in med.items()},
+            "ratio_kept_to_raw": round(med["raw_tcp"] / med["raw_tcp_kept"], 3),
             "ratio_stream_to_raw": round(med["raw_tcp"] / med["stream"], 3),
             "ratio_lane_to_raw": round(med["raw_tcp"] / med["lane"], 3)}
 
@@ -130,10 +149,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(m, args.repeat, Path(tmp)) for m in args.mib]
-    print("| MiB | raw TCP MiB/s | libp2p stream MiB/s (x raw) | lane MiB/s (x raw) |")
-    print("| --- | --- | --- | --- |")
+    print("| MiB | raw TCP MiB/s | raw TCP + write + sha256 MiB/s (x raw) "
+          "| libp2p stream MiB/s (x raw) | lane MiB/s (x raw) |")
+    print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['mib']} | {r['raw_tcp_mib_s']} | {r['stream_mib_s']} "
+        print(f"| {r['mib']} | {r['raw_tcp_mib_s']} | {r['raw_tcp_kept_mib_s']} "
+              f"({r['ratio_kept_to_raw']}) | {r['stream_mib_s']} "
               f"({r['ratio_stream_to_raw']}) | {r['lane_mib_s']} ({r['ratio_lane_to_raw']}) |")
     print(json.dumps(rows))
 

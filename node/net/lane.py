@@ -51,7 +51,7 @@ CONNECT_S = 10.0
 """The longest a lane may take to open (dial, TLS handshake, token); then the stream."""
 _OK = b"\x01"
 _HEADER = struct.Struct(">QQ")  # before each file: offset, bytes that follow
-PIPELINE = 2
+PIPELINE = 4
 """Chunks queued between the receiving thread and the writer (memory: a few chunks)."""
 
 
@@ -298,9 +298,10 @@ def receive_files(lane: ssl.SSLSocket, items: Sequence[tuple[str, PartialFile]],
                   peer: str = "", stall_s: float = STALL_S,
                   stop: threading.Event | None = None) -> int:
     """Each file into its PartialFile from its offset on; returns the bytes received. A
-    writer thread hashes and writes while this one decrypts, PIPELINE chunks between them.
-    Blocking: run it through `run_blocking`."""
+    writer thread hashes and writes while this one decrypts into one reused buffer,
+    PIPELINE chunks between them. Blocking: run it through `run_blocking`."""
     total, name = 0, "the first file"
+    view = memoryview(bytearray(CHUNK))
     queue_: queue.Queue[tuple[PartialFile, int, bytes] | None] = queue.Queue(PIPELINE)
     failed: list[BaseException] = []
 
@@ -322,7 +323,7 @@ def receive_files(lane: ssl.SSLSocket, items: Sequence[tuple[str, PartialFile]],
                     raise TransferFailed(f"the lane sent {name} bytes {offset}+{n}, not "
                                          f"{partial.offset}..{partial.size}")
                 while n:
-                    data = _recv_chunk(lane, min(CHUNK, n), name)
+                    data = _recv_chunk(lane, view[:min(CHUNK, n)], name)
                     if failed:
                         raise failed[0]
                     if stop is not None and stop.is_set():
@@ -349,15 +350,15 @@ def receive_files(lane: ssl.SSLSocket, items: Sequence[tuple[str, PartialFile]],
     return total
 
 
-def _recv_chunk(lane: ssl.SSLSocket, want: int, name: str) -> bytes:
-    buf = bytearray(want)
-    view, got = memoryview(buf), 0
+def _recv_chunk(lane: ssl.SSLSocket, view: memoryview, name: str) -> bytes:
+    """`view` filled from the lane (one TLS record a call), as bytes of its own."""
+    got, want, recv_into = 0, len(view), lane.recv_into
     while got < want:
-        k = lane.recv_into(view[got:])
+        k = recv_into(view[got:])
         if not k:
             raise PeerGone(f"the lane closed in the middle of {name}")
         got += k
-    return bytes(buf)
+    return bytes(view)
 
 
 T = TypeVar("T")
