@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from node.api.split import PART_BYTES, split
-from tests.e2e.conftest import Network
+from tests.e2e.conftest import REPO, Network, _env
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,17 @@ def test_energy_names_its_power_figure_when_none_is_given(net: Network) -> None:
         assert sm.plan.chosen.peer is None  # a joule a byte: nothing is worth sending
     finally:
         sm.close()
+
+
+def test_the_split_example_prints_its_table_and_matches_running_here(net: Network) -> None:
+    env = _env() | {"OFFLOAD_HOME": str(net.root / "req"), "PYTHONPATH": str(REPO),
+                    "OFFLOAD_BOOTSTRAP": net.providers[0]["addr"],
+                    "OFFLOAD_REQUESTER_CONFIG": os.devnull}
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "split_infer.py"),
+                           "--calls", "5"], cwd=net.root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["cut", "here"] and len(lines) >= 12
+    assert sum("<- chosen" in line for line in lines) == 1
+    assert "5 calls: median" in lines[-1]
