@@ -170,3 +170,44 @@ def drifted(planned: Remote, measured_rtt_s: float, measured_bytes_per_s: float,
         return abs(a - b) > threshold * max(a, b, 1e-9)
     return (off(planned.rtt_s, measured_rtt_s) and planned.rtt_s + measured_rtt_s > 2e-3) or \
         off(planned.bytes_per_s, measured_bytes_per_s)
+
+
+def partition(seconds: Sequence[float], weights: Sequence[int], stages: int,
+              max_weight: int) -> tuple[tuple[int, int], ...]:
+    """Contiguous [start, end) groups of the blocks, one per stage, each within
+    `max_weight` (a provider's memory for weights), the slowest as fast as it can be (the
+    pipeline's throughput). Raises SchedulerError when no such split exists."""
+    n = len(seconds)
+    if len(weights) != n or n == 0:
+        raise SchedulerError("a pipeline needs one time and one weight per block")
+    if not 1 <= stages <= n:
+        raise SchedulerError(f"{stages} stages for {n} blocks: each stage holds a block")
+    if max(weights) > max_weight:
+        raise SchedulerError(f"a block of {max(weights)} bytes is above a stage's "
+                             f"{max_weight} bytes of memory for weights")
+    inf = math.inf
+    # best[j][i]: the least slowest-stage time of blocks[:i] in j stages; cut[j][i]: its
+    # last stage's start
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for j in range(1, stages + 1):
+        for i in range(j, n + 1):
+            t = w = 0.0
+            for s in range(i - 1, j - 2, -1):  # the last stage is blocks[s:i]
+                t += seconds[s]
+                w += weights[s]
+                if w > max_weight:
+                    break
+                slowest = max(best[j - 1][s], t)
+                if slowest < best[j][i]:
+                    best[j][i], cut[j][i] = slowest, s
+    if best[stages][n] == inf:
+        raise SchedulerError(f"the blocks' {sum(weights)} bytes of weights do not fit "
+                             f"{stages} stage(s) of {max_weight} bytes")
+    bounds, i = [], n
+    for j in range(stages, 0, -1):
+        s = cut[j][i]
+        bounds.append((s, i))
+        i = s
+    return tuple(reversed(bounds))

@@ -144,6 +144,9 @@ class RemoteClass(Generic[T]):
         self.options = options
         self.lease = Lease(idle_timeout, max_duration, concurrency, restart, sample)
         self.session = _Opener(self)
+        self.avoid: Callable[[], set[str]] = set
+        """Providers a session is not opened on (a pipeline's other stages), when others
+        can hold it."""
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -202,6 +205,8 @@ class RemoteClass(Generic[T]):
 
                 def attempt() -> AbstractAsyncContextManager[RemoteSession]:
                     ads = [ad for ad, _ in ranked if ad.peer_id not in tried]
+                    avoid = self.avoid()
+                    ads = [ad for ad in ads if ad.peer_id not in avoid] or ads
                     if not ads:
                         raise NoProviders(f"no other provider can hold a session of "
                                           f"{self.cls.__qualname__}")

@@ -41,7 +41,7 @@ def pickle_function(fn: Callable[..., Any], payload: Any = None) -> bytes:
     an importable module (not __main__) travels by value, since the provider has only the
     runtime's packages."""
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    by_value = module is not None and module.__name__ != "__main__" and not _installed(module)
+    by_value = module is not None and module.__name__ != "__main__" and not installed(module)
     if by_value:
         assert module is not None
         cloudpickle.register_pickle_by_value(module)
@@ -55,7 +55,7 @@ def pickle_function(fn: Callable[..., Any], payload: Any = None) -> bytes:
             cloudpickle.unregister_pickle_by_value(module)
 
 
-def _installed(module: Any) -> bool:
+def installed(module: Any) -> bool:
     """Part of an installed distribution (site-packages) or the standard library."""
     path = getattr(module, "__file__", None)
     if path is None:

@@ -30,18 +30,30 @@ the plan says which (`plan.power.source`).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import math
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from node.errors import ResultRejected, UserError
+from node.errors import ResultRejected, SessionLost, UserError
 from scheduler.errors import SchedulerError
-from scheduler.layers import OBJECTIVES, Block, CutPlan, Objective, Power, Remote, choose, drifted
+from scheduler.layers import (
+    OBJECTIVES,
+    Block,
+    CutPlan,
+    Objective,
+    Power,
+    Remote,
+    choose,
+    drifted,
+    partition,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_POWER_W = 15.0
@@ -126,6 +138,26 @@ class _Model:
 
     def source(self, n: int) -> bytes:
         return bytes(min(n, 1 << 24))
+
+
+@contextlib.contextmanager
+def by_value(blocks: Sequence[Any]) -> Iterator[None]:
+    """While open, the modules that define the blocks' classes (your own, not installed
+    ones) pickle by value: the provider has only the runtime's packages."""
+    import cloudpickle
+
+    from node.api.shared import installed
+
+    names = {type(m).__module__ for b in blocks for m in b.modules()}
+    mods = [sys.modules[n] for n in sorted(names) if n in sys.modules and n != "__main__"
+            and not installed(sys.modules[n])]
+    for m in mods:
+        cloudpickle.register_pickle_by_value(m)
+    try:
+        yield
+    finally:
+        for m in mods:
+            cloudpickle.unregister_pickle_by_value(m)
 
 
 def _blocks(model: Any) -> list[Any]:
@@ -293,12 +325,14 @@ class Split:
 
         rc = remote(**self._options)(_Model)
         self._session = rc.session(self.blocks)
-        self._instance = self._session.__enter__()
+        with by_value(self.blocks):
+            self._instance = self._session.__enter__()
         atexit.register(self.close)
         if _nbytes(example) <= PART_BYTES:
             self.remote_s = tuple(self._instance.profile(example, passes))
         else:
-            self.remote_s = tuple(self._instance.profile_parts(*self._put(example), passes))
+            staged = put(self._instance, example)
+            self.remote_s = tuple(self._instance.profile_parts(*staged, passes))
         link = self._measure_link()
         self.remote = dataclasses.replace(estimate, peer=self._instance.session.ad.peer_id,
                                           rtt_s=link.rtt_s, bytes_per_s=link.bytes_per_s,
@@ -347,45 +381,12 @@ class Split:
                 return x
             up = _nbytes(x)
             t = time.perf_counter()
-            y = self._remote_run(x, k)
+            y = run_remote(self._instance, x, k, self.profile[-1].out_bytes)
             wall = time.perf_counter() - t
         self._observe(up + _nbytes(y), wall - sum(self.remote_s[k:]))
         return y
 
     forward = __call__
-
-    def _put(self, x: Any) -> tuple[int, str, list[int]]:
-        """`x` sent in parts to the session: their count, its dtype and shape."""
-        import torch
-
-        raw = x.contiguous().view(torch.uint8).numpy().tobytes() if x.nelement() else b""
-        parts = [raw[i:i + PART_BYTES] for i in range(0, len(raw), PART_BYTES)]
-        for i, part in enumerate(parts):
-            self._instance.put(i, part)
-        return len(parts), str(x.dtype).removeprefix("torch."), list(x.shape)
-
-    def _remote_run(self, x: Any, k: int) -> Any:
-        """Blocks k.. on the provider; activations in parts (a call carries at most 1 MiB)."""
-        import torch
-
-        inst = self._instance
-        if _nbytes(x) <= PART_BYTES and self.profile[-1].out_bytes <= PART_BYTES:
-            return inst.run(x, k)
-        y = inst.run_parts(k, *self._put(x), PART_BYTES)
-        if isinstance(y, torch.Tensor):
-            return y
-        dtype, shape, n = _output_head(y)
-        data = bytearray()
-        for i in range(n):
-            data += inst.take(i)
-            if len(data) > MAX_OUTPUT_BYTES:
-                break
-        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-        if len(data) != size:
-            raise ResultRejected(f"the provider's output has {len(data)} bytes, not the "
-                                 f"{size} its shape says")
-        return torch.frombuffer(data, dtype=dtype).reshape(shape) if size else \
-            torch.empty(shape, dtype=dtype)
 
     def _observe(self, nbytes: int, link_s: float) -> None:
         """Fold one call's link time into the estimate; choose again past the drift."""
@@ -415,6 +416,41 @@ class Split:
         self.close()
 
 
+def put(inst: Any, x: Any) -> tuple[int, str, list[int]]:
+    """`x` sent in parts to the session `inst`: their count, its dtype and shape."""
+    import torch
+
+    raw = x.contiguous().view(torch.uint8).numpy().tobytes() if x.nelement() else b""
+    parts = [raw[i:i + PART_BYTES] for i in range(0, len(raw), PART_BYTES)]
+    for i, part in enumerate(parts):
+        inst.put(i, part)
+    return len(parts), str(x.dtype).removeprefix("torch."), list(x.shape)
+
+
+def run_remote(inst: Any, x: Any, start: int, out_bytes: int) -> Any:
+    """Blocks `start`.. of the session `inst` on `x`; activations in parts (a call carries
+    at most 1 MiB), `out_bytes` the output's size as profiled here."""
+    import torch
+
+    if _nbytes(x) <= PART_BYTES and out_bytes <= PART_BYTES:
+        return inst.run(x, start)
+    y = inst.run_parts(start, *put(inst, x), PART_BYTES)
+    if isinstance(y, torch.Tensor):
+        return y
+    dtype, shape, n = _output_head(y)
+    data = bytearray()
+    for i in range(n):
+        data += inst.take(i)
+        if len(data) > MAX_OUTPUT_BYTES:
+            break
+    size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if len(data) != size:
+        raise ResultRejected(f"the provider's output has {len(data)} bytes, not the "
+                             f"{size} its shape says")
+    return torch.frombuffer(data, dtype=dtype).reshape(shape) if size else \
+        torch.empty(shape, dtype=dtype)
+
+
 def _output_head(value: Any) -> tuple[Any, list[int], int]:
     """A big output's dtype, shape and part count, as the provider sent them (checked)."""
     import torch
@@ -428,6 +464,102 @@ def _output_head(value: Any) -> tuple[Any, list[int], int]:
     return getattr(torch, dtype), list(shape), n
 
 
+STAGE_OVERHEAD_BYTES = 600_000_000
+"""What a stage's sandbox needs besides its weights (the interpreter and torch)."""
+
+
+def weight_bytes(block: Any) -> int:
+    return sum(t.nelement() * t.element_size()
+               for t in [*block.parameters(), *block.buffers()])
+
+
+class Pipeline:
+    """Contiguous blocks over `stages` providers, each stage a session holding its blocks;
+    this node drives the chain (each activation comes back and goes on), so no provider
+    reaches another. A stage lost mid-call is opened again on another provider with the
+    same blocks and the call goes on from that stage's input, which this node holds: no
+    output is lost or repeated. `bounds[i]` are stage i's blocks; `recovered` counts
+    replaced stages."""
+
+    def __init__(self, blocks: list[Any], example: Any, *, stages: int, passes: int,
+                 options: dict[str, Any]) -> None:
+        from node.api.remote import remote
+
+        self.blocks = blocks
+        self.profile = profile_here(blocks, example, passes)
+        memory_gb = float(options.get("memory_gb", 2.0))
+        room = int(memory_gb * 1e9) - STAGE_OVERHEAD_BYTES
+        # a stage's weights arrive pickled, then live as tensors: twice their size at peak
+        weights = [2 * weight_bytes(b) for b in blocks]
+        try:
+            self.bounds = partition([b.local_s for b in self.profile], weights, stages,
+                                    max(room, 1))
+        except SchedulerError as exc:
+            raise UserError(f"split(stages={stages}): {exc}; give each stage more memory "
+                            "(memory_gb=) or use more stages") from None
+        self._sessions: list[Any] = []
+        self.instances: list[Any] = []
+        atexit.register(self.close)
+        try:
+            for lo, hi in self.bounds:
+                taken = [i.session.ad.peer_id for i in self.instances]
+                where = options.get("where")
+                if taken:
+                    away = " and ".join(f'peer_id != "{t}"' for t in taken)
+                    where = f"({where}) and {away}" if where else away
+                rc = remote(**{**options, "where": where, "restart": True})(_Model)
+                rc.avoid = lambda: set(self.providers)
+                session = rc.session(blocks[lo:hi])
+                with by_value(blocks):
+                    self.instances.append(session.__enter__())
+                self._sessions.append(session)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def recovered(self) -> int:
+        """Stages opened again on another provider after theirs was lost."""
+        return sum(i.restarts for i in self.instances)
+
+    @property
+    def providers(self) -> list[str]:
+        return [i.session.ad.peer_id for i in self.instances]
+
+    def __call__(self, x: Any) -> Any:
+        for i, (_, hi) in enumerate(self.bounds):
+            x = self._stage(i, x, self.profile[hi - 1].out_bytes)
+        return x
+
+    forward = __call__
+
+    def _stage(self, i: int, x: Any, out_bytes: int) -> Any:
+        inst = self.instances[i]
+        for attempt in range(3):
+            provider = inst.session.ad.peer_id
+            try:
+                return run_remote(inst, x, 0, out_bytes)
+            except SessionLost as lost:
+                # restart=True opened the stage again elsewhere (its constructor got the
+                # same blocks); its input is still here: run the stage again from it
+                if inst.session.ad.peer_id == provider or attempt == 2:
+                    raise
+                log.warning("pipeline stage %d: %s; running it again on %s", i, lost,
+                            inst.session.ad.peer_id[:16])
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.__exit__(None, None, None)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _credits_per_s(ad: Any) -> float:
     from scheduler.pricing import MICRO
 
@@ -437,10 +569,11 @@ def _credits_per_s(ad: Any) -> float:
 def split(model: Any, example_input: Any, *, objective: Objective = "latency",
           max_latency: float | None = None, passes: int = 5, drift: float = 0.5,
           power_w: float | None = None, joules_per_byte: float | None = None,
-          **options: Any) -> Split:
+          stages: int = 1, **options: Any) -> Any:
     """Cut `model` (an nn.Sequential or a list of modules) between here and a provider
     where `objective` ("latency", "cost" within `max_latency` s, "energy") is least; the
-    other keywords are @remote's (cpus, max_price, where, home, bootstrap, ...)."""
+    other keywords are @remote's (cpus, max_price, where, home, bootstrap, ...).
+    stages=K > 1: a Pipeline of K providers instead, each holding contiguous blocks."""
     if objective not in OBJECTIVES:
         raise UserError(f"split(): objective is one of {', '.join(OBJECTIVES)}")
     if passes < 1 or not drift > 0:
@@ -448,5 +581,7 @@ def split(model: Any, example_input: Any, *, objective: Objective = "latency",
     blocks = _blocks(model)
     power = power_here(example_input, blocks, power_w, joules_per_byte)
     options.setdefault("echo", False)
+    if stages > 1:
+        return Pipeline(blocks, example_input, stages=stages, passes=passes, options=options)
     return Split(blocks, example_input, objective=objective, max_latency_s=max_latency,
                  passes=passes, drift=drift, power=power, options=options)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.errors import SchedulerError
-from scheduler.layers import Block, Power, Remote, choose, cut_table, drifted
+from scheduler.layers import Block, Power, Remote, choose, cut_table, drifted, partition
 
 # three blocks: a cheap one with a huge output, a costly one with a small output, a last one
 BLOCKS = (Block("a", 0.010, 8_000_000), Block("b", 0.100, 4_000), Block("c", 0.020, 400))
@@ -90,3 +92,33 @@ def test_the_chosen_cut_is_the_least_latency_of_the_table(
     plan = choose(blocks, 1000, remote, POWER)
     assert plan.chosen.latency_s == min(c.latency_s for c in plan.cuts)
     assert len(plan.cuts) == len(blocks) + 1
+
+
+def test_a_pipeline_balances_its_stages_within_memory() -> None:
+    assert partition([1, 1, 1, 1], [1, 1, 1, 1], 2, 10) == ((0, 2), (2, 4))
+    assert partition([3, 1, 1, 1], [1, 1, 1, 1], 2, 10) == ((0, 1), (1, 4))
+    assert partition([3, 1, 1, 1], [1, 1, 1, 1], 3, 2) == ((0, 1), (1, 3), (3, 4))
+    # memory forces a worse balance: the heavy last block must stand alone
+    assert partition([1, 1, 1, 1], [1, 1, 1, 1], 2, 3) == ((0, 2), (2, 4))
+    assert partition([1, 1, 1, 1], [1, 1, 1, 3], 2, 3) == ((0, 3), (3, 4))
+    with pytest.raises(SchedulerError, match="do not fit"):
+        partition([1, 1, 1, 1], [1, 1, 1, 1], 2, 1)
+    with pytest.raises(SchedulerError, match="above a stage"):
+        partition([1], [5], 1, 4)
+    with pytest.raises(SchedulerError, match="each stage holds a block"):
+        partition([1, 1], [1, 1], 3, 10)
+
+
+@given(st.lists(st.tuples(st.floats(0, 10), st.integers(1, 5)), min_size=1, max_size=9),
+       st.integers(1, 4), st.integers(5, 20))
+def test_a_partition_covers_every_block_once_in_order(
+        raw: list[tuple[float, int]], stages: int, limit: int) -> None:
+    secs, weights = [s for s, _ in raw], [w for _, w in raw]
+    stages = min(stages, len(raw))
+    try:
+        groups = partition(secs, weights, stages, limit)
+    except SchedulerError:
+        return
+    assert groups[0][0] == 0 and groups[-1][1] == len(raw) and len(groups) == stages
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(groups))
+    assert all(sum(weights[s:e]) <= limit and e > s for s, e in groups)
