@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from node.api.split import Pipeline, split
-from tests.e2e.conftest import Network
+from tests.e2e.conftest import REPO, Network, _env
 
 
 class Slow(torch.nn.Module):
@@ -70,5 +72,24 @@ def test_a_pipeline_survives_its_middle_provider_dying(tmp_path: Any) -> None:
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(outputs, want, strict=True))
         assert pipe.recovered == 1 and after[1] != middle and after[1] not in before
         assert after[0] == before[0] and after[2] == before[2]
+    finally:
+        network.close()
+
+
+def test_the_pipeline_example_generates_the_tokens_made_here(tmp_path: Any) -> None:
+    network = Network(tmp_path)
+    try:
+        first = network.start_provider(extra=["--warm", "0"])
+        for _ in range(2):
+            network.start_provider(bootstrap=first["addr"], extra=["--warm", "0"])
+        env = _env() | {"OFFLOAD_HOME": str(network.root / "req"), "PYTHONPATH": str(REPO),
+                        "OFFLOAD_BOOTSTRAP": first["addr"],
+                        "OFFLOAD_REQUESTER_CONFIG": os.devnull}
+        proc = subprocess.run([sys.executable, str(REPO / "examples" / "pipeline_generate.py"),
+                               "--tokens", "8"], cwd=network.root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "the same tokens as generating here" in proc.stdout
+        assert proc.stdout.startswith("stages ((0, ")
     finally:
         network.close()
