@@ -9,6 +9,7 @@ chain.py       signed, hash-chained entries and the replay that re-checks them (
 store.py       the SQLite file: schema, WAL + synchronous=FULL, write transactions,
                the full check of entries and derived tables
 book.py        Ledger: deposit, lock/release/refund, cheques, receipts, reads, verify
+records.py     one record per job submitted, free or paid: status, charge, timings, place
 reputation.py  EigenTrust-style reputation from receipts, personalised to this node (pure)
 settlement.py  the SettlementBackend protocol and the LocalCredits backend
 """

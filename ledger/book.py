@@ -1,6 +1,8 @@
 """The Ledger: deposits, escrow per job, receipts and cheques, reputation, verification.
 
 Requester side: deposit -> lock(job) -> release(job, charge) | refund(job, reason).
+A free job (quoted at zero): start_free(job) -> close_free(job, verdict), no escrow, a
+receipt all the same. Every job has a record (records.py): records(), note().
 Provider side: accept_cheque(raw), record_receipt(raw). Everyone: reputation(peer).
 Amounts are integer micro-credits. Every method is one SQLite transaction.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
+from ledger import records
 from ledger.chain import Entry, Fault, Memo, make_entry
 from ledger.errors import (
     AmountOverCap,
@@ -44,6 +47,7 @@ from ledger.escrow import (
     State,
     step,
 )
+from ledger.records import OPEN, Record, Status, row_record
 from ledger.reputation import DEFAULT, NEUTRAL, Params, Tally, reputations
 from ledger.settlement import LocalCredits, SettlementBackend
 from ledger.store import ENTRY_COLUMNS, Store, head, insert_entry, row_entry, verify_file
@@ -180,6 +184,7 @@ class Ledger:
             insert_entry(db, e)
             db.execute("INSERT INTO escrows (job_id, provider, amount, state, locked_at) "
                        "VALUES (?, ?, ?, 'locked', ?)", (job_id, provider, amount, e.ts))
+            records.start(db, job_id, provider, amount, e.ts)
         return e
 
     def release(self, job_id: str, charge: int, *, result_digest: str) -> Payment:
@@ -209,6 +214,7 @@ class Ledger:
                                   "cumulative": cumulative + charge})
             insert_entry(db, e, rest=amount - charge)
             self._close_escrow(db, job_id, "released", charge, "", result_digest, e.ts)
+            records.close(db, job_id, "accepted", e.ts, charge=charge, result=result_digest)
             _put_cheque(db, "out", provider, cheque)
             _put_receipt(db, receipt)
         return Payment(entry=e, receipt=receipt, cheque=cheque)
@@ -240,7 +246,67 @@ class Ledger:
                             memo=memo)
             insert_entry(db, e)
             self._close_escrow(db, job_id, "refunded", 0, reason, result_digest, e.ts)
+            records.close(db, job_id, reason, e.ts, result=result_digest, reason=detail)
         return receipt
+
+    # -- free jobs: a record and a receipt, no escrow ----------------------------------
+
+    def start_free(self, job_id: str, provider: str) -> None:
+        """Record a job quoted at zero: nothing is escrowed, but it is a job all the same
+        (`records`), and its verdict gets a signed receipt (`close_free`)."""
+        _check_job(job_id)
+        self._check_peer(provider, "provider")
+        with self._store.write() as db:
+            if self._state(db, job_id) != "none":
+                raise EscrowStateError(f"job {job_id[:16]} has an escrow; it is not free")
+            records.start(db, job_id, provider, 0, self._clock())
+
+    def close_free(self, job_id: str, verdict: Status, *, detail: str = "",
+                   result_digest: str = "") -> Signed[Receipt] | None:
+        """The verdict on a free job, once: accepted, rejected or timeout is signed as a
+        receipt with charge 0 (evidence for reputation, returned to send on); failed,
+        cancelled, and a rejection that names no result produce none. EscrowStateError if
+        the job is not an open free job."""
+        _check_job(job_id)
+        if verdict not in ("accepted", *REFUND_REASONS):
+            raise LocalLedgerError(f"a free job's verdict must be accepted or one of "
+                                   f"{REFUND_REASONS}")
+        if verdict == "accepted" or result_digest:
+            _check_sha(result_digest, "result_digest (the verdict names the result)")
+        with self._store.write() as db:
+            row = db.execute("SELECT provider, status, max_charge FROM records WHERE job_id = ?",
+                             (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(f"no record of job {job_id[:16]}; start it first")
+            if row[1] not in OPEN or row[2] != 0 or self._state(db, job_id) != "none":
+                raise EscrowStateError(f"job {job_id[:16]} is not an open free job "
+                                       f"({row[1]}); its verdict is given once")
+            now = self._clock()
+            receipt = None
+            if verdict in ("accepted", "timeout") or (verdict == "rejected"
+                                                      and result_digest):
+                why = detail or ("rejected" if verdict == "rejected" else "")
+                receipt = sign(Receipt(
+                    job_id=job_id, requester=self.peer_id, provider=str(row[0]),
+                    outcome=verdict, reason="" if verdict == "accepted" else why[:MAX_REASON],
+                    charge=0, result_digest="" if verdict == "timeout" else result_digest,
+                    issued_at=now), self._id)
+                _put_receipt(db, receipt)
+            records.close(db, job_id, verdict, now, result=result_digest, reason=detail)
+        return receipt
+
+    def note(self, job_id: str, *, phases: dict[str, float] | None = None,
+             out_dir: str | None = None, result_status: str | None = None,
+             held: bool = False) -> None:
+        """Add timings, the result's place or status to a job's record (none: no-op);
+        `held` marks a running job's payment as held back."""
+        _check_job(job_id)
+        with self._store.write() as db:
+            records.note(db, job_id, phases=phases, out_dir=out_dir,
+                         result_status=result_status)
+            if held:
+                db.execute("UPDATE records SET status = 'held' WHERE job_id = ? AND "
+                           "status = 'running'", (job_id,))
 
     # -- provider side -----------------------------------------------------------------
 
@@ -313,6 +379,28 @@ class Ledger:
     def jobs(self) -> list[Job]:
         return [Job(*r) for r in self._store.query(
             f"SELECT {_JOB} FROM escrows ORDER BY locked_at, rowid")]
+
+    def records(self, *, limit: int | None = None,
+                status: Status | None = None) -> list[Record]:
+        """Every job this node submitted, oldest first (the latest `limit`, of `status`
+        if given). Escrows older than records (no row) are read from the escrow table."""
+        with self._store.read() as db:
+            rows = [row_record(r) for r in db.execute(
+                f"SELECT {records.COLUMNS} FROM records ORDER BY started_at, rowid")]
+            known = {r.job_id for r in rows}
+            legacy = [_legacy_record(Job(*r)) for r in db.execute(
+                f"SELECT {_JOB} FROM escrows ORDER BY locked_at, rowid") if r[0] not in known]
+        found = sorted(rows + legacy, key=lambda r: r.started_at)
+        if status is not None:
+            found = [r for r in found if r.status == status]
+        return found[-limit:] if limit is not None else found
+
+    def record(self, job_id: str) -> Record:
+        rows = self._store.query(f"SELECT {records.COLUMNS} FROM records WHERE job_id = ?",
+                                 (job_id,))
+        if not rows:
+            raise UnknownJob(f"no record of job {job_id[:16]}; see `offload jobs`")
+        return row_record(rows[0])
 
     def history(self, *, limit: int | None = None) -> list[Entry]:
         """Entries, oldest first (the latest `limit` of them if given)."""
@@ -418,6 +506,14 @@ class Ledger:
 
 
 _JOB = "job_id, provider, amount, state, charge, reason, result, locked_at, closed_at"
+
+
+def _legacy_record(j: Job) -> Record:
+    status: Status = ("running" if j.state == "locked" else "accepted"
+                      if j.state == "released" else cast(Status, j.reason or "failed"))
+    return Record(job_id=j.job_id, provider=j.provider, status=status, charge=j.charge,
+                  max_charge=j.amount, started_at=j.locked_at, ended_at=j.closed_at,
+                  phases={}, result=j.result, result_status="", out_dir="", reason="")
 
 
 def _job_json(j: Job) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, cast
 from ledger.chain import GENESIS, Entry, Fault, Memo, Replay, check_link
 from ledger.errors import AmountOverCap, LedgerError, LedgerUnavailable, WrongOwner
 from ledger.escrow import Kind, moves
+from ledger.records import SCHEMA as RECORDS_SCHEMA
 from protocol.codec import pack, unpack
 from protocol.errors import ProtocolError
 from protocol.limits import MAX_AMOUNT
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     provider TEXT NOT NULL, outcome TEXT NOT NULL, charge INTEGER NOT NULL,
     issued_at INTEGER NOT NULL, raw BLOB NOT NULL, UNIQUE (job_id, requester));
 CREATE INDEX IF NOT EXISTS receipts_pair ON receipts (requester, provider, issued_at);
-"""
+""" + RECORDS_SCHEMA
 MAX_MEMO = 4096
 
 

@@ -3,7 +3,10 @@ remote (a peer failed or misbehaved). `exit_code` is what `offload` exits with.
 
     NodeError                     root; `offload` catches only this
         UserError                 local: fix the command, config or home (exit 2)
+            UsageError            the command line does not parse (`offload CMD --help`)
             ConfigError           a provider.toml / requester.toml that does not load
+            NeedsUnmet            no offer can hold the job's cpus, memory or GPUs
+            BeyondCapacity        a job spec asks for more than this provider has
             HomeLocked            another provider holds this home
             StatusMissing         no provider has run with this home
             CacheError            the input cache refused an operation
@@ -80,6 +83,18 @@ class RemoteError(NodeError):
 
 
 # ---------------------------------------------------------------- local
+class UsageError(UserError):
+    """The command line does not parse; the message names the option and the fix."""
+
+
+class NeedsUnmet(UserError):
+    """No offer found can hold the job's needs; the message names the largest offered."""
+
+
+class BeyondCapacity(UserError):
+    """A job spec asks for more cpus, memory, disk or GPUs than this provider has."""
+
+
 class ConfigError(UserError):
     """A config file is missing, is not TOML, or holds a field that is unknown or invalid."""
 

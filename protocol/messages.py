@@ -18,6 +18,7 @@ from protocol.limits import (
     MAX_GPUS,
     MAX_JOB_SECONDS,
     MAX_MB,
+    MAX_SAFE,
     MAX_SERIAL,
     MAX_TIME_MS,
 )
@@ -26,6 +27,8 @@ from protocol.schema import Message, field, message
 MAX_OUTPUT_TEXT = 64 * 1024
 """Cap, in UTF-8 bytes, of each of a result's stdout and stderr."""
 MAX_ARGS_BYTES = 64 * 1024
+FULL_OUTPUT = {"stdout": "offload-stdout.txt", "stderr": "offload-stderr.txt"}
+"""The output files that hold a job's whole stdout and stderr when its spec asks."""
 MAX_OUTPUTS = 256
 _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
 _NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
@@ -227,6 +230,11 @@ class JobSpec(Signable):
     verification: Literal["none"]
     nonce: bytes = field(max_len=32)
     created_at: int = field(ge=0, le=MAX_TIME_MS)
+    output_cap: int = field(ge=0, le=MAX_OUTPUT_TEXT, default=0)
+    """UTF-8 bytes of stdout, and of stderr, the result may hold; 0: the provider's limit
+    (at most MAX_OUTPUT_TEXT). The result says what was cut beyond it."""
+    full_output: bool = field(default=False)
+    """Also return the whole of stdout and stderr as output files (FULL_OUTPUT names)."""
 
     def validate(self) -> None:
         names = check_work_spec(self.requester, self.provider, self.inputs, self.nonce)
@@ -304,6 +312,9 @@ class JobResult(Signable):
     stderr: str = field(max_len=MAX_OUTPUT_TEXT)
     stdout_truncated: bool
     stderr_truncated: bool
+    stdout_dropped: int = field(ge=0, le=MAX_SAFE, default=0)
+    """Bytes of stdout the job printed beyond what `stdout` holds (0 unless truncated)."""
+    stderr_dropped: int = field(ge=0, le=MAX_SAFE, default=0)
     outputs: tuple[OutputFile, ...] = field(max_len=MAX_OUTPUTS)
     limits_hit: tuple[Limit, ...] = field(max_len=8)
     usage: Usage
@@ -321,6 +332,11 @@ class JobResult(Signable):
         for label, text in (("stdout", self.stdout), ("stderr", self.stderr)):
             if len(text.encode("utf-8", "surrogatepass")) > MAX_OUTPUT_TEXT:
                 raise InvalidMessage(f"{label} exceeds {MAX_OUTPUT_TEXT} UTF-8 bytes")
+        for label, dropped, cut in (("stdout", self.stdout_dropped, self.stdout_truncated),
+                                    ("stderr", self.stderr_dropped, self.stderr_truncated)):
+            if dropped and not cut:
+                raise InvalidMessage(f"{label}_dropped is {dropped} but {label} is not "
+                                     "truncated")
 
 
 def clip_text(data: bytes, cap: int = MAX_OUTPUT_TEXT) -> tuple[str, bool]:

@@ -1,5 +1,6 @@
 """A job's hard needs (runtime, cpus, memory, gpus, sandbox tiers, --where) and the check
-of an ad against them; what passes is ranked by scoring.py."""
+of an ad against them (`meets`; `unmet` says which size no ad offers); what passes is
+ranked by scoring.py."""
 
 from __future__ import annotations
 
@@ -19,14 +20,40 @@ class Requirements:
     where: Filter | None = None
 
 
+def gpu_count(ad: CapacityAd) -> int:
+    return sum(d.count for d in ad.devices if d.kind == "cuda")
+
+
+def holds(ad: CapacityAd, req: Requirements) -> bool:
+    """Whether the ad's machine is big enough: cpus, memory and GPUs."""
+    return ad.cpus >= req.cpus and ad.memory_mb >= req.memory_mb and gpu_count(ad) >= req.gpus
+
+
 def meets(ad: CapacityAd, req: Requirements, *, now_ms: int) -> bool:
     if ad.expires <= now_ms:
         return False
     if req.runtime not in {r.name for r in ad.runtimes}:
         return False
-    if ad.cpus < req.cpus or ad.memory_mb < req.memory_mb:
-        return False
-    gpus = sum(d.count for d in ad.devices if d.kind == "cuda")
-    if gpus < req.gpus or ad.sandbox_tier not in req.tiers:
+    if not holds(ad, req) or ad.sandbox_tier not in req.tiers:
         return False
     return req.where is None or req.where(ad, now_ms=now_ms)
+
+
+def unmet(ads: list[CapacityAd], req: Requirements, *, now_ms: int) -> str | None:
+    """Why no live ad can hold the job, by size ("largest offer has 2 cpus, the job asks
+    for 99"); None when one can (the job's other needs are what failed)."""
+    live = [a for a in ads if a.expires > now_ms]
+    if not live or any(holds(a, req) for a in live):
+        return None
+    cpus = max(a.cpus for a in live)
+    if cpus < req.cpus:
+        return f"largest offer has {cpus} cpus, the job asks for {req.cpus}"
+    mb = max(a.memory_mb for a in live)
+    if mb < req.memory_mb:
+        return (f"largest offer has {mb / 1024:.1f} GiB memory, the job asks for "
+                f"{req.memory_mb / 1024:.1f}")
+    gpus = max(gpu_count(a) for a in live)
+    if gpus < req.gpus:
+        return f"largest offer has {gpus} GPUs, the job asks for {req.gpus}"
+    return (f"no single offer has {req.cpus} cpus, {req.memory_mb / 1024:.1f} GiB memory "
+            f"and {req.gpus} GPUs together")

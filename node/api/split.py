@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from node.errors import ResultRejected, SessionLost, UserError
+from node.errors import RemoteError, ResultRejected, SessionLost, UserError
 from scheduler.errors import SchedulerError
 from scheduler.layers import (
     OBJECTIVES,
@@ -265,7 +265,7 @@ class Split:
 
     def __init__(self, blocks: list[Any], example: Any, *, objective: Objective,
                  max_latency_s: float | None, passes: int, drift: float,
-                 power: Power, options: dict[str, Any]) -> None:
+                 power: Power, options: dict[str, Any], probe: int = 3) -> None:
         self.blocks = blocks
         self.objective: Objective = objective
         self.max_latency_s = max_latency_s
@@ -274,6 +274,12 @@ class Split:
         self.profile = profile_here(blocks, example, passes)
         self.input_bytes = _nbytes(example)
         self.replans = 0
+        self.probe = probe
+        self.measured_s: dict[int, float] = {}
+        self._probing = False
+        """Cuts timed end to end on the example when the session opened (`probe`)."""
+        self.forced: int | None = None
+        """A cut `force()` pinned: drift re-plans keep it."""
         self.remote: Remote | None = None
         self._session: Any = None
         self._instance: Any = None
@@ -288,11 +294,16 @@ class Split:
 
     # planning --------------------------------------------------------------------------
     def _choose(self, remote: Remote | None) -> CutPlan:
+        """The plan for `remote`; a forced cut stays chosen (its numbers updated)."""
         try:
-            return choose(self.profile, self.input_bytes, remote, self.power,
+            plan = choose(self.profile, self.input_bytes, remote, self.power,
                           objective=self.objective, max_latency_s=self.max_latency_s)
         except SchedulerError as exc:
             raise UserError(str(exc)) from None
+        forced = [c for c in plan.cuts if c.k == self.forced]
+        if forced:
+            plan = dataclasses.replace(plan, chosen=forced[0], reason=f"cut {self.forced} forced")
+        return plan
 
     def _estimate(self) -> Remote | None:
         """The best provider for the options, at its benchmark's speed over ours."""
@@ -305,15 +316,23 @@ class Split:
             from node.api.shared import requester_for
 
             async with requester_for(rc.options.session()) as r:
-                return await r.candidates(rc.options.job)
-        ranked = portal().run(best)
-        if not ranked:
+                ranked = await r.candidates(rc.options.job)
+                if not ranked:
+                    return None, 0.0
+                ad = ranked[0][0]
+                try:  # a libp2p ping (no session, no job): the link as it is now
+                    rtt_ms = await r.core.host.ping(ad.peer_id, addrs=ad.addrs, count=3)
+                except RemoteError:
+                    rtt_ms = ranked[0][1].rtt_ms
+                return ranked[0], rtt_ms
+        top, rtt_ms = portal().run(best)
+        if top is None:
             return None
-        ad, parts = ranked[0]
+        ad, _ = top
         cpu = [d.gflops for d in ad.devices if d.kind == "cpu" and d.gflops > 0]
         speedup = (cpu[0] / max(local_gflops(), 1e-3)) if cpu else 1.0
         return Remote(peer=ad.peer_id, speedup=max(speedup, 1e-3),
-                      rtt_s=parts.rtt_ms / 1000.0, bytes_per_s=ASSUMED_BYTES_PER_S,
+                      rtt_s=rtt_ms / 1000.0, bytes_per_s=ASSUMED_BYTES_PER_S,
                       credits_per_s=_credits_per_s(ad))
 
     def _open(self) -> None:
@@ -339,13 +358,47 @@ class Split:
                                           remote_s=self.remote_s)
         self.link = link
         self.plan = self._choose(self.remote)
+        if self.objective == "latency" and self.probe > 0:
+            self._probe()
         log.info("split: cut %d of %d (%s)", self.plan.chosen.k, len(self.blocks),
                  self.plan.reason)
 
+    def _probe(self) -> None:
+        """Latency: the `probe` best predicted cuts (and all here) are timed end to end on
+        the example, and the fastest measured is chosen; per-block predictions miss what
+        a whole call pays (a CPU quota's throttling, the transport's own cost)."""
+        best = sorted(self.plan.cuts, key=lambda c: c.latency_s)[:self.probe]
+        ks = sorted({c.k for c in best} | {len(self.blocks)})
+        measured = {}
+        saved, self._probing = self.forced, True
+        try:
+            for k in ks:
+                self.forced = k
+                self.plan = self._choose(self.remote)
+                self(self._example)  # warm
+                runs = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    self(self._example)
+                    runs.append(time.perf_counter() - t)
+                measured[k] = min(runs)
+        finally:
+            self.forced, self._probing = saved, False
+        self.measured_s = measured
+        fastest = min(measured, key=lambda k: (measured[k], -k))
+        plan = self._choose(self.remote)
+        if saved is None and fastest != plan.chosen.k:
+            chosen = next(c for c in plan.cuts if c.k == fastest)
+            plan = dataclasses.replace(plan, chosen=chosen, reason=(
+                f"least latency measured: cuts {ks} timed end to end, {fastest} fastest"))
+        self.plan = plan
+
     def _measure_link(self) -> Link:
         inst = self._instance
+        for _ in range(3):  # the first calls of a session pay its warm-up
+            inst.ping()
         pings = []
-        for _ in range(5):
+        for _ in range(7):
             t = time.perf_counter()
             inst.ping()
             pings.append(time.perf_counter() - t)
@@ -359,15 +412,15 @@ class Split:
         spent = max(up + down - 2 * rtt, 1e-6)
         return Link(rtt_s=rtt, bytes_per_s=2 * PROBE_BYTES / spent)
 
-    def force(self, k: int) -> None:
-        """Use cut `k` (0..n) whatever the objective says (measuring every cut, say)."""
+    def force(self, k: int | None) -> None:
+        """Use cut `k` (0..n) whatever the objective says, until `force(None)`."""
         cuts = {c.k: c for c in self.plan.cuts}
-        if k not in cuts:
+        if k is not None and k not in cuts:
             raise UserError(f"cut {k} is not among this plan's cuts {sorted(cuts)}")
-        if cuts[k].peer is not None and self._instance is None:
+        if k is not None and cuts[k].peer is not None and self._instance is None:
             self._open()
-            cuts = {c.k: c for c in self.plan.cuts}
-        self.plan = dataclasses.replace(self.plan, chosen=cuts[k], reason=f"cut {k} forced")
+        self.forced = k
+        self.plan = self._choose(self.remote if self.remote is not None else self.estimate)
 
     # calls -----------------------------------------------------------------------------
     def __call__(self, x: Any) -> Any:
@@ -402,6 +455,8 @@ class Split:
             before = self.plan.chosen.k
             self.plan = self._choose(self.remote)
             self.replans += 1
+            if self.objective == "latency" and self.probe > 0 and not self._probing:
+                self._probe()
             log.info("split: the link drifted; cut %d -> %d", before, self.plan.chosen.k)
 
     def close(self) -> None:
@@ -569,11 +624,13 @@ def _credits_per_s(ad: Any) -> float:
 def split(model: Any, example_input: Any, *, objective: Objective = "latency",
           max_latency: float | None = None, passes: int = 5, drift: float = 0.5,
           power_w: float | None = None, joules_per_byte: float | None = None,
-          stages: int = 1, **options: Any) -> Any:
+          stages: int = 1, probe: int = 3, **options: Any) -> Any:
     """Cut `model` (an nn.Sequential or a list of modules) between here and a provider
     where `objective` ("latency", "cost" within `max_latency` s, "energy") is least; the
     other keywords are @remote's (cpus, max_price, where, home, bootstrap, ...).
-    stages=K > 1: a Pipeline of K providers instead, each holding contiguous blocks."""
+    stages=K > 1: a Pipeline of K providers instead, each holding contiguous blocks.
+    probe: with objective "latency", the number of best predicted cuts timed end to end
+    once the session is open (the fastest is chosen; 0: the prediction alone)."""
     if objective not in OBJECTIVES:
         raise UserError(f"split(): objective is one of {', '.join(OBJECTIVES)}")
     if passes < 1 or not drift > 0:
@@ -584,4 +641,4 @@ def split(model: Any, example_input: Any, *, objective: Objective = "latency",
     if stages > 1:
         return Pipeline(blocks, example_input, stages=stages, passes=passes, options=options)
     return Split(blocks, example_input, objective=objective, max_latency_s=max_latency,
-                 passes=passes, drift=drift, power=power, options=options)
+                 passes=passes, drift=drift, power=power, options=options, probe=probe)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -19,6 +20,7 @@ from node.cli import ledger as ledger_cli
 from node.cli import sessions as sessions_cli
 from node.cli.common import bootstrap, emit
 from node.config import resolve
+from node.errors import UsageError
 from node.home import init_identity, load_identity, resolve_home
 from scheduler.pricing import credits
 
@@ -37,11 +39,51 @@ EXAMPLES = {
 }
 
 
+JSON_HELP = "print one JSON document on stdout (an error too: {\"error\": {code, message}})"
+BOOTSTRAP_HELP = ("a peer of the network to join, /ip4/.../tcp/N/p2p/ID (repeatable; "
+                  "else OFFLOAD_BOOTSTRAP)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (so `--json` can report it) and gives `--json` and
+    `--bootstrap` their help line wherever a verb adds them."""
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        if kwargs.get("help") is None:
+            kwargs.update({"--json": {"help": JSON_HELP},
+                           "--bootstrap": {"help": BOOTSTRAP_HELP}}.get(names[0], {}))
+        return super().add_argument(*names, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        verb = self.prog.removeprefix("offload").strip()
+        raise UsageError(f"{verb + ': ' if verb else ''}{message} (see `{self.prog} --help`)")
+
+
+class ScriptHelp(argparse.RawDescriptionHelpFormatter):
+    """Usage as `... SCRIPT [ARGS]...`: the script's own words follow it."""
+
+    def _format_usage(self, *args: Any) -> str:
+        return super()._format_usage(*args).replace("[ARGS ...]", "[ARGS]...")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("offload")
+    except PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="offload", description="Offload compute jobs to providers found over libp2p.",
         epilog="Every global flag has an OFFLOAD_* environment variable "
                "(OFFLOAD_HOME, OFFLOAD_BOOTSTRAP). OFFLOAD_DEBUG=1 shows tracebacks.")
+    p.add_argument("--version", action="version", version=f"offload {version()}",
+                   help="print offload's version and exit")
     p.add_argument("--home",
                    help="node home (identity, jobs); default: the platform's data dir")
     p.add_argument("--log-format", choices=("text", "json"),
@@ -50,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_,
-                              epilog=f"example: {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=f"example: {EXAMPLES[name]}", formatter_class=ScriptHelp)
 
     c = cmd("init", "create this node's identity key if it has none")
     c.add_argument("--json", action="store_true")
@@ -59,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     c = cmd("provide", "run a provider daemon in the foreground (SIGINT/SIGTERM stops it)")
-    c.add_argument("--listen", action="append", default=None, metavar="MADDR")
+    c.add_argument("--listen", action="append", default=None, metavar="MADDR",
+                   help="address to listen on (repeatable; default: the config's, else "
+                        "/ip4/127.0.0.1/tcp/0)")
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--ready-file", type=Path, metavar="F",
                    help='write {"peer_id", "addrs"} here once listening and advertised')
@@ -91,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("relay", "run a public relay (circuit relay v2, AutoNAT, DHT server); no jobs")
     c.add_argument("--listen", action="append", default=None, metavar="MADDR",
                    help="address to listen on (repeatable; default /ip4/0.0.0.0/tcp/4001)")
-    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR",
-                   help="a peer of the network to join (repeatable)")
+    c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--ready-file", type=Path, metavar="F",
                    help='write {"peer_id", "addrs"} here once listening')
     c.add_argument("--circuit-mib", type=_circuit_mib, metavar="N",
@@ -110,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s = ss.add_parser("setup", help="as root: create the job users and install the runtime",
                       epilog="example: sudo offload sandbox setup --users 4")
-    s.add_argument("--users", type=int, default=4, metavar="N")
+    s.add_argument("--users", type=int, default=4, metavar="N",
+                   help="how many job users (one per job slot) to create (default 4)")
     s.add_argument("--json", action="store_true")
 
     c = cmd("runtime", "install or describe the job runtime (a venv the job users can run)")
@@ -127,11 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("verify", "check a saved result offline: signature and output digests (or a "
             "session's signed result, see `offload sessions`)")
-    c.add_argument("result", type=Path, metavar="RESULT_FILE")
+    c.add_argument("result", type=Path, metavar="RESULT_FILE",
+                   help="a result.msgpack that `offload submit` saved, or a session's file")
     c.add_argument("--json", action="store_true")
 
     c = cmd("demo", "start a local network and offload a torch job to it")
-    c.add_argument("--providers", type=int, default=3, metavar="N")
+    c.add_argument("--providers", type=int, default=3, metavar="N",
+                   help="local provider processes to start, 1 to 8 (default 3)")
     c.add_argument("--json", action="store_true")
     return p
 
@@ -250,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     doc = run_demo(args.providers)
     if args.json:
         print(json.dumps({k: doc[k] for k in ("providers", "job_id", "provider", "verified",
-                                              "exit_code", "wall_s")}))
+                                              "status", "exit_code", "stdout", "wall_s")}))
     else:
         print(f"{len(doc['providers'])} providers on loopback; job {doc['job_id'][:12]} ran on "
               f"{doc['provider'][:16]} ({doc['status']}, exit {doc['exit_code']}, "
@@ -277,9 +322,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from node.provider.status import format_status, read_status
+    from node.provider.status import format_status, read_status, shown
 
-    doc = read_status(resolve_home(args.home), now=time.time())
+    doc = shown(read_status(resolve_home(args.home), now=time.time()))
     emit(args, doc, format_status(doc))
     return 0 if doc["running"] else 1
 

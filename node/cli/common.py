@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from node.config import resolve_list
+from node.errors import UserError
 from node.home import resolve_home
 from node.requester.events import Emit, ignore
 from node.requester.payments import Swept
 from node.requester.session import Job, Session
+from protocol.messages import MAX_OUTPUT_TEXT
 
 OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out", "--config",
                       "--cpus", "--memory", "--disk", "--gpus", "--max-price", "--runtime",
                       "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
                       "--gflop", "--items", "--workers", "--hold",
-                      "--per-provider"}
-FLAGS = {"--json", "-h", "--help", "--follow", "--fresh"}
+                      "--per-provider", "--output-cap", "--model", "--input-shape",
+                      "--objective"}
+FLAGS = {"--json", "-h", "--help", "--follow", "--fresh", "--full-output"}
 SCRIPT_VERBS = ("submit", "plan", "map")
 
 
@@ -60,8 +64,46 @@ def bootstrap(args: argparse.Namespace, file: Sequence[str] = ()) -> list[str]:
     return resolve_list(args.bootstrap, "OFFLOAD_BOOTSTRAP", file)
 
 
+def check_job(job: Job) -> None:
+    """What submit/plan/map check before any network: the script and each --file is a
+    readable file, and every size is in range (UserError names the option)."""
+    from protocol.limits import MAX_CPUS, MAX_GPUS, MAX_JOB_SECONDS, MAX_MB
+
+    for flag, path in [("SCRIPT", Path(job.script)), *(("--file", Path(f)) for f in job.files)]:
+        what = "script" if flag == "SCRIPT" else "--file"
+        if not path.exists():
+            raise UserError(f"{what} {path}: no such file; check the path")
+        if not path.is_file():
+            raise UserError(f"{what} {path}: not a regular file; give a file, not a folder")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"{what} {path}: not readable; check its permissions")
+    max_gb = MAX_MB / 1024
+    for name, value, low, high in (("--cpus", job.cpus, 1, MAX_CPUS),
+                                   ("--gpus", job.gpus, 0, MAX_GPUS)):
+        if not low <= value <= high:
+            raise UserError(f"{name} must be a whole number from {low} to {high}")
+    for name, size in (("--memory", job.memory_gb), ("--disk", job.disk_gb)):
+        if not (size == size and 0 < size <= max_gb):
+            raise UserError(f"{name} is in GiB: give a number above 0 and at most "
+                            f"{max_gb:.0f}")
+    if not 0 <= job.output_cap <= MAX_OUTPUT_TEXT:
+        raise UserError(f"--output-cap must be from 0 to {MAX_OUTPUT_TEXT} bytes (the most a "
+                        "provider sends; --full-output brings the whole output as files)")
+    if job.timeout is not None and not 1 <= job.timeout <= MAX_JOB_SECONDS:
+        raise UserError(f"--timeout must be from 1 to {MAX_JOB_SECONDS} seconds (a week)")
+    if job.max_price is not None and not (job.max_price == job.max_price
+                                          and 0 <= job.max_price < float("inf")):
+        raise UserError("--max-price is in credits: give 0 or more")
+
+
 def job_from(args: argparse.Namespace) -> Job:
-    """The one job description from submit/plan/map's flags."""
+    """The one job description from submit/plan/map's flags, checked (`check_job`)."""
+    job = _job_from(args)
+    check_job(job)
+    return job
+
+
+def _job_from(args: argparse.Namespace) -> Job:
     return Job(args.script, args=tuple(args.script_args), files=tuple(args.file),
                gpus=args.gpus, cpus=args.cpus, memory_gb=args.memory, disk_gb=args.disk,
                timeout=args.timeout, max_price=args.max_price, runtime=args.runtime,
@@ -70,7 +112,9 @@ def job_from(args: argparse.Namespace) -> Job:
                verify=getattr(args, "verify", "none"),
                tolerance=getattr(args, "tolerance", None),
                deadline=getattr(args, "deadline", None), gflop=args.gflop,
-               hold=getattr(args, "hold", None))
+               hold=getattr(args, "hold", None),
+               output_cap=getattr(args, "output_cap", 0) or 0,
+               full_output=getattr(args, "full_output", False))
 
 
 def session_from(args: argparse.Namespace, *, emit: Emit = ignore,

@@ -22,8 +22,15 @@ from node.cli.common import emit, job_from, report_swept, session_from
 from node.errors import UserError
 from node.requester.session import Session
 from protocol import CapacityAd
+from scheduler.pricing import credits
 
 log = logging.getLogger(__name__)
+
+
+def credit_text(amount: float) -> str | None:
+    """An estimate in credits as the ledger writes amounts (None when unbounded)."""
+    return f"{amount:.6f}" if amount == amount and abs(amount) != float("inf") else None
+
 FRESH_HELP = ("search the DHT now instead of answering from the offer cache under the home "
               "(verified ads kept until they expire)")
 EXAMPLES = {
@@ -35,20 +42,31 @@ EXAMPLES = {
 }
 
 
+CONFIG_HELP = ("requester.toml: bootstrap, price caps, defaults (else "
+               "OFFLOAD_REQUESTER_CONFIG); flags override it")
+
+
 def _job_options(c: argparse.ArgumentParser) -> None:
-    c.add_argument("script", type=Path, metavar="SCRIPT")
-    c.add_argument("--config", type=Path, metavar="FILE",
-                   help="requester.toml: bootstrap, price caps, defaults; flags override it")
+    c.add_argument("script", type=Path, metavar="SCRIPT",
+                   help="the Python script to run (checked here before any network)")
+    c.add_argument("script_args", nargs="*", default=[], metavar="ARGS",
+                   help="words for SCRIPT: whatever follows it that is not an option of "
+                        "ours (after `--`, everything)")
+    c.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     c.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
-                   help="an extra input file, placed beside the script")
+                   help="an extra input file, placed beside the script (repeatable)")
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--timeout", type=int, metavar="S",
                    help="wall-clock limit of the job on the provider (default 600)")
-    c.add_argument("--cpus", type=int, default=1, metavar="N")
-    c.add_argument("--memory", type=float, default=2.0, metavar="GB")
+    c.add_argument("--cpus", type=int, default=1, metavar="N",
+                   help="cpus the job needs; only providers with at least N (default 1)")
+    c.add_argument("--memory", type=float, default=2.0, metavar="GB",
+                   help="memory the job may use, GiB; only providers with that much "
+                        "(default 2)")
     c.add_argument("--disk", type=float, default=1.0, metavar="GB",
-                   help="size of the job's writable work dir (default 1)")
-    c.add_argument("--gpus", type=int, default=0, metavar="N")
+                   help="size of the job's writable work dir, GiB (default 1)")
+    c.add_argument("--gpus", type=int, default=0, metavar="N",
+                   help="CUDA GPUs the job needs; only providers with at least N (default 0)")
     c.add_argument("--where", metavar="EXPR",
                    help='only providers matching EXPR, e.g. \'gpu.memory >= 24 and '
                         'price.gpu_hour <= 2.5\'')
@@ -56,19 +74,26 @@ def _job_options(c: argparse.ArgumentParser) -> None:
                    help="job runtime the provider must offer (see `offload offers --json`)")
     c.add_argument("--max-price", type=float, default=None, metavar="X",
                    help="most credits one job may cost")
+    c.add_argument("--output-cap", type=int, default=0, metavar="BYTES",
+                   help="most bytes of stdout (and of stderr) in the result, within the "
+                        "provider's 65536 (default: the provider's); the rest is counted")
+    c.add_argument("--full-output", action="store_true",
+                   help="also bring the whole stdout and stderr back as files in the out dir")
     c.add_argument("--gflop", type=float, metavar="G",
                    help="the job's size in GFLOP (else a '# offload: gflop=G' comment, "
-                        "else assumed)")
+                        "else measured here, within the job's timeout)")
     c.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     c.add_argument("--json", action="store_true")
 
 
 def register(sub: Any, cmd: Any) -> None:
     c = cmd("offers", "list verified provider ads found through the DHT")
+    c.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--where", metavar="EXPR",
                    help='keep offers matching EXPR, e.g. \'cpus >= 4 and tier == "A"\'')
-    c.add_argument("--limit", type=int, default=20)
+    c.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="show at most N offers, best first (default 20)")
     c.add_argument("--cpus", type=int, default=1, metavar="N",
                    help="score offers for a job of N cpus (default 1)")
     c.add_argument("--gpus", type=int, default=0, metavar="N",
@@ -106,6 +131,13 @@ def register(sub: Any, cmd: Any) -> None:
     _job_options(c)
     c.add_argument("--items", type=int, metavar="N",
                    help="the job is N independent items and may be split")
+    c.add_argument("--model", metavar="NAME",
+                   help="SCRIPT defines NAME, a torch nn.Sequential (or a function making "
+                        "one): print where to cut it between here and a provider")
+    c.add_argument("--input-shape", metavar="DIMS",
+                   help="with --model: the example input's shape, e.g. 1,3,64,64 (float32)")
+    c.add_argument("--objective", choices=("latency", "cost", "energy"), default="latency",
+                   help="with --model: what the cut minimises (default latency)")
 
     c = cmd("map", "run SCRIPT once per line of --items FILE across providers")
     _job_options(c)
@@ -120,13 +152,16 @@ def register(sub: Any, cmd: Any) -> None:
 
 
 def _ad_json(ad: CapacityAd) -> dict[str, Any]:
+    """The ad as JSON, its prices in credits (decimal strings, as everywhere)."""
     doc = ad.to_wire()
-    doc["price"] = ad.price.to_wire()
+    doc["price"] = {k: credits(v) for k, v in ad.price.to_wire().items()}
     return doc
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    core = session_from(args)
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    core = session_from(args, config=args.config)
     core.where(args.where)
     options = dict(cpus=args.cpus, gpus=args.gpus, timeout=args.timeout, limit=args.limit)
 
@@ -160,6 +195,7 @@ def _print_offers(args: argparse.Namespace, found: Any) -> None:
         doc = _ad_json(o.ad)
         doc["score"] = {k: (round(v, 6) if v == v and abs(v) != float("inf") else None)
                         for k, v in dataclasses.asdict(o.score).items()}
+        doc["score"]["cost_credits"] = credit_text(o.score.cost_credits)
         doc["banned"] = o.banned
         docs.append(doc)
     lines = [f"{a.peer_id}  tier={a.sandbox_tier}  cpus={a.cpus}  mem={a.memory_mb}MB  "
@@ -198,9 +234,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     r = outcome.result
     doc = {"job_id": r.job_id, "provider": r.provider, "status": r.status,
            "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
+           "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
+           "stdout_dropped": r.stdout_dropped, "stderr_dropped": r.stderr_dropped,
            "outputs": {o.name: o.sha256 for o in r.outputs}, "verified": True,
            "wall_s": round(time.monotonic() - started, 3), "out_dir": str(outcome.out_dir),
-           "charged": r.price_charged, "quoted": outcome.quote.max_charge,
+           "charged": credits(r.price_charged), "quoted": credits(outcome.quote.max_charge),
            "limits_hit": list(r.limits_hit), "verification": placement.verification,
            "replicas": [{"provider": x.provider, "job_id": x.job_id, "agreed": x.agreed}
                         for x in placement.replicas],
@@ -208,7 +246,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                        for a in placement.attempts],
            "canaries_passed": placement.canaries_passed, "route": outcome.route,
            "output_route": outcome.output_route,
-           "paid": paid, "held_until": placement.held_until,
+           "paid": credits(paid), "held_until": placement.held_until,
            "suspect": [h.job_id for h in suspect]}
     if args.json:
         print(json.dumps(doc))
@@ -216,6 +254,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.follow:
             sys.stdout.write(r.stdout)
             sys.stderr.write(r.stderr)
+        from protocol.messages import FULL_OUTPUT
+
+        for name, cut, dropped, kept in (("stdout", r.stdout_truncated, r.stdout_dropped,
+                                          r.stdout), ("stderr", r.stderr_truncated,
+                                                      r.stderr_dropped, r.stderr)):
+            whole = FULL_OUTPUT[name]
+            if cut:
+                print(f"offload: {name} was cut at {len(kept.encode()):,} bytes, "
+                      f"{dropped:,} more dropped (the output cap); " + (
+                          f"all of it is in {outcome.out_dir / whole}"
+                          if any(o.name == whole for o in r.outputs)
+                          else "write big output to a file in out/"), file=sys.stderr)
         agreed = sum(x.agreed for x in placement.replicas)
         extra = (f"; {agreed} of {len(placement.replicas)} providers agreed"
                  if len(placement.replicas) > 1 else "")
@@ -227,15 +277,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from node.requester.plan import plan_json, script_hints
+    from node.requester.plan import local_capacity, measure_gflop, plan_json, script_hints
+
+    if args.model is not None:
+        return _plan_model(args)
 
     job = job_from(args)
     core = _core(args)
-    core.check(job)
-    items = args.items if args.items is not None else int(
-        script_hints(args.script).get("items", 1))
+    request = core.check(job)
+    hints = script_hints(args.script)
+    items = args.items if args.items is not None else int(hints.get("items", 1))
     if items < 1:
         raise UserError("--items must be at least 1")
+    measured = None
+    if job.gflop is None and "gflop" not in hints:  # no size given: measure one run here
+        local = trio.run(local_capacity, core.home)
+        measured = measure_gflop(request.script, request.args, request.files, local,
+                                 cpus=job.cpus, gpus=job.gpus,
+                                 timeout_s=request.resources.max_seconds)
+        job = dataclasses.replace(job, gflop=max(measured.gflop, 1e-6))
 
     async def go() -> Any:
         async with core:
@@ -245,13 +305,69 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan, ranked = trio.run(go)
     doc = plan_json(plan)
     doc["offers"] = len(ranked)
+    if measured is not None:
+        doc["measured"] = {"seconds": round(measured.seconds, 4),
+                           "finished": measured.finished}
     if args.json:
         print(json.dumps(doc))
     else:
+        if measured is not None:
+            print(f"measured here: {measured.gflop:.3g} GFLOP in {measured.seconds:.3f} s"
+                  + ("" if measured.finished else " (stopped there: at least that much)"))
         print(f"{plan.decision}: {plan.reason}")
         for part in plan.chosen.parts:
             print(f"  {part.peer[:16]:16}  {part.items:6d} item(s)  {part.seconds:10.2f} s  "
                   f"{part.cost_credits:.6f} credits")
+    return 0
+
+
+def _plan_model(args: argparse.Namespace) -> int:
+    """`plan SCRIPT --model NAME --input-shape DIMS`: the cut table of split()."""
+    import importlib.util
+
+    job = job_from(args)
+    if not args.input_shape:
+        raise UserError("--model needs --input-shape DIMS (e.g. 1,3,64,64)")
+    try:
+        shape = [int(d) for d in args.input_shape.split(",")]
+    except ValueError:
+        raise UserError(f"--input-shape {args.input_shape!r}: comma-separated sizes") from None
+    if not shape or any(not 0 < d <= 1 << 20 for d in shape) or len(shape) > 8:
+        raise UserError("--input-shape: 1 to 8 sizes, each from 1 to 1048576")
+    spec = importlib.util.spec_from_file_location("offload_plan_model", job.script)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot load {job.script} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    from node.api.split import split
+
+    model = getattr(module, args.model, None)
+    if model is not None and not isinstance(model, torch.nn.Module) and callable(model):
+        model = model()
+    if model is None:
+        raise UserError(f"{job.script} defines no {args.model!r}")
+    options = {"home": args.home, "config": args.config, "bootstrap": args.bootstrap,
+               "cpus": job.cpus, "memory_gb": job.memory_gb, "max_price": job.max_price,
+               "where": job.where}
+    with split(model, torch.randn(shape), objective=args.objective,
+               **{k: v for k, v in options.items() if v is not None}) as sm:
+        plan = sm.plan
+        doc = plan.to_json()
+        doc["measured_ms"] = {k: round(v * 1e3, 3) for k, v in sm.measured_s.items()}
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    print(f"{'cut':>3} {'here ms':>8} {'bytes out':>10} {'link ms':>8} {'there ms':>9} "
+          f"{'total ms':>9} {'credits':>9} {'energy J':>9}")
+    for c in plan.cuts:
+        mark = "  <- chosen" if c.k == plan.chosen.k else ""
+        print(f"{c.k:>3} {c.head_s * 1e3:8.2f} {c.up_bytes:>10} "
+              f"{(c.transfer_s + c.rtt_s) * 1e3:8.2f} {c.tail_s * 1e3:9.2f} "
+              f"{c.latency_s * 1e3:9.2f} {c.cost_credits:9.6f} {c.energy_j:9.3f}{mark}")
+    print(f"cut {plan.chosen.k} of {len(plan.cuts) - 1} ({plan.reason}); power: "
+          f"{plan.power.source}")
     return 0
 
 
@@ -293,7 +409,7 @@ def cmd_map(args: argparse.Namespace) -> int:
                      "out_dir": str(res.outcome.out_dir) if res.outcome else None})
     failed = sum(not row["ok"] for row in rows)
     doc = {"items": rows, "workers": list(report.workers), "duplicates": report.duplicates,
-           "paid": paid,
+           "paid": credits(paid),
            "retries": report.retries, "failed": failed,
            "wall_s": round(time.monotonic() - started, 3)}
     if args.json:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger import Entry, Job, Ledger, LedgerError, LocalLedgerError
+from ledger.records import STATUSES, Record
 from node.cli.common import report_swept
 from node.errors import LedgerFailed, UserError
 from node.home import Home, init_identity, open_ledger, resolve_home
@@ -28,6 +29,8 @@ from protocol.identity import Identity
 from scheduler.pricing import MICRO, credits
 
 log = logging.getLogger(__name__)
+JOB_STATUSES = ("locked", "released", "refunded", *STATUSES)
+"""`offload jobs --status`: the escrow's words (status) or the verdict's (outcome)."""
 EXAMPLES = {
     "ledger": "offload ledger balance --json",
     "balance": "offload ledger balance --json",
@@ -68,11 +71,15 @@ def register(sub: Any) -> None:
             a.add_argument("--limit", type=int, metavar="N", help="only the latest N entries")
         a.add_argument("--json", action="store_true")
     j = sub.add_parser("jobs", help="jobs this node submitted: provider, status, charge",
-                       description="jobs (and sessions) this node submitted, from its "
-                                   "ledger: job id, provider, status, charge, verified; "
-                                   "a session is marked so (see `offload sessions`)",
+                       description="every job (and session) this node submitted, free ones "
+                                   "included, from its ledger, oldest first: job id, "
+                                   "provider, status, charge, wall time, where its result "
+                                   "lies; a session is marked so (see `offload sessions`)",
                        epilog=f"example: {EXAMPLES['jobs']}", formatter_class=raw)
     j.add_argument("--json", action="store_true")
+    j.add_argument("--limit", type=int, metavar="N", help="only the latest N jobs")
+    j.add_argument("--status", choices=JOB_STATUSES, metavar="S",
+                   help="only jobs in this status or outcome: " + ", ".join(JOB_STATUSES))
 
 
 def parse_credits(text: str) -> int:
@@ -249,22 +256,52 @@ def _status(j: Job) -> str:
     return j.state if j.state != "refunded" else f"refunded ({j.reason})"
 
 
+def _escrow_status(r: Record) -> tuple[str, str]:
+    """The status and reason `offload jobs` has always shown (the escrow's words), which
+    free jobs share: released is accepted (charge 0 included), refunded is not paid."""
+    if r.status == "running":
+        return ("locked" if r.max_charge else "running"), ""
+    if r.status in ("held", "accepted"):
+        return ("held" if r.status == "held" else "released"), ""
+    return "refunded", r.status
+
+
+def _record_json(r: Record, kind: str) -> dict[str, Any]:
+    status, reason = _escrow_status(r)
+    return {"job_id": r.job_id, "kind": kind, "provider": r.provider, "status": status,
+            "reason": reason, "outcome": r.status, "detail": r.reason,
+            "result_status": r.result_status, "charge": credits(r.charge),
+            "locked": credits(r.max_charge), "free": r.max_charge == 0,
+            "verified": r.verified, "started_at": r.started_at, "ended_at": r.ended_at,
+            "wall_s": r.wall_s, "phases_ms": r.phases, "result": r.result,
+            "out_dir": r.out_dir or None}
+
+
+def _record_line(r: Record, kind: str) -> str:
+    status, reason = _escrow_status(r)
+    shown = f"{status} ({reason})" if reason else status
+    return (f"{r.job_id[:12]}  {r.provider[:20]}  {shown:<20} {credits(r.charge):>14}"
+            f"{' free' if r.max_charge == 0 else '     '}  {r.wall_s:>7.1f} s  "
+            f"{r.out_dir or '-'}  {'verified' if r.verified else '-'}"
+            f"{'  session' if kind == 'session' else ''}")
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from node.requester import records
 
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+
     def body(ledger: Ledger) -> int:
-        jobs = ledger.jobs()
+        found = [r for r in ledger.records() if args.status in (
+            None, r.status, *_escrow_status(r))]
+        found = found[-args.limit:] if args.limit is not None else found
         # a session's escrow is a job row under the session id; its record says which
         sessions = {r.session_id for r in records.load(resolve_home(args.home))}
-        doc = [{"job_id": j.job_id, "provider": j.provider, "status": j.state,
-                "reason": j.reason, "charge": credits(j.charge), "locked": credits(j.amount),
-                "verified": j.verified, "locked_at": j.locked_at, "closed_at": j.closed_at,
-                "kind": "session" if j.job_id in sessions else "job"}
-               for j in jobs]
-        lines = [f"{j.job_id[:12]}  {j.provider[:20]}  {_status(j):<20} "
-                 f"{credits(j.charge):>14}  {'verified' if j.verified else '-'}"
-                 f"{'  session' if j.job_id in sessions else ''}" for j in jobs]
-        _emit(args, doc, "\n".join(lines) or "no jobs yet")
+        kinds = {r.job_id: "session" if r.job_id in sessions else "job" for r in found}
+        empty = f"no {args.status} jobs" if args.status else "no jobs yet"
+        _emit(args, [_record_json(r, kinds[r.job_id]) for r in found],
+              "\n".join(_record_line(r, kinds[r.job_id]) for r in found) or empty)
         return 0
 
     return _run(args, body)

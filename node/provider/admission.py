@@ -3,19 +3,49 @@
 A job is admitted once, when it is quoted: `admit` hands out a Ticket that holds a slot
 or a place in the queue, or raises Busy. Whoever was quoted therefore gets a slot (after
 waiting its turn) or was told `busy` before accepting; nothing is decided after that.
+Before that, `Capacity.check` refuses a spec asking for more than this machine has
+(BeyondCapacity; sent as `too_large`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from node.errors import BeyondCapacity as BeyondCapacity
 from node.errors import Busy as Busy
+from protocol import Resources
 
 RETRY_AFTER_S = 5.0
 """What a provider tells a peer it refuses for now to wait before asking again."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Capacity:
+    """What one job may ask for here at most: the machine's cpus, memory and GPUs; the
+    work dir is a tmpfs, so its disk comes out of memory too."""
+
+    cpus: int
+    memory_mb: int
+    gpus: int = 0
+
+    @classmethod
+    def of_host(cls, *, gpus: int = 0) -> Capacity:
+        pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return cls(cpus=os.cpu_count() or 1, memory_mb=int(pages // 2**20), gpus=gpus)
+
+    def check(self, r: Resources) -> None:
+        """BeyondCapacity naming the first need this machine cannot hold, else nothing."""
+        for what, asked, have, unit in (
+                ("cpus", r.cpus, self.cpus, ""), ("memory", r.memory_mb, self.memory_mb, " MB"),
+                ("disk", r.disk_mb, self.memory_mb, " MB"), ("GPUs", r.gpus, self.gpus, "")):
+            if asked > have:
+                raise BeyondCapacity(f"{what}: the job asks for {asked}{unit}, this provider "
+                                     f"has {have}{unit}; ask for less or use a bigger one")
 
 
 class Ticket:

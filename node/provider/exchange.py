@@ -8,6 +8,8 @@ values: signatures, addressing, freshness, price, capacity.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -17,15 +19,22 @@ from typing import TYPE_CHECKING
 import trio
 
 from ledger import ReceiptRefused, RemoteLedgerError
+from node.errors import BeyondCapacity
 from node.net.guard import guarded
 from node.net.host import Stream
-from node.net.transfer import transfer_deadline
-from node.provider.admission import Busy, Ticket
+from node.net.transfer import file_sha256, transfer_deadline
+from node.provider.admission import Busy, Capacity, Ticket
 from node.provider.executor import SandboxExecutor
-from node.provider.jobio import collect_outputs, outputs_stream, receive_inputs, send_outputs
+from node.provider.jobio import (
+    MAX_OUTPUT_BYTES,
+    collect_outputs,
+    outputs_stream,
+    receive_inputs,
+    send_outputs,
+)
 from node.provider.live import LIVE_BACKLOG, forward_output, offer
 from node.provider.replies import REFUSAL_OUTCOME, error_code, error_text, refuse, try_send
-from node.provider.runner import output_sink
+from node.provider.runner import Capture, capture, output_sink
 from node.provider.sandbox.errors import LaunchFailed
 from protocol import (
     BadSignature,
@@ -47,7 +56,8 @@ from protocol import (
     wire,
 )
 from protocol.exchange import JOB, SETTLE, Table
-from protocol.messages import clip_text
+from protocol.limits import MAX_SAFE
+from protocol.messages import FULL_OUTPUT, MAX_OUTPUT_TEXT, clip_text
 from scheduler.pricing import charge, credits
 
 if TYPE_CHECKING:
@@ -251,7 +261,12 @@ def check_spec(p: Provider, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, s
         return ("bad_request", "the job spec was signed by a peer other than the sender")
     if spec.runtime != p.setup.runtime.name:
         return ("bad_request", f"runtime {spec.runtime!r} is not offered here")
-    free_gpus = p.executor.gpus.free if isinstance(p.executor, SandboxExecutor) else 0
+    gpus = p.executor.gpus if isinstance(p.executor, SandboxExecutor) else None
+    try:  # beyond the machine: never, whatever is free (before `busy`, which says "later")
+        Capacity.of_host(gpus=gpus.total if gpus else 0).check(spec.resources)
+    except BeyondCapacity as exc:
+        return ("too_large", str(exc))
+    free_gpus = gpus.free if gpus else 0
     if spec.resources.gpus > free_gpus:
         return ("busy" if p.gpu_devices() else "bad_request",
                 f"{spec.resources.gpus} GPU(s) asked, {free_gpus} free here")
@@ -260,6 +275,17 @@ def check_spec(p: Provider, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, s
     if sum(f.size for f in spec.inputs) > MAX_INPUT_BYTES:
         return ("too_large", f"inputs exceed {MAX_INPUT_BYTES} bytes")
     return None
+
+
+def clip_output(data: bytes, cap: int = MAX_OUTPUT_TEXT) -> tuple[str, int]:
+    """`clip_text`, then at most `cap` UTF-8 bytes of it (never half a character), and
+    the UTF-8 bytes cut (0 if it kept everything)."""
+    text, _ = clip_text(data)
+    kept = text.encode("utf-8")
+    if len(kept) > cap:
+        text = kept[:cap].decode("utf-8", "ignore")
+    whole = len(data.decode("utf-8", "replace").encode("utf-8"))
+    return text, max(0, whole - len(text.encode("utf-8")))
 
 
 class _Marks:
@@ -276,6 +302,41 @@ class _Marks:
 
 
 async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Quote) -> None:
+    """One job, with the output capture its spec asks for (whole output files kept in a
+    folder of ours, out of the job's reach, removed when the job is done)."""
+    whole = Path(tempfile.mkdtemp(prefix="offload-output-")) if spec.full_output else None
+    how = Capture(cap=min(spec.output_cap or MAX_OUTPUT_TEXT, MAX_OUTPUT_TEXT),
+                  files={k: whole / v for k, v in FULL_OUTPUT.items()} if whole else {},
+                  file_limit=min(spec.resources.disk_mb << 20, MAX_OUTPUT_BYTES // 2))
+    token = capture.set(how)
+    try:
+        await _run_captured(p, stream, spec, job_id, quote, how)
+    finally:
+        capture.reset(token)
+        if whole is not None:
+            shutil.rmtree(whole, ignore_errors=True)
+
+
+def whole_outputs(how: Capture, found: list[tuple[OutputFile, Path]]
+                  ) -> list[tuple[OutputFile, Path]]:
+    """The job's outputs and, when asked, the files of its whole stdout and stderr (a
+    name the job took itself gets a numbered one)."""
+    names = {o.name for o, _ in found}
+    extra: list[tuple[OutputFile, Path]] = []
+    for path in how.files.values():
+        if not path.is_file():
+            continue
+        name, n = path.name, 1
+        while name in names:
+            name, n = f"{path.stem}-{n}{path.suffix}", n + 1
+        names.add(name)
+        extra.append((OutputFile(name=name, sha256=file_sha256(path),
+                                 size=path.stat().st_size), path))
+    return found + extra
+
+
+async def _run_captured(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Quote,
+                        how: Capture) -> None:
     assert p.executor is not None
     mark = _Marks()
     async with p.executor.slot(spec, job_id) as slot:
@@ -299,7 +360,8 @@ async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Q
                 forwarding.cancel_scope.deadline = trio.current_time() + 2.0
             mark("sandbox")
             # heartbeats go on while outputs are hashed (large outputs, slow disks)
-            outputs = await trio.to_thread.run_sync(collect_outputs, slot.out_dir)
+            found = await trio.to_thread.run_sync(collect_outputs, slot.out_dir)
+            outputs = await trio.to_thread.run_sync(whole_outputs, how, found)
             nursery.cancel_scope.cancel()
         mark("collect")
         proc = ex.process
@@ -307,13 +369,15 @@ async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Q
             p.config.price, spec.resources, cpu_s=proc.cpu_s, wall_s=proc.wall_s,
             bytes_in=sum(f.size for f in spec.inputs),
             bytes_out=sum(o.size for o, _ in outputs), quoted=quote.max_charge)
-        stdout, out_clipped = clip_text(proc.stdout)
-        stderr, err_clipped = clip_text(proc.stderr)
+        stdout, out_lost = clip_output(proc.stdout, how.cap)
+        stderr, err_lost = clip_output(proc.stderr, how.cap)
         result = JobResult(
             job_id=job_id, provider=p.identity.peer_id, requester=spec.requester,
             status=proc.status, exit_code=proc.exit_code, stdout=stdout, stderr=stderr,
-            stdout_truncated=proc.stdout_truncated or out_clipped,
-            stderr_truncated=proc.stderr_truncated or err_clipped,
+            stdout_truncated=proc.stdout_truncated or out_lost > 0,
+            stderr_truncated=proc.stderr_truncated or err_lost > 0,
+            stdout_dropped=min(MAX_SAFE, proc.stdout_dropped + out_lost),
+            stderr_dropped=min(MAX_SAFE, proc.stderr_dropped + err_lost),
             outputs=tuple(o for o, _ in outputs), limits_hit=ex.limits_hit,
             usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3),
                         gpu_s=0.0, peak_memory_mb=proc.peak_memory_mb),

@@ -1,5 +1,8 @@
 """Runs one job's process: capped output capture, wall timeout, kill of its process group.
 
+What the cap cuts is counted (`*_dropped`), and a job that asks (`Capture`) also gets the
+whole of its output as files.
+
 This is the plain-subprocess runner of the walking skeleton (sandbox tier `none`); the
 bubblewrap runner replaces it behind the same `run_process` seam.
 """
@@ -15,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import trio
 
@@ -31,6 +34,22 @@ output_sink: contextvars.ContextVar[OutputSink | None] = contextvars.ContextVar(
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Capture:
+    """How the provider captures a job's output, from its spec: at most `cap` bytes of
+    each stream kept for the result (never above the runner's own cap), and the whole of
+    it, up to `file_limit` bytes, in `files` (stream -> a path the job cannot reach)."""
+
+    cap: int = MAX_OUTPUT_TEXT
+    files: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+    file_limit: int = 0
+
+
+capture: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("capture",
+                                                                          default=None)
+"""Set by the provider around a job's run, from its spec; None: the runner's cap only."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ProcessResult:
     status: Outcome
     exit_code: int
@@ -41,28 +60,56 @@ class ProcessResult:
     wall_s: float
     cpu_s: float
     peak_memory_mb: int
+    stdout_dropped: int = 0
+    """Bytes the job wrote to stdout beyond the cap (counted, not kept)."""
+    stderr_dropped: int = 0
 
 
 class _Capped:
-    def __init__(self, cap: int, name: Literal["stdout", "stderr"]) -> None:
-        self.cap = cap
+    def __init__(self, cap: int, name: Literal["stdout", "stderr"],
+                 how: Capture | None = None) -> None:
+        how = how or Capture()
+        self.cap = min(cap, how.cap)
         self.name = name
         self.data = bytearray()
         self.truncated = False
+        self.dropped = 0
+        """Bytes read past the cap: drained (the job never blocks on a full pipe), counted."""
+        self.file = how.files.get(name)
+        self.file_room = how.file_limit
+        self.file_cut = False
+        """The whole-output file reached its limit (the job's disk) and stopped there."""
 
     async def drain(self, stream: trio.abc.ReceiveStream) -> None:
         sink = output_sink.get()
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            if sink is not None:
-                sink(self.name, chunk)
-            room = self.cap - len(self.data)
-            if room > 0:
-                self.data += chunk[:room]
-            if len(chunk) > max(room, 0):
-                self.truncated = True
+        whole = open(self.file, "wb") if self.file is not None else None  # noqa: SIM115
+        try:
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                if sink is not None:
+                    sink(self.name, chunk)
+                if whole is not None:
+                    self._keep(whole, chunk)
+                self._cap(chunk)
+        finally:
+            if whole is not None:
+                whole.close()
+
+    def _keep(self, whole: BinaryIO, chunk: bytes) -> None:
+        part = chunk[:max(self.file_room, 0)]
+        whole.write(part)
+        self.file_room -= len(part)
+        self.file_cut = self.file_cut or len(part) < len(chunk)
+
+    def _cap(self, chunk: bytes) -> None:
+        room = max(self.cap - len(self.data), 0)
+        if room:
+            self.data += chunk[:room]
+        if len(chunk) > room:
+            self.truncated = True
+            self.dropped += len(chunk) - room
 
 
 def _kill_group(pid: int) -> None:
@@ -78,7 +125,8 @@ async def collect_output(proc: trio.Process, *, timeout_s: float, output_cap: in
     """Drain a process's capped stdout/stderr until it exits or `timeout_s` passes; after
     it exits, `on_exit` runs and the pipes get 1 s more. Returns (out, err, timed_out)."""
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = _Capped(output_cap, "stdout"), _Capped(output_cap, "stderr")
+    how = capture.get()
+    out, err = _Capped(output_cap, "stdout", how), _Capped(output_cap, "stderr", how)
     with trio.move_on_after(timeout_s) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(out.drain, proc.stdout)
@@ -124,4 +172,5 @@ async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
         stdout=bytes(out.data), stderr=bytes(err.data),
         stdout_truncated=out.truncated, stderr_truncated=err.truncated, wall_s=wall,
         cpu_s=max(0.0, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)),
-        peak_memory_mb=after.ru_maxrss // 1024)
+        peak_memory_mb=after.ru_maxrss // 1024, stdout_dropped=out.dropped,
+        stderr_dropped=err.dropped)

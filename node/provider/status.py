@@ -1,7 +1,8 @@
 """The provider's status file: the daemon writes it, `offload status` reads it, no network needed.
 
 The document is whatever the daemon's `build()` returns (its peer id, tier, addresses and
-`ProviderMetrics.snapshot()`), plus `pid` and `updated_at`; readers add `running`.
+`ProviderMetrics.snapshot()`), plus `pid` and `updated_at`; readers add `running`, and
+`offload status` (`shown`) `draining` and `earnings` (credits, a decimal string).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def read_status(home: Path, *, now: float, stale_after_s: float = 30.0) -> dict[
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise StatusMissing(f"no provider has run with home {home}; start one with "
-                            f"`offload provide --home {home}`") from None
+                            f"`{provide_command(home)}`") from None
     except (OSError, ValueError) as exc:
         raise StatusMissing(_unreadable(path, home, str(exc))) from None
     if not isinstance(doc, dict):
@@ -62,9 +63,23 @@ def read_status(home: Path, *, now: float, stale_after_s: float = 30.0) -> dict[
     return {**doc, "running": fresh and pid_alive(doc.get("pid"))}
 
 
+def shown(doc: dict[str, Any]) -> dict[str, Any]:
+    """What `offload status` prints, as text or --json alike: `draining` only while it
+    runs, `earnings` in credits like the ledger's."""
+    return {**doc, "draining": bool(doc.get("running")) and doc.get("draining") is True,
+            "earnings": _credits(_int(doc, "earnings_microcredits"))}
+
+
+def provide_command(home: Path) -> str:
+    """The command that starts a provider on `home` (--home is a global flag: first)."""
+    import shlex
+
+    return f"offload --home {shlex.quote(str(home))} provide"
+
+
 def _unreadable(path: Path, home: Path, why: str) -> str:
     return (f"unreadable status file {path} ({why}); start the provider again with "
-            f"`offload provide --home {home}` to rewrite it")
+            f"`{provide_command(home)}` to rewrite it")
 
 
 async def publish_forever(home: Path, build: Callable[[], dict[str, Any]], *,
@@ -119,7 +134,8 @@ def _sessions(doc: Any) -> str:
 
 def format_status(doc: dict[str, Any]) -> str:
     """A human-readable summary of a `read_status` document."""
-    state = (f"running (pid {doc.get('pid')})" if doc.get("running")
+    state = (f"{'draining' if doc.get('draining') else 'running'} (pid {doc.get('pid')})"
+             if doc.get("running")
              else "stopped" + (f" (last pid {doc['pid']})" if "pid" in doc else ""))
     jobs = doc.get("jobs")
     if not isinstance(jobs, dict):

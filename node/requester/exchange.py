@@ -57,7 +57,7 @@ from protocol import (
 )
 from protocol.errors import SendOutOfOrder
 from protocol.exchange import JOB, SETTLE
-from protocol.messages import check_file_name
+from protocol.messages import MAX_OUTPUT_TEXT, check_file_name
 from scheduler.pricing import credits, over_caps
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,14 @@ class _Marks:
         self.last = started
         self.job_id = self.provider = ""
         self.held: list[events.Timing] | None = []
+        self.phases: dict[str, float] = {}
+        """Milliseconds per phase so far, for the job's record."""
 
     def __call__(self, phase: str) -> None:
         now = time.monotonic()
         timing = events.Timing(job_id=self.job_id, provider=self.provider, phase=phase,
                                ms=round((now - self.last) * 1000.0, 3))
+        self.phases[phase] = timing.ms
         self.last = now
         if self.held is None:
             self.emit(timing)
@@ -144,6 +147,11 @@ class JobRequest:
     max_price: int | None = None
     runtime: str = "python3"
     caps: Price | None = None
+    output_cap: int = 0
+    """Bytes of stdout, and of stderr, the result should hold (within the provider's
+    limit, MAX_OUTPUT_TEXT); 0: the provider's limit. What is cut is stated in the result."""
+    full_output: bool = False
+    """Also bring back the whole of stdout and stderr as files (FULL_OUTPUT) in out_dir."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,12 +199,16 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     locked: the caller accepts (pays) or rejects it once it has judged the result."""
     started = time.monotonic()
     files = input_files(request)
+    if not 0 <= request.output_cap <= MAX_OUTPUT_TEXT:
+        raise UserError(f"the output cap must be 0 (the provider's limit) to "
+                        f"{MAX_OUTPUT_TEXT} bytes, not {request.output_cap}")
     spec = JobSpec(
         requester=host.peer_id, provider=ad.peer_id, runtime=request.runtime,
         entrypoint=request.script.name, args=tuple(request.args),
         inputs=tuple(f for f, _ in files), resources=request.resources,
         max_price=request.max_price, verification="none", nonce=os.urandom(16),
-        created_at=int(clock() * 1000))
+        created_at=int(clock() * 1000), output_cap=request.output_cap,
+        full_output=request.full_output)
     signed_spec = sign(spec, host.identity)
     job_id = signed_spec.digest
     pay = payments or Payments(None, host)
@@ -215,11 +227,13 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
         finally:
             await stream.close()
     except BaseException as exc:
+        await pay.timed(job_id, mark.phases)
         if isinstance(exc, ResultRejected) and seen:
             await pay.refund(job_id, "rejected", detail=str(exc), result_digest=seen[0])
         else:
             await pay.refund(job_id, refund_reason(exc), detail=str(exc))
         raise
+    await pay.timed(job_id, mark.phases)
     return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
                       quote=quote, route=route, output_route=out_route)
 

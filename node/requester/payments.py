@@ -7,6 +7,11 @@ a wrong result is rejected (refund, and a signed receipt that is evidence agains
 provider); a failure, timeout or cancellation refunds all. The ledger's transition table
 makes a second release impossible, so no job is ever paid twice.
 
+A job quoted at zero locks nothing, but it is recorded all the same (`offload jobs`) and
+its verdict is signed as a receipt with charge 0, sent and gossiped like any other, so
+reputation learns from free work too. Every job's record also gets its phases' timings
+(`timed`) and where its result's files were put (`placed`).
+
 A release or refund the ledger cannot write now (disk full, read-only, locked) stays
 pending: it is retried when the session ends, and if it still fails the session's lease
 (escrows.py) is kept, so the next command on the home sweeps it (`sweep`).
@@ -28,7 +33,14 @@ from node.errors import NodeError, RemoteError
 from node.net.guard import guarded
 from node.net.host import Host
 from node.requester import events
-from node.requester.escrows import Lease, Orphan, drop_dead_leases, find_orphans, sweeping
+from node.requester.escrows import (
+    Lease,
+    Orphan,
+    drop_dead_leases,
+    find_orphans,
+    read_leases,
+    sweeping,
+)
 from node.requester.events import Emit, ignore
 from node.requester.holds import Hold, HoldBook
 from node.requester.verify import verify_result_bytes
@@ -93,6 +105,8 @@ class Payments:
         was settled; None: each settlement waits for its own."""
         self._in_flight = trio.CapacityLimiter(RECEIPTS_IN_FLIGHT)
         self._locked: set[str] = set()
+        self._free: set[str] = set()
+        """Free jobs this session recorded and has not given a verdict on yet."""
         self._pending: dict[str, _Pending] = {}
         self.paid = 0
         """Micro-credits released in this session."""
@@ -104,8 +118,15 @@ class Payments:
         return self.ledger.reputations() if self.ledger is not None else {}
 
     async def lock(self, job_id: str, provider: str, amount: int) -> None:
-        """Escrow `amount` for the job; InsufficientFunds (a local error) if it cannot."""
-        if self.ledger is None or amount <= 0:
+        """Escrow `amount` for the job (InsufficientFunds, a local error, if it cannot); a
+        free job (`amount` 0) is only recorded."""
+        if self.ledger is None:
+            return
+        if amount <= 0:  # claimed too: a sweep closes the record if this process dies
+            if self.lease is not None:
+                self.lease.claim(job_id, provider)
+            await self._run(self.ledger.start_free, job_id, provider)
+            self._free.add(job_id)
             return
         if self.lease is not None:
             self.lease.claim(job_id, provider, self._addrs(provider))
@@ -124,6 +145,9 @@ class Payments:
                      result_digest: str = "") -> None:
         """Give the whole escrow back (shielded: runs even while the caller is cancelled).
         Never raises: a refund the ledger cannot write stays pending."""
+        if job_id in self._free:
+            await self._close_free(job_id, reason, detail=detail, result_digest=result_digest)
+            return
         if self.ledger is None or job_id not in self._locked:
             return
         op = _Pending("refund", reason=reason, detail=detail[:200], result_digest=result_digest)
@@ -135,17 +159,66 @@ class Payments:
     async def accept(self, signed: Charged) -> None:
         """Pay a verified result's charge; tell the provider (receipt + cheque). A ledger
         failure is raised, and the release stays pending."""
-        if self.ledger is None or signed.message.job_id not in self._locked:
+        job_id = signed.message.job_id
+        if job_id in self._free:
+            await self._note(job_id, result_status=signed.message.status)
+            await self._close_free(job_id, "accepted", result_digest=signed.digest)
             return
-        await self._settle(signed.message.job_id, _Pending("release", signed=signed))
+        if self.ledger is None or job_id not in self._locked:
+            return
+        await self._note(job_id, result_status=signed.message.status)
+        await self._settle(job_id, _Pending("release", signed=signed))
 
     async def reject(self, signed: Charged, why: str) -> None:
         """A wrong result: nothing is paid, and the provider gets the signed rejection."""
         r = signed.message
+        if r.job_id in self._free:
+            await self._note(r.job_id, result_status=r.status)
+            await self._close_free(r.job_id, "rejected", detail=why[:200],
+                                   result_digest=signed.digest)
+            return
         if self.ledger is None or r.job_id not in self._locked:
             return
+        await self._note(r.job_id, result_status=r.status)
         await self._settle(r.job_id, _Pending("refund", reason="rejected", detail=why[:200],
                                               result_digest=signed.digest))
+
+    async def _close_free(self, job_id: str, verdict: Literal["accepted"] | RefundReason, *,
+                          detail: str = "", result_digest: str = "") -> None:
+        """A free job's verdict: its record closed, its receipt (if any) sent on. Never
+        raises; a verdict the ledger cannot write leaves the record running."""
+        assert self.ledger is not None
+        self._free.discard(job_id)
+        try:
+            with trio.CancelScope(shield=True):
+                provider = (await self._run(self.ledger.record, job_id)).provider
+                receipt = await self._run(self.ledger.close_free, job_id, verdict,
+                                          detail=detail[:200], result_digest=result_digest)
+        except Failure as exc:
+            log.error("recording the verdict on free job %s failed: %s", job_id[:12], exc)
+            return
+        if receipt is not None:
+            await self._notify(provider, receipt.raw, b"", job_id)
+
+    async def _note(self, job_id: str, **fields: Any) -> None:
+        """Add to a job's record (see Ledger.note); never raises: a record is no payment."""
+        if self.ledger is None:
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await self._run(self.ledger.note, job_id, **fields)
+        except Failure as exc:
+            log.warning("could not add to the record of job %s: %s", job_id[:12], exc)
+
+    async def timed(self, job_id: str, phases: dict[str, float]) -> None:
+        """The milliseconds each phase of the job's exchange took, in its record (if it
+        has one still open: a job is recorded from its quote on)."""
+        if job_id in self._locked or job_id in self._free:
+            await self._note(job_id, phases=phases)
+
+    async def placed(self, job_id: str, out_dir: Path) -> None:
+        """Where the job's accepted result's files are, in its record."""
+        await self._note(job_id, out_dir=str(out_dir.resolve()))
 
     async def _settle(self, job_id: str, op: _Pending) -> None:
         """Write `op` to the ledger, then tell the provider; on a ledger failure the op is
@@ -189,8 +262,12 @@ class Payments:
         """Keep an unreplicated result's escrow locked until `until` (see holds.py);
         False (and nothing held) when nothing was escrowed."""
         r = signed.message
+        if r.job_id in self._free:  # nothing to hold back: accepted now
+            await self.accept(signed)
+            return False
         if self.ledger is None or r.job_id not in self._locked:
             return False
+        await self._note(r.job_id, result_status=r.status, held=True)
         await self._run(self.holds.add, Hold(
             job_id=r.job_id, provider=r.provider, charge=r.price_charged,
             result_digest=signed.digest, until=until, strikes=strikes))
@@ -244,7 +321,10 @@ class Payments:
 
     async def settle_all(self, reason: RefundReason = "failed") -> None:
         """On the way out: retry pending settlements, refund every other escrow this
-        session still holds. Never raises; what still fails is left to a sweep."""
+        session still holds, close free jobs left open. Never raises; what still fails
+        is left to a sweep."""
+        for job_id in list(self._free):
+            await self._close_free(job_id, reason)
         for job_id in list(self._locked):
             op = self._pending.get(job_id) or _Pending("refund", reason=reason)
             try:
@@ -314,6 +394,7 @@ class Payments:
             except Failure as exc:
                 self._forget(job_id)
                 log.error("settling orphaned job %s failed: %s", job_id[:12], exc)
+        await self._run(close_dead_free, ledger, home, exclude=set(self._free))
         await self._run(drop_dead_leases, ledger, home)
 
     async def ask_result(self, o: Orphan) -> Proof:
@@ -405,6 +486,32 @@ class Payments:
             except Exception as exc:  # never fatal: the payment is already final
                 log.warning("could not send the receipt of job %s to %s: %s", job_id[:12],
                             provider[:16], exc)
+
+
+def close_dead_free(ledger: Ledger, home: Path, *,
+                    exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Close, as cancelled, the records of free jobs still running whose process is gone
+    (no live lease claims them; the records are read before the leases, as for escrows).
+    Returns their ids; never raises."""
+    closed: list[str] = []
+    try:
+        running = [r.job_id for r in ledger.records(status="running")
+                   if r.max_charge == 0 and r.job_id not in exclude]
+        live = read_leases(home).live if running else set()
+        for job_id in running:
+            if job_id in live:
+                continue
+            try:
+                ledger.close_free(job_id, "cancelled",
+                                  detail="the requester process that held it is gone")
+            except EscrowStateError:  # closed meanwhile by its own process
+                continue
+            closed.append(job_id)
+    except Failure as exc:  # a record is no payment: the next command tries again
+        log.warning("could not close the records of dead free jobs: %s", exc)
+    if closed:
+        log.info("closed the records of %d free job(s) whose process had died", len(closed))
+    return closed
 
 
 def _wall_ms() -> int:

@@ -25,6 +25,7 @@ from typing import Protocol
 import trio
 
 from node.errors import (
+    NeedsUnmet,
     NoProviders,
     PeerGone,
     PeerRefused,
@@ -54,6 +55,7 @@ from node.requester.holds import DEFAULT_HOLD_S
 from node.requester.payments import Payments
 from protocol import CapacityAd, Resources, Signed
 from scheduler import Requirements, meets
+from scheduler.requirements import unmet
 from scheduler.scoring import JobEstimate, ScoreParts, rank
 from scheduler.verification import Mode, Policy, TrustTracker, Verdict
 
@@ -128,16 +130,26 @@ class AdSource(Protocol):
                           ) -> list[Signed[CapacityAd]]: ...
 
 
+def job_needs(requirements: Requirements, resources: Resources) -> Requirements:
+    """The requirements with the job's own sizes: an ad must hold its cpus, memory, GPUs."""
+    return dataclasses.replace(requirements, cpus=max(requirements.cpus, resources.cpus),
+                               gpus=max(requirements.gpus, resources.gpus),
+                               memory_mb=max(requirements.memory_mb, resources.memory_mb))
+
+
 async def find_candidates(disc: AdSource, requirements: Requirements, job: JobEstimate,
                           peers: PeerBook, *, provider: str | None = None,
                           reputation: dict[str, float] | None = None
                           ) -> list[tuple[CapacityAd, ScoreParts]]:
-    """Ads that meet the job's needs, not banned, best first (see scheduler.scoring); the
-    source searches the DHT only if none of the ads it holds would do."""
+    """Ads that meet the job's needs (its cpus, memory and GPUs too), not banned, best
+    first (see scheduler.scoring); the source searches the DHT only if none of the ads it
+    holds would do. NeedsUnmet when no ad is big enough, naming the largest offered."""
+    needs = job_needs(requirements, job.resources)
+
     def want(ad: CapacityAd) -> bool:
         now = disc.clock()
         return ((provider is None or ad.peer_id == provider)
-                and meets(ad, requirements, now_ms=int(now * 1000))
+                and meets(ad, needs, now_ms=int(now * 1000))
                 and not peers.trust.is_blacklisted(ad.peer_id, now))
 
     ads = [a.message for a in await disc.require_ads("cpu", want=want)]
@@ -147,9 +159,13 @@ async def find_candidates(disc: AdSource, requirements: Requirements, job: JobEs
         if not ads:
             raise UserError(f"provider {provider} was not found through the DHT; "
                             "run `offload offers` to list the ones that are")
-    fit = [a for a in ads if meets(a, requirements, now_ms=int(now * 1000))]
+    fit = [a for a in ads if meets(a, needs, now_ms=int(now * 1000))]
     allowed = [a for a in fit if not peers.trust.is_blacklisted(a.peer_id, now)]
     if not allowed:
+        short = unmet(ads, needs, now_ms=int(now * 1000))
+        if short is not None:
+            raise NeedsUnmet(f"no provider meets the job's needs: {short}; ask for less, "
+                             "or run `offload offers` to see what is offered")
         banned = len(fit) - len(allowed)
         raise UserError("no provider meets the job's requirements"
                         + (f" ({banned} banned for wrong results)" if banned else "")

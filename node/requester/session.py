@@ -85,6 +85,10 @@ class Job:
     gflop: float | None = None
     hold: float | None = None
     """verify="adaptive": seconds an unchecked result's payment is held (default 600)."""
+    output_cap: int = 0
+    """Most bytes of stdout (and of stderr) the result carries; 0: the provider's cap."""
+    full_output: bool = False
+    """The whole stdout and stderr also come back as files in out/."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,7 +137,8 @@ def build_request(job: Job, settings: RequesterSettings, *, prefix: str = "") ->
                             disk_mb=max(1, int(job.disk_gb * 1024))),
         max_price=(round(job.max_price * MICRO) if job.max_price is not None
                    else settings.max_price),
-        runtime=job.runtime or settings.runtime, caps=settings.caps)
+        runtime=job.runtime or settings.runtime, caps=settings.caps,
+        output_cap=job.output_cap, full_output=job.full_output)
 
 
 async def sweep_orphans(ledger: Ledger, home: Path, identity: Identity) -> Swept:
@@ -144,9 +149,10 @@ async def sweep_orphans(ledger: Ledger, home: Path, identity: Identity) -> Swept
     import trio
 
     from node.requester.escrows import find_orphans
-    from node.requester.payments import Payments
+    from node.requester.payments import Payments, close_dead_free
 
     if not await trio.to_thread.run_sync(lambda: find_orphans(ledger, home)):
+        await trio.to_thread.run_sync(lambda: close_dead_free(ledger, home))
         return Swept()
     from node.net.client import client_listen
     from node.net.host import open_host
@@ -420,7 +426,9 @@ class Session:
                         canary=job.verify == "canary", rng=random.Random(),
                         replicas=job.redundancy, emit=self.emit, payments=self.payments,
                         hold_s=hold_s, on_gone=self.source.drop)
-        return await placer.place(ranked, request, out, deadline_s=deadline)
+        placement = await placer.place(ranked, request, out, deadline_s=deadline)
+        await self.payments.placed(placement.outcome.result.job_id, placement.outcome.out_dir)
+        return placement
 
     async def place_under(self, job: Job, root: Path) -> Placement:
         """`place`, with the files moved to root/<job id[:12]> (outcome.out_dir)."""
@@ -431,6 +439,7 @@ class Session:
             if final.exists():
                 shutil.rmtree(final)
             pending.rename(final)
+            await self.payments.placed(placement.outcome.result.job_id, final)
         finally:
             shutil.rmtree(pending, ignore_errors=True)
         return dataclasses.replace(
@@ -455,9 +464,13 @@ class Session:
                             "redundancy or canaries")
         requests = [self.request(j) for j in jobs]
         ranked = await self.candidates(first)
-        return await run_map(self.host, ranked, requests, root, peers=self.peers,
-                             max_workers=max(1, workers), per_provider=max(1, per_provider),
-                             emit=self.emit, payments=self.payments)
+        report = await run_map(self.host, ranked, requests, root, peers=self.peers,
+                               max_workers=max(1, workers), per_provider=max(1, per_provider),
+                               emit=self.emit, payments=self.payments)
+        for item in report.items:
+            if item.outcome is not None:
+                await self.payments.placed(item.outcome.result.job_id, item.outcome.out_dir)
+        return report
 
     async def plan(self, job: Job, *, items: int = 1) -> tuple[Plan, Ranked]:
         """Whether `job` (of `items` independent items) should run here, away, or split,

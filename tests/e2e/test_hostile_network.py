@@ -239,16 +239,18 @@ async def test_a_burst_of_jobs_at_a_one_slot_provider_ends_in_results_or_busy(
 
 async def test_a_spec_whose_quote_would_overflow_the_ledger_is_refused_by_name(
         network: Network) -> None:
-    p = configured(network, "[price]\nper_gb_second = 1000000\n")
+    p = configured(network, "[price]\nper_cpu_second = 10000000000000\n")
     script = network.root / "huge.py"
     script.write_text("print('never')\n")
     from protocol import Resources, sign
 
     async with open_client(Identity.generate(), [p["addr"]]) as (host, _):
         me = host.identity
-        for memory_mb, code in ((2**31 - 1, "price"), (1024, "quote")):  # canary: 1 GB
+        # an hour at ten million credits a cpu-second is beyond any ledger (a machine-sized
+        # spec: a spec beyond the machine is refused before pricing, as too_large)
+        for seconds, code in ((3600, "price"), (1, "quote")):  # canary: one second
             spec = spec_for(me, p["peer_id"], script,
-                            resources=Resources(memory_mb=memory_mb, max_seconds=3600))
+                            resources=Resources(max_seconds=seconds))
             stream = await host.open_stream(p["peer_id"], wire.JOB_PROTOCOL,
                                             addrs=p["addrs"])
             try:

@@ -25,7 +25,7 @@ def test_four_parallel_submits_from_one_home_all_succeed(network: Network) -> No
         docs.append(json.loads(out))
     assert sorted(d["stdout"] for d in docs) == ["0\n", "1\n", "4\n", "9\n"]
     assert len({d["out_dir"] for d in docs}) == 4
-    paid = sum(d["paid"] for d in docs)
+    paid = sum(round(float(d["paid"]) * 1_000_000) for d in docs)  # credit strings
     balance = json.loads(network.offload("ledger", "balance", "--json", check=True).stdout)
     assert balance["escrow"] == "0.000000"
     assert round(float(balance["paid"]) * 1_000_000) == paid

@@ -119,3 +119,31 @@ def test_the_split_example_prints_its_table_and_matches_running_here(net: Networ
     assert lines[0].split()[:2] == ["cut", "here"] and len(lines) >= 12
     assert sum("<- chosen" in line for line in lines) == 1
     assert "5 calls: median" in lines[-1]
+
+
+MODEL_FILE = """
+import torch
+from torch import nn
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 16 * 16, 10))
+"""
+
+
+def test_offload_plan_prints_the_cut_table_of_a_model_file(net: Network) -> None:
+    (net.root / "model.py").write_text(MODEL_FILE)
+    boot = ["--bootstrap", net.providers[0]["addr"], "--config", os.devnull]
+    res = net.offload("plan", str(net.root / "model.py"), "--model", "make", "--input-shape",
+                      "2,3,16,16", "--json", *boot, home="req", timeout=300)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert [c["k"] for c in doc["cuts"]] == [0, 1, 2, 3, 4] and doc["objective"] == "latency"
+    assert doc["chosen"] in range(5) and "source" in doc["power"]
+    text = net.offload("plan", str(net.root / "model.py"), "--model", "make",
+                       "--input-shape", "2,3,16,16", *boot, home="req", timeout=300)
+    assert text.returncode == 0 and sum("<- chosen" in ln for ln in text.stdout.splitlines()) == 1
+    bad = net.offload("plan", str(net.root / "model.py"), "--model", "nope", "--input-shape",
+                      "1,2", *boot, home="req")
+    assert bad.returncode == 2 and "defines no 'nope'" in bad.stderr

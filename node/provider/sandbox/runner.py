@@ -374,7 +374,8 @@ class SandboxJob:
             stdout=bytes(out.data), stderr=bytes(err.data),
             stdout_truncated=out.truncated, stderr_truncated=err.truncated, wall_s=wall,
             cpu_s=max(0.0, usage.cpu_s - cpu_baseline_s),
-            peak_memory_mb=usage.peak_memory_bytes >> 20)
+            peak_memory_mb=usage.peak_memory_bytes >> 20, stdout_dropped=out.dropped,
+            stderr_dropped=err.dropped)
         return SandboxResult(process=result, limits_hit=tuple(hit), warm=warm)
 
     def _read_status(self) -> tuple[bool, int | None]:

@@ -177,3 +177,32 @@ async def test_fetch_outputs_naming_another_job_on_the_job_stream_is_refused(
     assert isinstance(reply, wire.ErrorReply) and reply.code == "bad_request"
     assert reply.message == "fetch_outputs names another job"
     assert not len(provider.held_outputs)
+
+
+@pytest.mark.parametrize("ask, named", [
+    (Resources(max_seconds=30, cpus=10_000), "cpus: the job asks for 10000"),
+    (Resources(max_seconds=30, memory_mb=10**9), "memory: the job asks for"),
+])
+async def test_a_spec_beyond_the_machine_is_refused_as_too_large(
+        pair: tuple[Provider, MemoryHost, MemoryHost], ask: Resources, named: str) -> None:
+    provider, phost, rhost = pair
+    me = rhost.identity
+    data = b"print('hi')\n"
+    spec = JobSpec(
+        requester=me.peer_id, provider=phost.peer_id, runtime="python3", entrypoint="main.py",
+        args=(), inputs=(InputFile(name="main.py", sha256=hashlib.sha256(data).hexdigest(),
+                                   size=len(data)),),
+        resources=ask, max_price=None, verification="none", nonce=os.urandom(16),
+        created_at=int(time.time() * 1000))
+    stream = await rhost.open_stream(phost.peer_id, wire.JOB_PROTOCOL)
+    await stream.send(wire.SubmitJob(spec=sign(spec, me).raw))
+    with trio.fail_after(5):
+        reply = await stream.receive()
+    assert isinstance(reply, wire.ErrorReply) and reply.code == "too_large"
+    assert named in reply.message
+    assert provider.admission.in_use == 0
+    # canary: the same provider quotes a job within the machine (spec_for: 1 cpu)
+    stream = await rhost.open_stream(phost.peer_id, wire.JOB_PROTOCOL)
+    await stream.send(wire.SubmitJob(spec=spec_for(me, phost.peer_id)))
+    with trio.fail_after(5):
+        assert isinstance(await stream.receive(), wire.QuoteOffer)

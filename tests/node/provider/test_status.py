@@ -71,7 +71,7 @@ def test_missing_file(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with pytest.raises(StatusMissing, match=re.escape(
             f"no provider has run with home {home}; start one with "
-            f"`offload provide --home {home}`")) as info:
+            f"`offload --home {home} provide`")) as info:
         read_status(home, now=NOW)
     assert isinstance(info.value, UserError)
 
@@ -87,7 +87,7 @@ def test_corrupt_file(tmp_path: Path, content: bytes, why: str) -> None:
     path.write_bytes(content)
     with pytest.raises(StatusMissing, match=re.escape(
             f"unreadable status file {path} ({why}); start the provider again with "
-            f"`offload provide --home {tmp_path}` to rewrite it")):
+            f"`offload --home {tmp_path} provide` to rewrite it")):
         read_status(tmp_path, now=NOW)
 
 
