@@ -214,37 +214,74 @@ def cells(args: argparse.Namespace, t: Topology, net: LocalNet, root: Path) -> l
 
 
 PIPE = r'''
-import json, os, signal, sys, time, threading
+import json, os, signal, sys, time
 import torch
+from torch import nn
 sys.path.insert(0, sys.argv[1])
-sys.path.insert(0, os.path.join(sys.argv[1], "examples"))
-from pipeline_generate import model, generate
 from node import split
+from node.errors import UserError
+
+VOCAB, DIM, LAYERS = 96, 1024, 6  # ~50 MB of weights a layer: 300 MB in all
+
+class Embed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(VOCAB, DIM), nn.Embedding(64, DIM)
+    def forward(self, ids):
+        return self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(DIM, 8, 4 * DIM, dropout=0.0, batch_first=True)
+    def forward(self, x):
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        return self.layer(x, src_mask=mask, is_causal=True)
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(Embed(), *(Block() for _ in range(LAYERS)), nn.LayerNorm(DIM),
+                         nn.Linear(DIM, VOCAB)).eval()
+
+def generate(run, ids, n):
+    ids = list(ids)
+    for _ in range(n):
+        with torch.no_grad():
+            ids.append(int(run(torch.tensor([ids[-64:]]))[0, -1].argmax()))
+    return ids
+
 torch.set_num_threads(1)
 net, prompt = model(), [ord(c) - 32 for c in "offload: "]
+opts = dict(bootstrap=[sys.argv[2]], config=os.devnull, max_price=1.0, passes=1,
+            memory_gb=float(sys.argv[4]))
 pids = json.loads(sys.argv[3])
-with split(net, torch.tensor([prompt]), stages=3, bootstrap=[sys.argv[2]], config=os.devnull,
-           max_price=1.0, passes=2) as pipe:
-    generate(pipe, prompt, 4, show=False)
+try:
+    split(net, torch.tensor([prompt]), stages=1, **opts).close()
+    one = "fits one provider"
+except UserError as exc:
+    one = str(exc)
+with split(net, torch.tensor([prompt]), stages="auto", **opts) as pipe:
+    generate(pipe, prompt, 2)
     t = time.perf_counter()
-    generate(pipe, prompt, 32, show=False)
-    tokens_s = 32 / (time.perf_counter() - t)
-    steps = []
+    out = generate(pipe, prompt, 16)
+    tokens_s = 16 / (time.perf_counter() - t)
     middle = pipe.providers[1]
     os.killpg(pids[middle], signal.SIGKILL)
     t = time.perf_counter()
-    generate(pipe, prompt, 1, show=False)
+    after = generate(pipe, out, 1)
     recover_s = time.perf_counter() - t
     t = time.perf_counter()
-    generate(pipe, prompt, 16, show=False)
-    after = 16 / (time.perf_counter() - t)
-    print(json.dumps({"stages": pipe.bounds, "tokens_per_s": tokens_s,
-                      "recover_s": recover_s, "tokens_per_s_after": after,
-                      "recovered": pipe.recovered}))
+    generate(pipe, prompt, 8)
+    tokens_s_after = 8 / (time.perf_counter() - t)
+    here = generate(net, prompt, 17)
+    print(json.dumps({"stages": pipe.bounds, "one_provider": one, "tokens_per_s": tokens_s,
+                      "recover_s": recover_s, "tokens_per_s_after": tokens_s_after,
+                      "recovered": pipe.recovered, "same_tokens": after == here}))
 '''
 
 
-def pipeline(root: Path) -> dict[str, Any]:
+def pipeline(root: Path, memory_gb: float) -> dict[str, Any]:
+    """A transformer of 300 MB of weights, stages of `memory_gb` each: split("auto")."""
     with LocalNet(root / "pipe", tree=ROOT, env={"OMP_NUM_THREADS": "1"}, grace_s=5) as net:
         (root / "pipe").mkdir(exist_ok=True)
         provs = net.chain(4, extra=("--warm", "0"))
@@ -253,8 +290,8 @@ def pipeline(root: Path) -> dict[str, Any]:
         script.write_text(PIPE)
         env = {**os.environ, "OFFLOAD_HOME": str(root / "pipe-req"), "OMP_NUM_THREADS": "1"}
         res = subprocess.run([sys.executable, str(script), str(ROOT), provs[0].addr,
-                              json.dumps(pids)], capture_output=True, text=True, timeout=600,
-                             env=env)
+                              json.dumps(pids), str(memory_gb)], capture_output=True,
+                             text=True, timeout=900, env=env)
         if res.returncode != 0:
             return {"error": res.stderr[-1500:]}
         doc: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -267,6 +304,8 @@ def main() -> None:
     parser.add_argument("--mbit", type=float, nargs="+", default=[5.0, 20.0, 100.0])
     parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 20.0, 80.0])
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--stage-memory-gb", type=float, default=0.85,
+                        help="each pipeline stage's memory (its sandbox's limit)")
     parser.add_argument("--device-share", type=float, default=0.25,
                         help="the device's CPU: this share of one core (cgroup quota)")
     args = parser.parse_args()
@@ -286,7 +325,7 @@ def main() -> None:
         finally:
             net.close()
         if not args.skip_pipeline:
-            out["pipeline"] = pipeline(root)
+            out["pipeline"] = pipeline(root, args.stage_memory_gb)
     ok = [c for c in out["cells"] if "error" not in c]
     out["within_10pct"] = sum(c["chosen_over_best"] <= 1.10 for c in ok)
     out["cells_measured"] = len(ok)

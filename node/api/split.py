@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from node.errors import RemoteError, ResultRejected, SessionLost, UserError
 from scheduler.errors import SchedulerError
@@ -528,6 +528,25 @@ def weight_bytes(block: Any) -> int:
                for t in [*block.parameters(), *block.buffers()])
 
 
+def stage_room(memory_gb: float) -> int:
+    """Bytes of (doubled) weights one stage's sandbox of `memory_gb` can hold."""
+    return max(int(memory_gb * 1e9) - STAGE_OVERHEAD_BYTES, 1)
+
+
+def fewest_stages(blocks: Sequence[Any], memory_gb: float) -> int:
+    """The fewest contiguous stages whose weights each fit `memory_gb` (1: the whole
+    model fits one session)."""
+    weights = [2 * weight_bytes(b) for b in blocks]
+    for k in range(1, len(blocks) + 1):
+        try:
+            partition([1.0] * len(blocks), weights, k, stage_room(memory_gb))
+            return k
+        except SchedulerError:
+            continue
+    raise UserError(f"a block of {max(weights) // 2} bytes of weights does not fit one "
+                    f"stage of memory_gb={memory_gb:g}; give stages more memory")
+
+
 class Pipeline:
     """Contiguous blocks over `stages` providers, each stage a session holding its blocks;
     this node drives the chain (each activation comes back and goes on), so no provider
@@ -543,12 +562,11 @@ class Pipeline:
         self.blocks = blocks
         self.profile = profile_here(blocks, example, passes)
         memory_gb = float(options.get("memory_gb", 2.0))
-        room = int(memory_gb * 1e9) - STAGE_OVERHEAD_BYTES
+        room = stage_room(memory_gb)
         # a stage's weights arrive pickled, then live as tensors: twice their size at peak
         weights = [2 * weight_bytes(b) for b in blocks]
         try:
-            self.bounds = partition([b.local_s for b in self.profile], weights, stages,
-                                    max(room, 1))
+            self.bounds = partition([b.local_s for b in self.profile], weights, stages, room)
         except SchedulerError as exc:
             raise UserError(f"split(stages={stages}): {exc}; give each stage more memory "
                             "(memory_gb=) or use more stages") from None
@@ -624,11 +642,12 @@ def _credits_per_s(ad: Any) -> float:
 def split(model: Any, example_input: Any, *, objective: Objective = "latency",
           max_latency: float | None = None, passes: int = 5, drift: float = 0.5,
           power_w: float | None = None, joules_per_byte: float | None = None,
-          stages: int = 1, probe: int = 3, **options: Any) -> Any:
+          stages: int | Literal["auto"] = 1, probe: int = 3, **options: Any) -> Any:
     """Cut `model` (an nn.Sequential or a list of modules) between here and a provider
     where `objective` ("latency", "cost" within `max_latency` s, "energy") is least; the
     other keywords are @remote's (cpus, max_price, where, home, bootstrap, ...).
-    stages=K > 1: a Pipeline of K providers instead, each holding contiguous blocks.
+    stages=K > 1: a Pipeline of K providers instead, each holding contiguous blocks;
+    "auto": the fewest stages whose weights fit a provider's `memory_gb` each.
     probe: with objective "latency", the number of best predicted cuts timed end to end
     once the session is open (the fastest is chosen; 0: the prediction alone)."""
     if objective not in OBJECTIVES:
@@ -638,6 +657,14 @@ def split(model: Any, example_input: Any, *, objective: Objective = "latency",
     blocks = _blocks(model)
     power = power_here(example_input, blocks, power_w, joules_per_byte)
     options.setdefault("echo", False)
+    if stages == "auto":
+        stages = fewest_stages(blocks, float(options.get("memory_gb", 2.0)))
+    if not isinstance(stages, int) or stages < 1:
+        raise UserError('split(): stages is a number of providers, or "auto"')
+    memory_gb = float(options.get("memory_gb", 2.0))
+    if stages == 1 and 2 * sum(weight_bytes(b) for b in blocks) > stage_room(memory_gb):
+        raise UserError(f"the model's weights do not fit one session of memory_gb="
+                        f"{memory_gb:g}; spread it: stages=K or stages=\"auto\"")
     if stages > 1:
         return Pipeline(blocks, example_input, stages=stages, passes=passes, options=options)
     return Split(blocks, example_input, objective=objective, max_latency_s=max_latency,
