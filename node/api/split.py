@@ -30,29 +30,36 @@ the plan says which (`plan.power.source`).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import logging
-import math
 import statistics
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from node.errors import RemoteError, ResultRejected, SessionLost, UserError
+from node.api.blocks import (
+    PART_BYTES,
+    Model,
+    by_value,
+    nbytes,
+    profile_here,
+    put,
+    run_remote,
+    stage_room,
+    weight_bytes,
+)
+from node.api.pipeline import Pipeline, fewest_stages
+from node.errors import RemoteError, UserError
 from scheduler.errors import SchedulerError
 from scheduler.layers import (
     OBJECTIVES,
-    Block,
     CutPlan,
     Objective,
     Power,
     Remote,
     choose,
     drifted,
-    partition,
 )
 
 log = logging.getLogger(__name__)
@@ -61,103 +68,7 @@ DEFAULT_JOULES_PER_BYTE = 1e-7
 ASSUMED_BYTES_PER_S = 50e6
 """The link's bandwidth before anything was measured (only the first estimate uses it)."""
 PROBE_BYTES = 512 << 10
-OUTPUT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int64", "int32",
-                           "int16", "int8", "uint8", "bool"})
-MAX_OUTPUT_BYTES = 1 << 30
-PART_BYTES = 768 << 10
-"""Activations move in parts of this size: a session call's value is at most 1 MiB."""
 LOCAL_GFLOPS_N = 256
-
-
-class _Model:
-    """The session's object on the provider: the whole model, run from any block on."""
-
-    def __init__(self, blocks: list[Any]) -> None:
-        import torch
-
-        self.blocks = [b.eval() for b in blocks]
-        torch.set_grad_enabled(False)
-
-    def run(self, x: Any, start: int) -> Any:
-        for b in self.blocks[start:]:
-            x = b(x)
-        return x
-
-    def put(self, i: int, data: bytes) -> int:
-        """Part `i` of the next input (parts are joined by `run_parts`)."""
-        parts = self.__dict__.setdefault("_parts", {})
-        parts[i] = data
-        return len(data)
-
-    def run_parts(self, start: int, n: int, dtype: str, shape: list[int], part: int) -> Any:
-        """Run from block `start` on the input put in `n` parts; a small output comes back
-        as it is, a big one as its dtype, shape and number of parts (`take` fetches them)."""
-        import torch
-
-        y = self.run(self._joined(n, dtype, shape), start)
-        raw = y.contiguous().view(torch.uint8).numpy().tobytes() if y.nelement() else b""
-        if len(raw) <= part:
-            return y
-        self._out = [raw[i:i + part] for i in range(0, len(raw), part)]
-        return [str(y.dtype).removeprefix("torch."), list(y.shape), len(self._out)]
-
-    def profile_parts(self, n: int, dtype: str, shape: list[int], passes: int) -> list[float]:
-        return self.profile(self._joined(n, dtype, shape), passes)
-
-    def _joined(self, n: int, dtype: str, shape: list[int]) -> Any:
-        import torch
-
-        parts = self.__dict__.pop("_parts", {})
-        data = bytearray(b"".join(parts[i] for i in range(n)))
-        return torch.frombuffer(data, dtype=getattr(torch, dtype)).reshape(shape)
-
-    def take(self, i: int) -> bytes:
-        return self._out[i]
-
-    def profile(self, x: Any, passes: int) -> list[float]:
-        import time as t
-
-        out = []
-        for b in self.blocks:
-            b(x)
-            runs = []
-            for _ in range(passes):
-                s = t.perf_counter()
-                y = b(x)
-                runs.append(t.perf_counter() - s)
-            runs.sort()
-            out.append(runs[len(runs) // 2])
-            x = y
-        return out
-
-    def ping(self) -> int:
-        return 0
-
-    def sink(self, data: bytes) -> int:
-        return len(data)
-
-    def source(self, n: int) -> bytes:
-        return bytes(min(n, 1 << 24))
-
-
-@contextlib.contextmanager
-def by_value(blocks: Sequence[Any]) -> Iterator[None]:
-    """While open, the modules that define the blocks' classes (your own, not installed
-    ones) pickle by value: the provider has only the runtime's packages."""
-    import cloudpickle
-
-    from node.api.shared import installed
-
-    names = {type(m).__module__ for b in blocks for m in b.modules()}
-    mods = [sys.modules[n] for n in sorted(names) if n in sys.modules and n != "__main__"
-            and not installed(sys.modules[n])]
-    for m in mods:
-        cloudpickle.register_pickle_by_value(m)
-    try:
-        yield
-    finally:
-        for m in mods:
-            cloudpickle.unregister_pickle_by_value(m)
 
 
 def _blocks(model: Any) -> list[Any]:
@@ -173,35 +84,6 @@ def _blocks(model: Any) -> list[Any]:
     if not blocks:
         raise UserError("split() needs at least one block")
     return blocks
-
-
-def _nbytes(value: Any) -> int:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return int(value.nelement() * value.element_size())
-    raise UserError(f"a block returned {type(value).__name__}; split() chains blocks that "
-                    "each take and return one tensor")
-
-
-def profile_here(blocks: Sequence[Any], x: Any, passes: int) -> list[Block]:
-    """Each block's median time here and the bytes of its output."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i, b in enumerate(blocks):
-            b.eval()
-            y = b(x)
-            runs = []
-            for _ in range(passes):
-                t = time.perf_counter()
-                y = b(x)
-                runs.append(time.perf_counter() - t)
-            out.append(Block(name=f"{i}:{type(b).__name__}", local_s=statistics.median(runs),
-                             out_bytes=_nbytes(y)))
-            x = y
-    return out
 
 
 def local_gflops() -> float:
@@ -272,7 +154,7 @@ class Split:
         self.drift = drift
         self.power = power
         self.profile = profile_here(blocks, example, passes)
-        self.input_bytes = _nbytes(example)
+        self.input_bytes = nbytes(example)
         self.replans = 0
         self.probe = probe
         self.measured_s: dict[int, float] = {}
@@ -310,7 +192,7 @@ class Split:
         from node.api.remote import remote
         from node.api.sync import portal
 
-        rc = remote(**self._options)(_Model)
+        rc = remote(**self._options)(Model)
 
         async def best() -> Any:
             from node.api.shared import requester_for
@@ -342,12 +224,12 @@ class Split:
             raise UserError("no provider can run this model's blocks; see `offload offers`")
         from node.api.remote import remote
 
-        rc = remote(**self._options)(_Model)
+        rc = remote(**self._options)(Model)
         self._session = rc.session(self.blocks)
         with by_value(self.blocks):
             self._instance = self._session.__enter__()
         atexit.register(self.close)
-        if _nbytes(example) <= PART_BYTES:
+        if nbytes(example) <= PART_BYTES:
             self.remote_s = tuple(self._instance.profile(example, passes))
         else:
             staged = put(self._instance, example)
@@ -432,11 +314,11 @@ class Split:
                 x = b(x)
             if k == len(self.blocks):
                 return x
-            up = _nbytes(x)
+            up = nbytes(x)
             t = time.perf_counter()
             y = run_remote(self._instance, x, k, self.profile[-1].out_bytes)
             wall = time.perf_counter() - t
-        self._observe(up + _nbytes(y), wall - sum(self.remote_s[k:]))
+        self._observe(up + nbytes(y), wall - sum(self.remote_s[k:]))
         return y
 
     forward = __call__
@@ -465,168 +347,6 @@ class Split:
             session.__exit__(None, None, None)
 
     def __enter__(self) -> Split:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def put(inst: Any, x: Any) -> tuple[int, str, list[int]]:
-    """`x` sent in parts to the session `inst`: their count, its dtype and shape."""
-    import torch
-
-    raw = x.contiguous().view(torch.uint8).numpy().tobytes() if x.nelement() else b""
-    parts = [raw[i:i + PART_BYTES] for i in range(0, len(raw), PART_BYTES)]
-    for i, part in enumerate(parts):
-        inst.put(i, part)
-    return len(parts), str(x.dtype).removeprefix("torch."), list(x.shape)
-
-
-def run_remote(inst: Any, x: Any, start: int, out_bytes: int) -> Any:
-    """Blocks `start`.. of the session `inst` on `x`; activations in parts (a call carries
-    at most 1 MiB), `out_bytes` the output's size as profiled here."""
-    import torch
-
-    if _nbytes(x) <= PART_BYTES and out_bytes <= PART_BYTES:
-        return inst.run(x, start)
-    y = inst.run_parts(start, *put(inst, x), PART_BYTES)
-    if isinstance(y, torch.Tensor):
-        return y
-    dtype, shape, n = _output_head(y)
-    data = bytearray()
-    for i in range(n):
-        data += inst.take(i)
-        if len(data) > MAX_OUTPUT_BYTES:
-            break
-    size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-    if len(data) != size:
-        raise ResultRejected(f"the provider's output has {len(data)} bytes, not the "
-                             f"{size} its shape says")
-    return torch.frombuffer(data, dtype=dtype).reshape(shape) if size else \
-        torch.empty(shape, dtype=dtype)
-
-
-def _output_head(value: Any) -> tuple[Any, list[int], int]:
-    """A big output's dtype, shape and part count, as the provider sent them (checked)."""
-    import torch
-
-    ok = isinstance(value, list | tuple) and len(value) == 3
-    dtype, shape, n = value if ok else (None, None, None)
-    if not (ok and dtype in OUTPUT_DTYPES and isinstance(shape, list | tuple)
-            and len(shape) <= 16 and all(isinstance(d, int) and 0 <= d < 2**31 for d in shape)
-            and isinstance(n, int) and 0 < n <= MAX_OUTPUT_BYTES // PART_BYTES + 1):
-        raise ResultRejected("the provider described a split's output that cannot be one")
-    return getattr(torch, dtype), list(shape), n
-
-
-STAGE_OVERHEAD_BYTES = 600_000_000
-"""What a stage's sandbox needs besides its weights (the interpreter and torch)."""
-
-
-def weight_bytes(block: Any) -> int:
-    return sum(t.nelement() * t.element_size()
-               for t in [*block.parameters(), *block.buffers()])
-
-
-def stage_room(memory_gb: float) -> int:
-    """Bytes of (doubled) weights one stage's sandbox of `memory_gb` can hold."""
-    return max(int(memory_gb * 1e9) - STAGE_OVERHEAD_BYTES, 1)
-
-
-def fewest_stages(blocks: Sequence[Any], memory_gb: float) -> int:
-    """The fewest contiguous stages whose weights each fit `memory_gb` (1: the whole
-    model fits one session)."""
-    weights = [2 * weight_bytes(b) for b in blocks]
-    for k in range(1, len(blocks) + 1):
-        try:
-            partition([1.0] * len(blocks), weights, k, stage_room(memory_gb))
-            return k
-        except SchedulerError:
-            continue
-    raise UserError(f"a block of {max(weights) // 2} bytes of weights does not fit one "
-                    f"stage of memory_gb={memory_gb:g}; give stages more memory")
-
-
-class Pipeline:
-    """Contiguous blocks over `stages` providers, each stage a session holding its blocks;
-    this node drives the chain (each activation comes back and goes on), so no provider
-    reaches another. A stage lost mid-call is opened again on another provider with the
-    same blocks and the call goes on from that stage's input, which this node holds: no
-    output is lost or repeated. `bounds[i]` are stage i's blocks; `recovered` counts
-    replaced stages."""
-
-    def __init__(self, blocks: list[Any], example: Any, *, stages: int, passes: int,
-                 options: dict[str, Any]) -> None:
-        from node.api.remote import remote
-
-        self.blocks = blocks
-        self.profile = profile_here(blocks, example, passes)
-        memory_gb = float(options.get("memory_gb", 2.0))
-        room = stage_room(memory_gb)
-        # a stage's weights arrive pickled, then live as tensors: twice their size at peak
-        weights = [2 * weight_bytes(b) for b in blocks]
-        try:
-            self.bounds = partition([b.local_s for b in self.profile], weights, stages, room)
-        except SchedulerError as exc:
-            raise UserError(f"split(stages={stages}): {exc}; give each stage more memory "
-                            "(memory_gb=) or use more stages") from None
-        self._sessions: list[Any] = []
-        self.instances: list[Any] = []
-        atexit.register(self.close)
-        try:
-            for lo, hi in self.bounds:
-                taken = [i.session.ad.peer_id for i in self.instances]
-                where = options.get("where")
-                if taken:
-                    away = " and ".join(f'peer_id != "{t}"' for t in taken)
-                    where = f"({where}) and {away}" if where else away
-                rc = remote(**{**options, "where": where, "restart": True})(_Model)
-                rc.avoid = lambda: set(self.providers)
-                session = rc.session(blocks[lo:hi])
-                with by_value(blocks):
-                    self.instances.append(session.__enter__())
-                self._sessions.append(session)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def recovered(self) -> int:
-        """Stages opened again on another provider after theirs was lost."""
-        return sum(i.restarts for i in self.instances)
-
-    @property
-    def providers(self) -> list[str]:
-        return [i.session.ad.peer_id for i in self.instances]
-
-    def __call__(self, x: Any) -> Any:
-        for i, (_, hi) in enumerate(self.bounds):
-            x = self._stage(i, x, self.profile[hi - 1].out_bytes)
-        return x
-
-    forward = __call__
-
-    def _stage(self, i: int, x: Any, out_bytes: int) -> Any:
-        inst = self.instances[i]
-        for attempt in range(3):
-            provider = inst.session.ad.peer_id
-            try:
-                return run_remote(inst, x, 0, out_bytes)
-            except SessionLost as lost:
-                # restart=True opened the stage again elsewhere (its constructor got the
-                # same blocks); its input is still here: run the stage again from it
-                if inst.session.ad.peer_id == provider or attempt == 2:
-                    raise
-                log.warning("pipeline stage %d: %s; running it again on %s", i, lost,
-                            inst.session.ad.peer_id[:16])
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.__exit__(None, None, None)
-
-    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -129,7 +129,8 @@ def test_user_errors_exit_2_with_one_line(network: Network) -> None:
     p1 = network.start_provider()
     res = network.offload("submit", "missing.py", "--bootstrap", p1["addr"])
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == ["offload: error: missing.py is not a readable file"]
+    assert res.stderr.strip().splitlines() == [
+        "offload: error: script missing.py: no such file; check the path"]
     res = network.offload("offers", "--bootstrap", "/ip4/127.0.0.1/tcp/1")
     assert res.returncode == 2
     assert "must end in /p2p/<peer id>" in res.stderr
