@@ -49,6 +49,7 @@ from node.api.values import (
     remote_error,
 )
 from node.errors import RemoteError, UserError, sole_error
+from node.requester import events
 from scheduler.decide import LOCAL
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class Options:
     plan: bool = False
     """map: let the offload plan keep a share of the items here (set gflop= for it)."""
     echo: bool = True
-    """Print the remote stdout (and stderr of successful calls) here."""
+    """Print the remote stdout here (a call's as it runs, a map's in input order at the
+    end), and the stderr of successful calls when they return."""
     home: str | None = None
     bootstrap: tuple[str, ...] | None = None
     config: str | None = None
@@ -206,8 +208,13 @@ class RemoteFunction(Generic[P, R]):
     async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Result:
         with _staged(self.fn, [(args, kwargs)]) as (jobs_files, _):
             async with self._session() as r:
-                result = await r.submit(self._job(*jobs_files[0]))
-        return self._finish(result)
+                live = _Live(self.options.echo)
+                unsubscribe = r.subscribe(live)
+                try:
+                    result = await r.submit(self._job(*jobs_files[0]))
+                finally:
+                    unsubscribe()
+        return self._finish(result, live)
 
     async def _map(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
                    return_exceptions: bool) -> list[R | Exception]:
@@ -308,21 +315,48 @@ class RemoteFunction(Generic[P, R]):
     def _job(self, wrapper: Path, fn_file: Path, args_file: Path) -> Job:
         return dataclasses.replace(self.options.job, script=wrapper, files=(fn_file, args_file))
 
-    def _finish(self, result: Result) -> Result:
+    def _finish(self, result: Result, live: _Live | None = None) -> Result:
         """Decode the return value (strictly); raise the remote exception if there was one."""
         path = result.out_dir / RETURN_FILE
         if not path.exists():
             result.check()  # a timeout or a limit: JobFailed says which
         returned = decode_return(path)
         if self.options.echo:
-            if result.stdout:
-                sys.stdout.write(result.stdout)
+            if rest := live.rest(result) if live is not None else result.stdout:
+                sys.stdout.write(rest)
             if returned.ok and result.stderr:
                 sys.stderr.write(result.stderr)
         if not returned.ok:
             raise remote_error(returned, job_id=result.job_id, provider=result.provider)
         outputs = {k: v for k, v in result.outputs.items() if k != RETURN_FILE}
         return dataclasses.replace(result, value=returned.value, outputs=outputs)
+
+
+class _Live:
+    """A call's stdout printed here while it runs (from the first job that streams any:
+    a replica or a retry may stream too); `rest` is what the result holds beyond it."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+        self.job: str | None = None
+        self.shown = ""
+
+    def __call__(self, ev: events.Event) -> None:
+        if (self.echo and isinstance(ev, events.LogLine) and ev.stream == "stdout"
+                and self.job in (None, ev.job_id)):
+            self.job = ev.job_id
+            self.shown += ev.text
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+
+    def rest(self, result: Result) -> str:
+        if result.job_id != self.job:
+            return result.stdout
+        if self.shown.startswith(result.stdout):  # the capped result holds no more
+            return ""
+        if result.stdout.startswith(self.shown):
+            return result.stdout[len(self.shown):]
+        return result.stdout
 
 
 @functools.lru_cache(maxsize=1)

@@ -40,7 +40,7 @@ import trio
 from node.config import resolve
 from node.errors import LaneRefused, PeerGone, PeerRefused, TransferFailed, TransferTimeout
 from node.net.host import SEND_STALL_S, Stream
-from node.net.transfer import CHUNK, STALL_S, PartialFile
+from node.net.transfer import CHUNK, STALL_S, PartialFile, Progress, no_progress
 from protocol import lanecert, wire
 from protocol.errors import ProtocolError
 from protocol.identity import Identity
@@ -262,9 +262,11 @@ class _Watchdog:
 
 
 def send_files(lane: ssl.SSLSocket, files: Sequence[tuple[str, Path, int]], *,
-               peer: str = "", stall_s: float = STALL_S) -> None:
+               peer: str = "", stall_s: float = STALL_S,
+               progress: Progress = no_progress) -> None:
     """Each (name, path, offset) as a header and its bytes, one chunk buffer; then the
-    peer's acknowledgement. Blocking: run it through `run_blocking`."""
+    peer's acknowledgement; `progress` is called from this thread. Blocking: run it
+    through `run_blocking`."""
     view = memoryview(bytearray(CHUNK))
     name, at = "the end", 0
     with _Watchdog(lane, stall_s) as dog:
@@ -284,6 +286,7 @@ def send_files(lane: ssl.SSLSocket, files: Sequence[tuple[str, Path, int]], *,
                         lane.sendall(view[:k])
                         n, at = n - k, at + k
                         dog.tick()
+                        progress(name, at)
             name = "the end"
             if _recv_exact(lane, 1) != _OK:
                 raise TransferFailed("the lane peer did not confirm the transfer")
@@ -296,7 +299,7 @@ def send_files(lane: ssl.SSLSocket, files: Sequence[tuple[str, Path, int]], *,
 
 def receive_files(lane: ssl.SSLSocket, items: Sequence[tuple[str, PartialFile]], *,
                   peer: str = "", stall_s: float = STALL_S,
-                  stop: threading.Event | None = None) -> int:
+                  stop: threading.Event | None = None, progress: Progress = no_progress) -> int:
     """Each file into its PartialFile from its offset on; returns the bytes received. A
     writer thread hashes and writes while this one decrypts into one reused buffer,
     PIPELINE chunks between them. Blocking: run it through `run_blocking`."""
@@ -331,6 +334,7 @@ def receive_files(lane: ssl.SSLSocket, items: Sequence[tuple[str, PartialFile]],
                     queue_.put((partial, offset, data))
                     dog.tick()
                     offset, n, total = offset + len(data), n - len(data), total + len(data)
+                    progress(name, offset)
             queue_.put(None)
             thread.join()
             if failed:
@@ -461,10 +465,12 @@ def _why(exc: BaseException) -> str:
 
 async def receive_phase(stream: Stream, identity: Identity | None,
                         items: Sequence[tuple[str, PartialFile]], *,
-                        fallback: Fallback, on_lane: Callable[[], object] = lambda: None) -> bool:
+                        fallback: Fallback, on_lane: Callable[[], object] = lambda: None,
+                        progress: Progress = no_progress) -> bool:
     """Receive `items` (already agreed, in order) over a lane when they are big enough and
     one opens, else by `fallback(stream)` (chunks on the stream); `on_lane()` is called when
-one opened, before data moves. True: the lane took them."""
+one opened, before data moves; `progress` hears the lane's bytes (from its thread). True:
+    the lane took them."""
     if sum(p.size - p.offset for _, p in items) < wire.LANE_MIN_BYTES:
         await fallback(stream)
         return False
@@ -503,22 +509,24 @@ one opened, before data moves. True: the lane took them."""
         return False
     on_lane()
     with lane:
-        got = await run_blocking(lane, partial(_receive, lane, items, stream.remote_peer))
+        got = await run_blocking(lane, partial(_receive, lane, items, stream.remote_peer,
+                                               progress))
     log.info("lane: received %d bytes from %s over TLS 1.3", got, stream.remote_peer[:16])
     return True
 
 
 def _receive(lane: ssl.SSLSocket, items: Sequence[tuple[str, PartialFile]], peer: str,
-             stop: threading.Event) -> int:
-    return receive_files(lane, items, peer=peer, stop=stop)
+             progress: Progress, stop: threading.Event) -> int:
+    return receive_files(lane, items, peer=peer, stop=stop, progress=progress)
 
 
 async def send_phase(stream: Stream, identity: Identity | None,
                      files: Sequence[tuple[str, Path, int]], *, fallback: Fallback,
-                     on_lane: Callable[[], object] = lambda: None) -> bool:
+                     on_lane: Callable[[], object] = lambda: None,
+                     progress: Progress = no_progress) -> bool:
     """Send `files` (name, path, offset: agreed, in order) over the lane the receiver
-    offers when they are big enough, else by `fallback(stream)`; `on_lane()` as in
-    `receive_phase`. True: the lane took them."""
+    offers when they are big enough, else by `fallback(stream)`; `on_lane()` and
+    `progress` as in `receive_phase`. True: the lane took them."""
     if sum(path.stat().st_size - offset for _, path, offset in files) < wire.LANE_MIN_BYTES:
         await fallback(stream)
         return False
@@ -532,7 +540,8 @@ async def send_phase(stream: Stream, identity: Identity | None,
         return False
     on_lane()
     with lane:
-        await run_blocking(lane, lambda _: send_files(lane, files, peer=stream.remote_peer))
+        await run_blocking(lane, lambda _: send_files(lane, files, peer=stream.remote_peer,
+                                                      progress=progress))
     log.info("lane: sent %d file(s) to %s over TLS 1.3", len(files), stream.remote_peer[:16])
     return True
 

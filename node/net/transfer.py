@@ -3,13 +3,14 @@
 Every transfer has two limits, on both sides: no chunk may take longer than `STALL_S`
 to move (the idle timer), and the whole transfer must average at least `MIN_RATE_BPS`
 after a fixed `TRANSFER_GRACE_S` (`transfer_seconds`), so a peer that trickles a byte
-now and then is cut with a `TransferTimeout` instead of holding a slot or a stream.
+now and then is cut with a `TransferTimeout` instead of holding a slot or a stream. A
+`Progress` callback hears (name, bytes held so far) after every chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,13 @@ TRANSFER_GRACE_S = 30.0
 """Added once to every transfer's deadline: connection warm-up, a slow start, a disk."""
 STALL_S = 30.0
 """The longest one chunk may wait to be sent or received (the idle timer)."""
+
+Progress = Callable[[str, int], None]
+"""Called with a file's name and the bytes of it moved so far (its offset included)."""
+
+
+def no_progress(name: str, at: int) -> None:
+    """The default Progress."""
 
 
 class PartialFile(Protocol):
@@ -88,7 +96,7 @@ def iter_chunks(name: str, path: Path, offset: int = 0) -> Iterator[wire.Chunk]:
 
 
 async def send_file(stream: Stream, name: str, path: Path, offset: int = 0, *,
-                    stall_s: float = STALL_S) -> None:
+                    stall_s: float = STALL_S, progress: Progress = no_progress) -> None:
     """Send `path` from `offset` on, within `transfer_seconds` of its size; a chunk the
     peer does not take within `stall_s` ends it with TransferTimeout."""
     with transfer_deadline(path.stat().st_size - offset, f"{name} to {_who(stream)}"):
@@ -98,6 +106,7 @@ async def send_file(stream: Stream, name: str, path: Path, offset: int = 0, *,
             if scope.cancelled_caught:
                 raise TransferTimeout(f"{_who(stream)} took no data of {name} for "
                                       f"{stall_s:.0f} s (at byte {chunk.offset})")
+            progress(name, chunk.offset + len(chunk.data))
 
 
 async def _next_chunk(stream: Stream, name: str, idle_timeout: float) -> wire.Frame:
@@ -139,20 +148,20 @@ async def _receive_into(stream: Stream, partial: PartialFile, *, name: str,
 
 
 async def receive_file(stream: Stream, *, name: str, size: int, sha256: str, dest: Path,
-                       idle_timeout: float = STALL_S) -> None:
+                       idle_timeout: float = STALL_S, progress: Progress = no_progress) -> None:
     """Receive one file's chunks into `dest` within `transfer_seconds` of its size; its
     size and digest must match exactly."""
     try:
         with transfer_deadline(size, f"{name} from {_who(stream)}"):
             await _receive_file(stream, name=name, size=size, sha256=sha256, dest=dest,
-                                idle_timeout=idle_timeout)
+                                idle_timeout=idle_timeout, progress=progress)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
 
 
 async def _receive_file(stream: Stream, *, name: str, size: int, sha256: str, dest: Path,
-                        idle_timeout: float) -> None:
+                        idle_timeout: float, progress: Progress) -> None:
     h = hashlib.sha256()
     received = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +179,7 @@ async def _receive_file(stream: Stream, *, name: str, size: int, sha256: str, de
                 raise TransferFailed(f"{name} is longer than its declared {size} bytes")
             h.update(chunk.data)
             f.write(chunk.data)
+            progress(name, received)
             if chunk.final:
                 break
     if received != size or h.hexdigest() != sha256:

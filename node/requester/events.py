@@ -2,7 +2,8 @@
 
 Every step that can take time says so: which offers were found, a provider's quote,
 the route to it (direct or relayed), each upload and download, heartbeats while the job
-runs, live output lines, the verification verdict, a busy provider to ask again, a
+runs, live output lines, bytes moved (`Transferred`, a few a second per file), a map's
+items done of all (`MapProgress`), the verification verdict, a busy provider to ask again, a
 provider replaced, the money that moved, and how long each phase of an exchange took (`Timing`).
 """
 
@@ -50,6 +51,35 @@ class Uploading(Event):
     size: int
     offset: int = 0
     """Bytes the provider already had (a resumed upload)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Transferred(Event):
+    """Bytes of one file moved so far (`done` of `size`, counted from 0; the transfer
+    began at `offset`), `elapsed_s` after it began; at most ~10 a second per file, and
+    always one when it completes."""
+
+    direction: Literal["up", "down"]
+    name: str
+    done: int
+    size: int
+    offset: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def rate_bps(self) -> float:
+        """Bytes a second since the transfer began."""
+        return (self.done - self.offset) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MapProgress(Event):
+    """A map's items: `done` of `total` have an outcome, `failed` of those failed (no
+    provider could run it, or its job did not end "ok")."""
+
+    done: int
+    failed: int
+    total: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

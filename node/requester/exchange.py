@@ -7,10 +7,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import trio
 
@@ -29,7 +31,9 @@ from node.net.guard import guarded
 from node.net.host import Host, Stream
 from node.net.transfer import (
     STALL_S,
+    Progress,
     file_sha256,
+    no_progress,
     receive_file,
     send_file,
     transfer_deadline,
@@ -168,6 +172,48 @@ class JobOutcome:
     @property
     def result(self) -> JobResult:
         return self.signed.message
+
+
+class Meter:
+    """A transfer's `Progress` (node.net.transfer) as `events.Transferred`: at most one
+    per file every `every_s`, and one when a file completes. Called from a lane's worker
+    thread, it hands the event to the trio thread (run_sync_soon), so listeners stay there."""
+
+    def __init__(self, emit: Emit, job_id: str, provider: str,
+                 direction: Literal["up", "down"], files: Sequence[tuple[str, int, int]], *,
+                 every_s: float = 0.1) -> None:
+        self.emit, self.job_id, self.provider, self.direction = emit, job_id, provider, direction
+        self.files = {name: (size, offset) for name, size, offset in files}
+        self.every_s = every_s
+        self.began: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self._thread = threading.current_thread()
+        self._token = trio.lowlevel.current_trio_token()
+        self._clock = time.monotonic()
+
+    def __call__(self, name: str, at: int) -> None:
+        size, offset = self.files.get(name, (at, 0))
+        now = time.monotonic()
+        began = self.began.setdefault(name, self._clock)
+        if at < size and now - self.last.get(name, 0.0) < self.every_s:
+            return
+        self.last[name] = now
+        if at >= size:
+            self._clock = now  # the next file begins here
+        ev = events.Transferred(job_id=self.job_id, provider=self.provider,
+                                direction=self.direction, name=name, done=at, size=size,
+                                offset=offset, elapsed_s=round(now - began, 3))
+        if threading.current_thread() is self._thread:
+            self.emit(ev)
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._emit_quietly, ev)
+
+    def _emit_quietly(self, ev: events.Event) -> None:
+        try:
+            self.emit(ev)
+        except Exception:  # a listener's bug must not end the trio run
+            log.exception("a progress listener failed")
 
 
 def input_files(request: JobRequest) -> list[tuple[InputFile, Path]]:
@@ -365,6 +411,9 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
             emit(events.Uploading(job_id=job_id, provider=ad.peer_id, name=f.name,
                                   size=f.size, offset=offset))
 
+        meter = Meter(emit, job_id, ad.peer_id, "up",
+                      [(f.name, f.size, offset) for (f, _), offset in sending])
+
         def on_lane() -> None:
             for (f, _), offset in sending:
                 uploading(f, offset)
@@ -372,11 +421,11 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         async def upload(s: Stream) -> None:
             for (f, path), offset in sending:
                 uploading(f, offset)
-                await send_file(s, f.name, path, offset=offset)
+                await send_file(s, f.name, path, offset=offset, progress=meter)
 
         await lane.send_phase(stream, identity,
                               [(f.name, path, offset) for (f, path), offset in sending],
-                              fallback=upload, on_lane=on_lane)
+                              fallback=upload, on_lane=on_lane, progress=meter)
     mark("upload")
     with within(phases.run_s, f"{who} returned no result for job {job_id[:12]}"):
         ready = await _await_result(stream, job_id, ad, emit)
@@ -396,7 +445,8 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
         with transfer_deadline(size, f"the outputs of job {job_id[:12]} from {who}"):
             await _download(source, identity, outputs, out_dir, lambda out: emit(
                 events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
-                                   size=out.size)))
+                                   size=out.size)),
+                Meter(emit, job_id, ad.peer_id, "down", [(o.name, o.size, 0) for o in outputs]))
     finally:
         if source is not stream:
             await source.close()
@@ -406,7 +456,8 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
 
 
 async def _download(stream: Stream, identity: Identity | None, outputs: Sequence[OutputFile],
-                    out_dir: Path, downloading: Callable[[OutputFile], None]) -> None:
+                    out_dir: Path, downloading: Callable[[OutputFile], None],
+                    progress: Progress = no_progress) -> None:
     """The outputs in the result's order: over a fast lane we offer when they are big
     enough (node/net/lane.py), else as chunks on the stream; digests checked either way."""
     sinks = [lane.DestFile(safe_join(out_dir, o.name), o.size, o.sha256) for o in outputs]
@@ -415,7 +466,7 @@ async def _download(stream: Stream, identity: Identity | None, outputs: Sequence
         for out in outputs:
             downloading(out)
             await receive_file(s, name=out.name, size=out.size, sha256=out.sha256,
-                               dest=safe_join(out_dir, out.name))
+                               dest=safe_join(out_dir, out.name), progress=progress)
 
     def on_lane() -> None:
         for out in outputs:
@@ -424,7 +475,7 @@ async def _download(stream: Stream, identity: Identity | None, outputs: Sequence
     items = [(o.name, sink) for o, sink in zip(outputs, sinks, strict=True)]
     try:
         if await lane.receive_phase(stream, identity, items, fallback=by_stream,
-                                    on_lane=on_lane):
+                                    on_lane=on_lane, progress=progress):
             for sink in sinks:
                 await trio.to_thread.run_sync(sink.finish)
     finally:

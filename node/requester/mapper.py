@@ -4,7 +4,8 @@ scheduler.mapping decides who runs what; this module runs it: `per_provider` wor
 tasks per provider run its items. A provider that fails, refuses or vanishes is
 dropped and its items move to the others (one that is only `busy` is asked again a
 few times first); a straggler gets a second copy on an idle provider and the slower
-copy is cancelled (it is never accepted, so never paid).
+copy is cancelled (it is never accepted, so never paid). `events.MapProgress` says how
+many items are done and failed, of all.
 """
 
 from __future__ import annotations
@@ -104,6 +105,21 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
         nonlocal changed
         changed.set()
         changed = trio.Event()
+        tally()
+
+    told = (-1, -1)
+
+    def tally(final: bool = False) -> None:
+        """A MapProgress when the count of items done or failed moved; at the end every
+        item without an outcome counts as failed."""
+        nonlocal told
+        gone = [i for i in range(len(requests)) if i not in outcomes and (
+            final or sched.state(i) is ItemState.FAILED)]
+        bad = sum(o.result.status != "ok" for o in outcomes.values())
+        now = (len(outcomes) + len(gone), bad + len(gone))
+        if now != told:
+            told = now
+            emit(events.MapProgress(done=now[0], failed=now[1], total=len(requests)))
 
     async def worker(peer: str) -> None:
         while not sched.finished and peer in sched.workers:
@@ -159,10 +175,12 @@ async def run_map(host: Host, ranked: Sequence[tuple[CapacityAd, ScoreParts]],
             notify()
 
     out_root.mkdir(parents=True, exist_ok=True)
+    tally()
     async with trio.open_nursery() as nursery:
         for peer in ads:
             for _ in range(max(1, per_provider)):  # providers run several jobs at once
                 nursery.start_soon(worker, peer)
+    tally(final=True)
     peers.save()
     items = tuple(
         ItemResult(index=i, outcome=outcomes.get(i),
