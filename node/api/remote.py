@@ -64,7 +64,7 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 NEEDS = ("gpus", "cpus", "memory_gb", "disk_gb", "timeout", "max_price", "redundancy",
-         "verify", "tolerance", "where", "runtime", "gflop")
+         "verify", "tolerance", "where", "runtime", "gflop", "include", "packages")
 """The fields of the one job description (node.requester.session.Job) @remote takes."""
 
 
@@ -80,6 +80,9 @@ class Options:
     echo: bool = True
     """Print the remote stdout here (a call's as it runs, a map's in input order at the
     end), and the stderr of successful calls when they return."""
+    include_imports: bool = False
+    """Also ship the local modules and packages the function's module imports
+    (node.requester.include.local_imports); what ships is printed once (echo) and logged."""
     home: str | None = None
     bootstrap: tuple[str, ...] | None = None
     config: str | None = None
@@ -92,6 +95,11 @@ class Options:
     def of(cls, **settings: Any) -> Options:
         """`remote()`'s keywords: the needs go to the job, the rest to the session."""
         needs = {k: settings.pop(k) for k in NEEDS if k in settings}
+        for key in ("include", "packages"):
+            if isinstance(needs.get(key), (str, os.PathLike)):
+                needs[key] = (needs[key],)
+            if key in needs:
+                needs[key] = tuple(needs[key])
         for name in settings:
             if name not in _SESSION:
                 raise TypeError(f"remote() got an unexpected keyword argument {name!r}")
@@ -169,6 +177,7 @@ class RemoteFunction(Generic[P, R]):
                  sample: float = 0.25) -> None:
         self.fn = fn
         self.options = options
+        self._shipped: tuple[Path, ...] | None = None
         self._warm: RemoteClass[Any] | None = None
         if options.keep_warm:
             from node.api.warm import function_class
@@ -313,7 +322,29 @@ class RemoteFunction(Generic[P, R]):
         return requester_for(self.options.session())
 
     def _job(self, wrapper: Path, fn_file: Path, args_file: Path) -> Job:
-        return dataclasses.replace(self.options.job, script=wrapper, files=(fn_file, args_file))
+        job = self.options.job
+        return dataclasses.replace(job, script=wrapper, files=(fn_file, args_file),
+                                   include=(*job.include, *self.shipped))
+
+    @property
+    def shipped(self) -> tuple[Path, ...]:
+        """What include_imports found to ship (besides `include`), found at the first call."""
+        if self._shipped is None:
+            self._shipped = ()
+            module = sys.modules.get(getattr(self.fn, "__module__", "") or "")
+            if self.options.include_imports and module is not None:
+                from node.requester.include import local_imports
+
+                given = {Path(p).resolve() for p in self.options.job.include}
+                self._shipped = tuple(p for p in local_imports(module)
+                                      if p.resolve() not in given)
+                what = ", ".join(p.name + ("/" if p.is_dir() else "") for p in self._shipped)
+                line = (f"offload: {self.fn.__qualname__} ships its local imports: "
+                        f"{what or 'none found'}")
+                log.info(line)
+                if self.options.echo:
+                    print(line, file=sys.stderr)
+        return self._shipped
 
     def _finish(self, result: Result, live: _Live | None = None) -> Result:
         """Decode the return value (strictly); raise the remote exception if there was one."""
@@ -424,7 +455,9 @@ def remote(fn: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 def remote(*, gpus: int = 0, cpus: int = 1, memory_gb: float = 2.0, disk_gb: float = 1.0,
            timeout: int | None = None, max_price: float | None = None, redundancy: int = 1,
            verify: Verify = "none", tolerance: float | None = None, where: str | None = None,
-           runtime: str | None = None, gflop: float | None = None, workers: int = 4,
+           runtime: str | None = None, gflop: float | None = None,
+           include: Sequence[str | os.PathLike[str]] = (), include_imports: bool = False,
+           packages: Sequence[str] = (), workers: int = 4,
            plan: bool = False, echo: bool = True, home: str | os.PathLike[str] | None = None,
            bootstrap: Sequence[str] | None = None,
            config: str | os.PathLike[str] | None = None,
@@ -440,6 +473,10 @@ def remote(fn: Any = None, /, **settings: Any) -> Any:
     each call needs. redundancy, verify, tolerance: how its result is checked. workers:
     most providers a map uses; plan: a map asks the offload plan (`offload plan`) and
     runs the share it keeps here in this process (gflop: one call's size, for the plan).
+    include: local .py modules and package folders that travel with each call (cached by
+    the provider); include_imports=True also ships the local modules the function's module
+    imports, and prints what it ships. packages: what the provider's runtime must have
+    ("torch", "numpy>=2"); no provider has one: NeedsUnmet names it, before any job runs.
     home, bootstrap, config, out: the session, as the CLI's --home/--bootstrap/--config
     (OFFLOAD_HOME, OFFLOAD_BOOTSTRAP, OFFLOAD_REQUESTER_CONFIG).
 
@@ -475,11 +512,17 @@ def remote(fn: Any = None, /, **settings: Any) -> Any:
         if isinstance(f, type):
             from node.api.classes import RemoteClass
 
+            if job.include or job.packages or options.include_imports:
+                raise UserError("@remote: include, include_imports and packages are for "
+                                "functions (a class's session does not take them yet)")
             if options.keep_warm:
                 raise UserError("@remote: keep_warm is for functions; a class's session "
                                 "stays open for its block (idle_timeout bounds it)")
             return RemoteClass(f, options, **lease)
         if options.keep_warm:
+            if job.include or options.include_imports:
+                raise UserError("@remote: include and include_imports are for jobs, not "
+                                "keep_warm sessions (yet)")
             if not 0 < options.keep_warm <= MAX_KEEP_WARM_S:
                 raise UserError(f"@remote: keep_warm must be 1 .. {MAX_KEEP_WARM_S} s")
             if job.verify not in ("none", "sample") or job.redundancy > 1:

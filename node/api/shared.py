@@ -8,12 +8,12 @@ import pickle
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
 from node.api.requester import CURRENT, Requester
+from node.requester.include import installed as installed
 
 
 @asynccontextmanager
@@ -53,13 +53,3 @@ def pickle_function(fn: Callable[..., Any], payload: Any = None) -> bytes:
         if by_value:
             assert module is not None
             cloudpickle.unregister_pickle_by_value(module)
-
-
-def installed(module: Any) -> bool:
-    """Part of an installed distribution (site-packages) or the standard library."""
-    path = getattr(module, "__file__", None)
-    if path is None:
-        return True
-    parts = Path(path).parts
-    return "site-packages" in parts or "dist-packages" in parts or path.startswith(
-        sys.base_prefix)

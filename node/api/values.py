@@ -77,7 +77,8 @@ def remote_error(returned: Returned, *, job_id: str, provider: str) -> RemoteFun
     hint = ""
     if returned.error_type in ("ModuleNotFoundError", "ImportError"):
         hint = ("; providers have only the runtime's packages (torch, numpy): define what "
-                "the function needs in your script or import it inside the function")
+                "the function needs in your script, ship local modules with "
+                "@remote(include=[...]) or include_imports=True, or ask for packages=[...]")
     message = (f"{returned.error_type}: {returned.error_message} (raised by the remote "
                f"function in job {job_id[:12]} on provider {provider[:16]}{hint})")
     message = " ".join(message.splitlines())[:2000]

@@ -23,7 +23,7 @@ OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out
                       "--where", "--redundancy", "--verify", "--tolerance", "--deadline",
                       "--gflop", "--items", "--workers", "--hold",
                       "--per-provider", "--output-cap", "--model", "--input-shape",
-                      "--objective"}
+                      "--objective", "--include", "--needs-package"}
 FLAGS = {"--json", "-h", "--help", "--follow", "--fresh", "--full-output"}
 SCRIPT_VERBS = ("submit", "plan", "map")
 
@@ -77,6 +77,16 @@ def check_job(job: Job) -> None:
             raise UserError(f"{what} {path}: not a regular file; give a file, not a folder")
         if not os.access(path, os.R_OK):
             raise UserError(f"{what} {path}: not readable; check its permissions")
+    for path in map(Path, job.include):
+        if not (path.is_dir() or (path.is_file() and path.suffix == ".py")):
+            raise UserError(f"--include {path}: give a .py module or a package folder")
+    for spec in job.packages:
+        from scheduler.requirements import package_spec
+
+        try:
+            package_spec(spec)
+        except ValueError as exc:
+            raise UserError(f"--needs-package {exc}") from None
     max_gb = MAX_MB / 1024
     for name, value, low, high in (("--cpus", job.cpus, 1, MAX_CPUS),
                                    ("--gpus", job.gpus, 0, MAX_GPUS)):
@@ -114,7 +124,9 @@ def _job_from(args: argparse.Namespace) -> Job:
                deadline=getattr(args, "deadline", None), gflop=args.gflop,
                hold=getattr(args, "hold", None),
                output_cap=getattr(args, "output_cap", 0) or 0,
-               full_output=getattr(args, "full_output", False))
+               full_output=getattr(args, "full_output", False),
+               include=tuple(getattr(args, "include", ()) or ()),
+               packages=tuple(getattr(args, "needs_package", ()) or ()))
 
 
 def session_from(args: argparse.Namespace, *, emit: Emit = ignore,

@@ -55,6 +55,12 @@ def _job_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     c.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
                    help="an extra input file, placed beside the script (repeatable)")
+    c.add_argument("--include", action="append", default=[], type=Path, metavar="PATH",
+                   help="a local .py module or package folder the script imports, shipped "
+                        "with it and put on its sys.path (repeatable)")
+    c.add_argument("--needs-package", action="append", default=[], metavar="SPEC",
+                   help="only providers whose runtime has this package, e.g. numpy>=2 "
+                        "(repeatable)")
     c.add_argument("--bootstrap", action="append", default=None, metavar="MADDR")
     c.add_argument("--timeout", type=int, metavar="S",
                    help="wall-clock limit of the job on the provider (default 600)")

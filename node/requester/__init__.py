@@ -2,6 +2,8 @@
 
 session.py     the core: opens identity, ledger, host, discovery, gossip, payments, holds;
                builds a request from one job description, places, maps and plans
+include.py     local code that travels: modules as files, package folders as deterministic
+               zips, a launcher that puts them on sys.path; local_imports finds them
 exchange.py    one job exchange with a provider, driven by protocol/exchange.py's table
 sessions.py    one session (a lease on one provider): calls, streamed items, transcript
                checks, close and settlement (last checkpoint if the provider vanished)

@@ -89,6 +89,10 @@ class Job:
     """Most bytes of stdout (and of stderr) the result carries; 0: the provider's cap."""
     full_output: bool = False
     """The whole stdout and stderr also come back as files in out/."""
+    include: Sequence[str | os.PathLike[str]] = ()
+    """Local modules (.py) and package folders that travel with the job (include.py)."""
+    packages: Sequence[str] = ()
+    """Packages the provider's runtime must have ("torch", "numpy>=2"), else NeedsUnmet."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,9 +133,17 @@ def build_request(job: Job, settings: RequesterSettings, *, prefix: str = "") ->
     timeout = job.timeout if job.timeout is not None else settings.timeout_s
     if timeout < 1:
         raise UserError(f"{prefix}timeout must be at least 1 second")
+    script, args = Path(job.script), tuple(str(a) for a in job.args)
+    files = tuple(Path(f) for f in job.files)
+    if job.include:
+        from node.requester.include import launcher, pack
+
+        shipped = pack(job.include)
+        files += tuple(shipped)
+        if any(p.suffix == ".zip" for p in shipped):
+            script, args, files = launcher(), (script.name, *args), (script, *files)
     return JobRequest(
-        script=Path(job.script), args=tuple(str(a) for a in job.args),
-        files=tuple(Path(f) for f in job.files),
+        script=script, args=args, files=files,
         resources=Resources(gpus=job.gpus, cpus=job.cpus, max_seconds=timeout,
                             memory_mb=max(1, int(job.memory_gb * 1024)),
                             disk_mb=max(1, int(job.disk_gb * 1024))),
@@ -218,9 +230,14 @@ class Session:
 
     def requirements(self, job: Job) -> Requirements:
         from scheduler import Requirements
+        from scheduler.requirements import package_spec
 
+        try:
+            packages = tuple(package_spec(p) for p in job.packages)
+        except ValueError as exc:
+            raise UserError(f"{self.prefix}packages: {exc}") from None
         return Requirements(cpus=1, gpus=job.gpus, runtime=job.runtime or self.settings.runtime,
-                            where=self.where(job.where))
+                            where=self.where(job.where), packages=packages)
 
     def gflop(self, job: Job) -> float:
         from node.requester.plan import script_hints
@@ -257,7 +274,7 @@ class Session:
     def _checked(self, job: Job) -> tuple[JobRequest, Policy, float]:
         """`job`'s request, verification policy and hold, checked in that order."""
         request = self.request(job)
-        self.where(job.where)
+        self.requirements(job)
         return request, self.policy(job), self.hold_s(job)
 
     # opening --------------------------------------------------------------------------
