@@ -246,11 +246,11 @@ class Split:
                  self.plan.reason)
 
     def _probe(self) -> None:
-        """Latency: the `probe` best predicted cuts (and all here) are timed end to end on
-        the example, and the fastest measured is chosen; per-block predictions miss what
-        a whole call pays (a CPU quota's throttling, the transport's own cost)."""
+        """Latency: the `probe` best predicted cuts, all here and all there are timed end to
+        end on the example, and the fastest measured is chosen; per-block predictions miss
+        what a whole call pays (a CPU quota's throttling, the transport's own cost)."""
         best = sorted(self.plan.cuts, key=lambda c: c.latency_s)[:self.probe]
-        ks = sorted({c.k for c in best} | {len(self.blocks)})
+        ks = sorted({c.k for c in best} | {0, len(self.blocks)})  # and both ends
         measured = {}
         saved, self._probing = self.forced, True
         try:
@@ -284,7 +284,7 @@ class Split:
             t = time.perf_counter()
             inst.ping()
             pings.append(time.perf_counter() - t)
-        rtt = statistics.median(pings)
+        rtt = min(pings)  # the link's; a slower ping is this node's own load
         t = time.perf_counter()
         inst.sink(bytes(PROBE_BYTES))
         up = time.perf_counter() - t
