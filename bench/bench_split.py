@@ -172,7 +172,7 @@ def weak_device(share: float) -> None:
 def cells(args: argparse.Namespace, t: Topology, net: LocalNet, root: Path) -> list[Any]:
     prov, dev = t.public("prov"), t.public("dev")
     p = net.start("prov", wrap=prov.wrap, listen=f"/ip4/{prov.ip}/tcp/{PORT}",
-                  extra=["--warm", "0"])
+                  extra=["--warm", "0"], benchmark=True)  # its ad carries its speed
     redirect(dev, prov.ip)
     script = root / "cell.py"
     script.write_text(CELL)

@@ -16,7 +16,9 @@ How the cut is chosen: each block is timed here (median of `passes` runs after o
 and its output measured; the best provider for the options (as @remote ranks them) is
 estimated at its benchmark's speed over ours, then, once its session is open, measured:
 the session times every block there (the calibration pass) and the link's RTT and
-bandwidth are measured with calls of known sizes. Cut n (all here) never opens a session.
+bandwidth are measured with calls of known sizes. Cut n (all here), when the estimate
+already picks it, opens no session; a provider whose ad has no benchmark is measured
+anyway (its speed is unknown), except for the energy objective.
 Each call re-measures the link from its own timing; when RTT or bandwidth drift more
 than `drift` (a share) from what the plan used, the cut is chosen again. The session
 holds the whole model, so any cut can be served without moving weights again.
@@ -156,6 +158,8 @@ class Split:
         self.profile = profile_here(blocks, example, passes)
         self.input_bytes = nbytes(example)
         self.replans = 0
+        self.speed_unknown = False
+        """The provider's ad had no benchmark: its speed comes only from calibration."""
         self.probe = probe
         self.measured_s: dict[int, float] = {}
         self._probing = False
@@ -171,7 +175,10 @@ class Split:
         self._example, self._passes = example, passes
         self.estimate = self._estimate()
         self.plan = self._choose(self.estimate)
-        if self.plan.chosen.peer is not None:
+        # a provider that published no benchmark has no speed to estimate: measure it,
+        # unless the objective does not depend on it (energy is spent here)
+        blind = self.estimate is not None and self.speed_unknown and objective != "energy"
+        if self.plan.chosen.peer is not None or blind:
             self._open()
 
     # planning --------------------------------------------------------------------------
@@ -213,6 +220,7 @@ class Split:
         ad, _ = top
         cpu = [d.gflops for d in ad.devices if d.kind == "cpu" and d.gflops > 0]
         speedup = (cpu[0] / max(local_gflops(), 1e-3)) if cpu else 1.0
+        self.speed_unknown = not cpu
         return Remote(peer=ad.peer_id, speedup=max(speedup, 1e-3),
                       rtt_s=rtt_ms / 1000.0, bytes_per_s=ASSUMED_BYTES_PER_S,
                       credits_per_s=_credits_per_s(ad))
