@@ -125,6 +125,7 @@ sm = split(net, x, bootstrap=[bootstrap], config=os.devnull, max_price=1.0)
 open_s = time.perf_counter() - t
 chosen = sm.plan.chosen.k
 predicted = {c.k: c.latency_s for c in sm.plan.cuts}
+probed, reason = dict(sm.measured_s), sm.plan.reason
 measured = {}
 for k in range(len(net) + 1):
     sm.force(k)
@@ -137,6 +138,7 @@ for k in range(len(net) + 1):
     measured[k] = statistics.median(runs)
 sm.close()
 print(json.dumps({"chosen": chosen, "measured_s": measured, "predicted_s": predicted,
+                  "probed_s": probed, "reason": reason,
                   "split_open_s": open_s, "link": {"rtt_s": sm.link.rtt_s,
                                                     "bytes_per_s": sm.link.bytes_per_s}}))
 '''
@@ -206,6 +208,11 @@ def cells(args: argparse.Namespace, t: Topology, net: LocalNet, root: Path) -> l
                         "speedup_vs_local": round(m[n] / m[chosen], 2),
                         "speedup_vs_remote": round(m[0] / m[chosen], 2),
                         "measured_ms": {k: round(v * 1e3, 2) for k, v in m.items()},
+                        "predicted_ms": {int(k): round(v * 1e3, 2)
+                                         for k, v in doc["predicted_s"].items()},
+                        "probed_ms": {int(k): round(v * 1e3, 2)
+                                      for k, v in doc["probed_s"].items()},
+                        "reason": doc["reason"],
                         "link": doc["link"]})
             print(json.dumps(out[-1]), file=sys.stderr)
     shape(dev, None)

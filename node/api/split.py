@@ -34,7 +34,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,13 +93,11 @@ def local_gflops() -> float:
 
     a = torch.randn(LOCAL_GFLOPS_N, LOCAL_GFLOPS_N)
     a @ a
-    runs = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(4):
-            a @ a
-        runs.append(time.perf_counter() - t)
-    return 4 * 2 * LOCAL_GFLOPS_N ** 3 / statistics.median(runs) / 1e9
+    n, t = 0, time.perf_counter()
+    while (spent := time.perf_counter() - t) < 0.2:  # long enough for a CPU quota to show
+        a @ a
+        n += 1
+    return n * 2 * LOCAL_GFLOPS_N ** 3 / spent / 1e9
 
 
 def power_here(x: Any, blocks: Sequence[Any], power_w: float | None,
