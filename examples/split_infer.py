@@ -39,13 +39,7 @@ def main() -> int:
     net, x = model(), torch.randn(4, 3, 64, 64)
     with split(net, x, objective=args.objective, max_price=1.0) as sm:
         plan = sm.plan
-        print(f"{'cut':>3} {'here ms':>8} {'bytes out':>10} {'link ms':>8} {'there ms':>9} "
-              f"{'total ms':>9} {'energy J':>9}")
-        for c in plan.cuts:
-            mark = "  <- chosen" if c.k == plan.chosen.k else ""
-            print(f"{c.k:>3} {c.head_s * 1e3:8.2f} {c.up_bytes:>10} "
-                  f"{(c.transfer_s + c.rtt_s) * 1e3:8.2f} {c.tail_s * 1e3:9.2f} "
-                  f"{c.latency_s * 1e3:9.2f} {c.energy_j:9.3f}{mark}")
+        print("\n".join(plan.table()))
         print(f"chosen: cut {plan.chosen.k} ({plan.reason}); power: {plan.power.source}")
         times, worst = [], 0.0
         for _ in range(args.calls):

@@ -90,6 +90,18 @@ class CutPlan:
     power: Power
     reason: str
 
+    def table(self) -> list[str]:
+        """The cut table as text lines: a header, one line per cut, the chosen one marked."""
+        lines = [f"{'cut':>3} {'here ms':>8} {'bytes out':>10} {'link ms':>8} {'there ms':>9} "
+                 f"{'total ms':>9} {'credits':>9} {'energy J':>9}"]
+        for c in self.cuts:
+            mark = "  <- chosen" if c.k == self.chosen.k else ""
+            lines.append(f"{c.k:>3} {c.head_s * 1e3:8.2f} {c.up_bytes:>10} "
+                         f"{(c.transfer_s + c.rtt_s) * 1e3:8.2f} {c.tail_s * 1e3:9.2f} "
+                         f"{c.latency_s * 1e3:9.2f} {c.cost_credits:9.6f} "
+                         f"{c.energy_j:9.3f}{mark}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         return {"objective": self.objective, "chosen": self.chosen.k, "reason": self.reason,
                 "power": dataclasses.asdict(self.power),

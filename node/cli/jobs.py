@@ -365,13 +365,7 @@ def _plan_model(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc))
         return 0
-    print(f"{'cut':>3} {'here ms':>8} {'bytes out':>10} {'link ms':>8} {'there ms':>9} "
-          f"{'total ms':>9} {'credits':>9} {'energy J':>9}")
-    for c in plan.cuts:
-        mark = "  <- chosen" if c.k == plan.chosen.k else ""
-        print(f"{c.k:>3} {c.head_s * 1e3:8.2f} {c.up_bytes:>10} "
-              f"{(c.transfer_s + c.rtt_s) * 1e3:8.2f} {c.tail_s * 1e3:9.2f} "
-              f"{c.latency_s * 1e3:9.2f} {c.cost_credits:9.6f} {c.energy_j:9.3f}{mark}")
+    print("\n".join(plan.table()))
     print(f"cut {plan.chosen.k} of {len(plan.cuts) - 1} ({plan.reason}); power: "
           f"{plan.power.source}")
     return 0

@@ -122,3 +122,10 @@ def test_a_partition_covers_every_block_once_in_order(
     assert groups[0][0] == 0 and groups[-1][1] == len(raw) and len(groups) == stages
     assert all(a[1] == b[0] for a, b in itertools.pairwise(groups))
     assert all(sum(weights[s:e]) <= limit and e > s for s, e in groups)
+
+
+def test_the_table_has_a_line_per_cut_and_marks_the_chosen_one() -> None:
+    plan = choose(BLOCKS, 1_000_000, FAST, POWER)
+    lines = plan.table()
+    assert lines[0].split()[:2] == ["cut", "here"] and len(lines) == len(plan.cuts) + 1
+    assert [ln.endswith("<- chosen") for ln in lines[1:]] == [c.k == 0 for c in plan.cuts]
