@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,26 @@ def network(tmp_path: Path) -> Iterator[Network]:
         yield net
     finally:
         net.close()
+
+
+PRICED = "[price]\nstart = 1000\nper_cpu_second = 20\nminimum = 1000\n"
+
+
+@contextmanager
+def priced_network(root: Path) -> Iterator[Network]:
+    """One priced provider (no warm pool) and 5 credits deposited on home `req`."""
+    network = Network(root)
+    priced = network.root / "priced.toml"
+    priced.write_text(PRICED)
+    try:
+        network.start_provider(extra=["--config", str(priced), "--warm", "0"])
+        network.offload("ledger", "deposit", "5", home="req", check=True)
+        yield network
+    finally:
+        network.close()
+
+
+def balance(net: Network, home: str = "req") -> dict[str, float]:
+    """`offload ledger balance` of `home`, as numbers of credits."""
+    res = net.offload("ledger", "balance", "--json", home=home, check=True)
+    return {k: float(v) for k, v in json.loads(res.stdout).items()}

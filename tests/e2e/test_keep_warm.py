@@ -21,9 +21,9 @@ from node.api.remote import remote
 from node.api.requester import Requester
 from node.api.values import RemoteFunctionError
 from node.api.warm import sessions_of
-from tests.e2e.conftest import REPO, Network, _env
+from tests.e2e.conftest import REPO, Network, _env, priced_network
+from tests.e2e.conftest import balance as ledger
 
-PRICED = "[price]\nstart = 1000\nper_cpu_second = 20\nminimum = 1000\n"
 _SEEN: list[int] = []
 
 
@@ -41,25 +41,13 @@ def picky(x: int) -> int:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    network = Network(tmp_path_factory.mktemp("keep_warm"))
-    priced = network.root / "priced.toml"
-    priced.write_text(PRICED)
-    try:
-        network.start_provider(extra=["--config", str(priced), "--warm", "0"])
-        network.offload("ledger", "deposit", "5", home="req", check=True)
+    with priced_network(tmp_path_factory.mktemp("keep_warm")) as network:
         yield network
-    finally:
-        network.close()
 
 
 def settings(net: Network, home: str = "req") -> dict[str, Any]:
     return {"home": net.root / home, "config": os.devnull,
             "bootstrap": [net.providers[0]["addr"]], "echo": False}
-
-
-def ledger(net: Network, home: str = "req") -> dict[str, float]:
-    res = net.offload("ledger", "balance", "--json", home=home, check=True)
-    return {k: float(v) for k, v in json.loads(res.stdout).items()}
 
 
 def sessions(net: Network, home: str = "req") -> list[dict[str, Any]]:

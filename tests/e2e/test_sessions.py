@@ -23,9 +23,8 @@ from node.api.classes import RemoteClass, idempotent
 from node.api.remote import remote
 from node.api.values import RemoteFunctionError
 from node.errors import NoProviders, SessionLost
-from tests.e2e.conftest import REPO, Network, _env
-
-PRICED = "[price]\nstart = 1000\nper_cpu_second = 20\nminimum = 1000\n"
+from tests.e2e.conftest import PRICED, REPO, Network, _env, priced_network
+from tests.e2e.conftest import balance as ledger
 
 
 class _Counter:
@@ -67,26 +66,14 @@ class _Counter:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    network = Network(tmp_path_factory.mktemp("sessions"))
-    priced = network.root / "priced.toml"
-    priced.write_text(PRICED)
-    try:
-        network.start_provider(extra=["--config", str(priced), "--warm", "0"])
-        network.offload("ledger", "deposit", "5", home="req", check=True)
+    with priced_network(tmp_path_factory.mktemp("sessions")) as network:
         yield network
-    finally:
-        network.close()
 
 
 def counter(net: Network, **lease: Any) -> RemoteClass[_Counter]:
     settings: dict[str, Any] = {"home": net.root / "req", "config": os.devnull,
                                 "bootstrap": [net.providers[0]["addr"]], "echo": False}
     return remote(cpus=1, max_price=1.0, **settings, **lease)(_Counter)
-
-
-def ledger(net: Network, home: str = "req") -> dict[str, float]:
-    res = net.offload("ledger", "balance", "--json", home=home, check=True)
-    return {k: float(v) for k, v in json.loads(res.stdout).items()}
 
 
 def test_state_stays_on_the_provider_items_stream_in_order_and_the_lease_is_paid(
