@@ -297,16 +297,18 @@ class Ledger:
 
     def note(self, job_id: str, *, phases: dict[str, float] | None = None,
              out_dir: str | None = None, result_status: str | None = None,
-             held: bool = False) -> None:
+             held: bool = False, detached: bool = False) -> None:
         """Add timings, the result's place or status to a job's record (none: no-op);
-        `held` marks a running job's payment as held back."""
+        `held` marks an open job's payment as held back, `detached` a running job as
+        running on without us."""
         _check_job(job_id)
         with self._store.write() as db:
             records.note(db, job_id, phases=phases, out_dir=out_dir,
                          result_status=result_status)
-            if held:
-                db.execute("UPDATE records SET status = 'held' WHERE job_id = ? AND "
-                           "status = 'running'", (job_id,))
+            if held or detached:
+                db.execute("UPDATE records SET status = ? WHERE job_id = ? AND "
+                           "status IN ('running', 'detached')",
+                           ("held" if held else "detached", job_id))
 
     # -- provider side -----------------------------------------------------------------
 

@@ -12,13 +12,16 @@ from typing import Any, Literal
 
 from ledger.errors import LocalLedgerError
 
-Status = Literal["running", "held", "accepted", "rejected", "timeout", "failed", "cancelled"]
-STATUSES: tuple[Status, ...] = ("running", "held", "accepted", "rejected", "timeout",
-                                "failed", "cancelled")
-"""running: no verdict yet; held: accepted but its payment is held back (holds.py);
+Status = Literal["running", "detached", "held", "accepted", "rejected", "timeout", "failed",
+                 "cancelled"]
+STATUSES: tuple[Status, ...] = ("running", "detached", "held", "accepted", "rejected",
+                                "timeout", "failed", "cancelled")
+"""running: no verdict yet; detached: running on its provider without a process of ours,
+its result to be fetched (`offload result`); held: accepted but its payment is held back
+(holds.py);
 accepted: the verified result was accepted (and its charge, zero included, paid);
 rejected/timeout/failed/cancelled: nothing was paid, for that reason."""
-OPEN: tuple[Status, ...] = ("running", "held")
+OPEN: tuple[Status, ...] = ("running", "detached", "held")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     job_id TEXT PRIMARY KEY, provider TEXT NOT NULL, status TEXT NOT NULL,

@@ -40,7 +40,8 @@ MAX_SECONDS = 7 * 24 * 3600
 
 PROVIDER_LAYOUT: dict[str, tuple[str, ...]] = {
     "network": ("listen", "bootstrap", "region"),
-    "capacity": ("slots", "queue", "warm", "max_job_seconds", "quote_hold_s"),
+    "capacity": ("slots", "queue", "warm", "max_job_seconds", "quote_hold_s",
+                 "detached_keep_s", "detached_max_gb"),
     "sandbox": ("tier", "unsafe_no_sandbox"),
     "price": PRICE_KEYS,
     "cache": ("dir", "max_gb"),
@@ -114,6 +115,8 @@ class ProviderSettings:
     limits: Limits = dataclasses.field(default_factory=Limits)
     jobs_per_peer: int = 0
     """Jobs one requester may hold here at once (running or queued); 0: slots + queue/4."""
+    detached_keep_s: int = 86400
+    detached_max_gb: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +147,10 @@ def load_provider(path: Path | None) -> ProviderSettings:
                                   MAX_SECONDS, unit="seconds"),
         quote_hold_s=r.number("capacity", "quote_hold_s", d.quote_hold_s, 1, 600,
                               unit="seconds"),
+        detached_keep_s=r.integer("capacity", "detached_keep_s", d.detached_keep_s, 0,
+                                  30 * 24 * 3600, unit="seconds"),
+        detached_max_gb=r.number("capacity", "detached_max_gb", d.detached_max_gb, 0,
+                                 unit="GB"),
         sandbox_tier=r.tier(d.sandbox_tier),
         unsafe_no_sandbox=r.flag("sandbox", "unsafe_no_sandbox", d.unsafe_no_sandbox),
         price=r.price("price", d.price),

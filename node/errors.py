@@ -13,6 +13,8 @@ remote (a peer failed or misbehaved). `exit_code` is what `offload` exits with.
             OfferCacheRefused     the home's offer cache is corrupt or forged (ignored)
             InvalidInput          a protocol or scheduler error from local input
             LedgerRefused         the books forbid this move (a LocalLedgerError)
+            UnknownJob            no job of this home has that id (or the prefix is ambiguous)
+            NotFinished           a detached job still runs: wait, or --wait (exit 3)
             HostError             this machine cannot do it: disk, sandbox, benchmark (exit 1)
                 BenchmarkFailed   the benchmark script did not run or print a result
                 ProviderDidNotStart  a local provider (node/localnet) did not start
@@ -82,7 +84,17 @@ class RemoteError(NodeError):
     exit_code: ClassVar[int] = 1
 
 
+class NotFinished(UserError):
+    """A detached job still runs on its provider; its result is not there yet."""
+
+    exit_code: ClassVar[int] = 3
+
+
 # ---------------------------------------------------------------- local
+class UnknownJob(UserError):
+    """No job this home submitted has that id, or the prefix names several."""
+
+
 class UsageError(UserError):
     """The command line does not parse; the message names the option and the fix."""
 

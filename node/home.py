@@ -54,6 +54,16 @@ class Home:
         return self.root / "offers.msgpack"
 
     @property
+    def kept(self) -> Path:
+        """A provider's detached jobs, kept for their requesters (node/provider/kept.py)."""
+        return self.root / "kept"
+
+    @property
+    def detached(self) -> Path:
+        """A requester's detached jobs, to fetch later (node/requester/detach.py)."""
+        return self.root / "detached.json"
+
+    @property
     def holds(self) -> Path:
         """Results held for a verdict (node/requester/holds.py)."""
         return self.root / "holds.json"

@@ -86,7 +86,7 @@ def _with_errors(name: str, protocol: str, start: str, terminal: frozenset[str],
 P: Role = "provider"
 R: Role = "requester"
 
-JOB = _with_errors("job", wire.JOB_PROTOCOL, "start", frozenset({CLOSED}), (
+JOB = _with_errors("job", wire.JOB_PROTOCOL, "start", frozenset({CLOSED, "done"}), (
     Step("start", R, wire.SubmitJob.type_name, "submitted"),
     Step("submitted", P, wire.QuoteOffer.type_name, "quoted"),
     Step("quoted", R, wire.QuoteAccept.type_name, "waiting"),
@@ -109,10 +109,13 @@ JOB = _with_errors("job", wire.JOB_PROTOCOL, "start", frozenset({CLOSED}), (
     Step("outputs", P, wire.Lane.type_name, "outputs_lane"),
     Step("outputs_lane", P, wire.Chunk.type_name, "outputs_lane"),
     Step("outputs", R, wire.FetchOutputs.type_name, MOVED),
+    Step("running", P, wire.Detached.type_name, "done"),
+    Step("inputs_lane", P, wire.Detached.type_name, "done"),
 ))
 """`/offload/job/1.0.0`. The stream ends after the last output chunk (the signed result
 names the outputs), or after an error frame, or (`moved`) once the requester has fetched
-the outputs on a settle stream. A phase of at least `wire.LANE_MIN_BYTES`
+the outputs on a settle stream, or (`done`) once the provider said a job whose spec asks
+to `detach` runs on without it. A phase of at least `wire.LANE_MIN_BYTES`
 starts with the receiver's `lane` offer; the sender's `lane` answer means it dials the
 lane (`inputs_lane`, `outputs_lane`), and chunks may still follow there if it fails."""
 
@@ -126,10 +129,21 @@ SETTLE = _with_errors("settle", wire.SETTLE_PROTOCOL, "start", frozenset({"done"
     Step("outputs", R, wire.Lane.type_name, "outputs"),
     Step("outputs", P, wire.Lane.type_name, "outputs_lane"),
     Step("outputs_lane", P, wire.Chunk.type_name, "outputs_lane"),
+    Step("querying", P, wire.Running.type_name, "done"),
+    Step("start", R, wire.LogsQuery.type_name, "logs"),
+    Step("logs", P, wire.Output.type_name, "logs"),
+    Step("logs", P, wire.Running.type_name, "logs"),
+    Step("logs", P, wire.LogsEnd.type_name, "done"),
+    Step("logs", P, wire.ResultReady.type_name, "done"),
+    Step("start", R, wire.CancelJob.type_name, "cancelling"),
+    Step("cancelling", P, wire.ResultReady.type_name, "done"),
 ))
 """`/offload/settle/1.0.0`: a receipt (and cheque) acknowledged, or a lost result asked
 for again (one request, one answer); or the outputs of a job whose stream moved them
-here, sent as on the job stream (the stream ends after the last chunk)."""
+here, sent as on the job stream (the stream ends after the last chunk). A result asked
+for may still be `running`. The output of a job (`logs_query`) comes as `output` frames
+until `logs_end`, or as its signed result once it ended; a `cancel_job` is answered by the
+signed result of the stopped job."""
 
 _CALLS = (wire.Item, wire.Reply, wire.Output, wire.Checkpoint)
 SESSION = _with_errors("session", wire.SESSION_PROTOCOL, "start", frozenset({"done", CLOSED}), (

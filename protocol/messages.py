@@ -235,6 +235,9 @@ class JobSpec(Signable):
     (at most MAX_OUTPUT_TEXT). The result says what was cut beyond it."""
     full_output: bool = field(default=False)
     """Also return the whole of stdout and stderr as output files (FULL_OUTPUT names)."""
+    detach: bool = field(default=False)
+    """Run on without the job stream once the inputs are in (`detached`); the result and
+    outputs are fetched later on the settle protocol."""
 
     def validate(self) -> None:
         names = check_work_spec(self.requester, self.provider, self.inputs, self.nonce)

@@ -34,6 +34,8 @@ LANE_MIN_BYTES = 4 * 1024 * 1024
 `lane` offer from its receiver; smaller ones move as chunks on the stream."""
 MAX_LANE_CERT = 4096
 MAX_RETRY_AFTER_S = float(MAX_JOB_SECONDS)
+MAX_KEEP_S = 30 * 24 * 3600
+"""The longest a provider may say it keeps a detached job's result."""
 """The longest back-off a `busy` may ask for; a requester waits at most its own deadline."""
 
 ErrorCode = Literal[
@@ -218,6 +220,62 @@ class FetchOutputs(Frame):
 
 
 @message
+class Detached(Frame):
+    """Provider -> requester on the job stream of a spec with `detach`, once the inputs
+    are in: the job runs on without this stream, its signed result and outputs are kept
+    `keep_s` seconds after it ends for its requester to fetch on the settle protocol."""
+
+    type_name: ClassVar[str] = "detached"
+    job_id: str = field(max_len=64)
+    keep_s: int = field(ge=0, le=MAX_KEEP_S)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
+@message
+class LogsQuery(Frame):
+    """Requester -> provider on `/offload/settle/1.0.0`: the output of this job of mine
+    kept so far, and with `follow` what comes until it ends. Answered by `output`
+    frames (and `running` heartbeats) then `logs_end`, by the signed `result` of a job
+    that has ended, or by an error frame."""
+
+    type_name: ClassVar[str] = "logs_query"
+    job_id: str = field(max_len=64)
+    follow: bool = field(default=False)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
+@message
+class LogsEnd(Frame):
+    """Provider -> requester: the end of a `logs_query` answer; `running` says whether the
+    job still runs, `dropped` how many bytes of older output the provider no longer kept."""
+
+    type_name: ClassVar[str] = "logs_end"
+    job_id: str = field(max_len=64)
+    running: bool
+    dropped: int = field(ge=0, le=MAX_FILE_SIZE, default=0)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
+@message
+class CancelJob(Frame):
+    """Requester -> provider on `/offload/settle/1.0.0`: stop this job of mine. Answered
+    by the signed `result` once it ended (status `killed`, charged for what it used),
+    or by an error frame (`expired`: no such job of the sender's here)."""
+
+    type_name: ClassVar[str] = "cancel_job"
+    job_id: str = field(max_len=64)
+
+    def validate(self) -> None:
+        check_sha256(self.job_id, "job_id")
+
+
+@message
 class SessionOpen(Frame):
     """Requester -> provider on `/offload/session/1.0.0`: the signed SessionSpec envelope."""
 
@@ -312,7 +370,8 @@ FRAME_TYPES: dict[str, type[Frame]] = {
                              Running, ResultReady, ErrorReply, Output, Settle, SettleAck,
                              ResultQuery, Lane, FetchOutputs, SessionOpen,
                              SessionReady, MethodCall, Credit, Item, Reply, Checkpoint,
-                             SessionClose, SessionEnd)
+                             SessionClose, SessionEnd, Detached, LogsQuery, LogsEnd,
+                             CancelJob)
 }
 
 

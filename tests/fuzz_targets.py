@@ -148,6 +148,8 @@ def frames() -> list[wire.Frame]:
         wire.Reply(id=7, value=b"\xc0", error=True),
         wire.Checkpoint(result=s["session_result"][0]), wire.SessionClose(abandon=False),
         wire.SessionEnd(result=s["session_result"][0]),
+        wire.Detached(job_id=JOB, keep_s=86400), wire.LogsQuery(job_id=JOB, follow=True),
+        wire.LogsEnd(job_id=JOB, running=True, dropped=4096),
     ]
     seeded = {type(f) for f in out}
     for cls in wire.FRAME_TYPES.values():

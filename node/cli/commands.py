@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from node.cli import control as control_cli
 from node.cli import jobs as jobs_cli
 from node.cli import ledger as ledger_cli
 from node.cli import sessions as sessions_cli
@@ -27,6 +28,7 @@ from scheduler.pricing import credits
 EXAMPLES = {
     **jobs_cli.EXAMPLES,
     **sessions_cli.EXAMPLES,
+    **control_cli.EXAMPLES,
     "init": "offload init",
     "id": "offload id --json",
     "provide": "offload provide --listen /ip4/127.0.0.1/tcp/4001 --ready-file ready.json",
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "bulk data waits for a direct connection")
 
     jobs_cli.register(sub, cmd)
+    control_cli.register(sub, cmd)
     sessions_cli.register(sub, cmd)
     ledger_cli.register(sub)
 
@@ -222,7 +225,8 @@ def cmd_provide(args: argparse.Namespace) -> int:
         benchmark_interval_s=None if args.no_benchmark else float(s.benchmark_interval_s),
         cache_dir=Path(s.cache_dir) if s.cache_dir else None,
         cache_max_bytes=int(s.cache_max_gb * 10**9), limits=s.limits,
-        jobs_per_peer=s.jobs_per_peer or None,
+        jobs_per_peer=s.jobs_per_peer or None, detached_keep_s=float(s.detached_keep_s),
+        detached_max_bytes=int(s.detached_max_gb * 10**9),
         sandbox_tiers=("A", "B") if tier == "auto" else (tier,),
         relay_service=args.relay_service, reachability=args.reachability or "auto")
     trio.run(serve, config, identity)
@@ -345,6 +349,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **jobs_cli.COMMANDS,
     **ledger_cli.COMMANDS,
     **sessions_cli.COMMANDS,
+    **control_cli.COMMANDS,
     "init": cmd_init, "id": cmd_id, "provide": cmd_provide, "relay": cmd_relay,
     "verify": cmd_verify, "demo": cmd_demo, "sandbox": cmd_sandbox,
     "runtime": cmd_runtime, "status": cmd_status,

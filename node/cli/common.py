@@ -24,7 +24,7 @@ OPTIONS_WITH_VALUE = {"--file", "--bootstrap", "--provider", "--timeout", "--out
                       "--gflop", "--items", "--workers", "--hold",
                       "--per-provider", "--output-cap", "--model", "--input-shape",
                       "--objective", "--include", "--needs-package"}
-FLAGS = {"--json", "-h", "--help", "--follow", "--fresh", "--full-output"}
+FLAGS = {"--json", "-h", "--help", "--follow", "--fresh", "--full-output", "--detach"}
 SCRIPT_VERBS = ("submit", "plan", "map")
 
 

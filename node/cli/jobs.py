@@ -20,7 +20,7 @@ import trio
 
 from node.cli.common import emit, job_from, report_swept, session_from
 from node.errors import UserError
-from node.requester.session import Session
+from node.requester.session import Job, Session
 from protocol import CapacityAd
 from scheduler.pricing import credits
 
@@ -132,6 +132,9 @@ def register(sub: Any, cmd: Any) -> None:
     c.add_argument("--follow", action="store_true",
                    help="stream the job's stdout/stderr while it runs (Ctrl-C cancels the "
                         "job on the provider and refunds it)")
+    c.add_argument("--detach", action="store_true",
+                   help="return the job id once the provider runs it; then `offload logs`, "
+                        "`offload result` or `offload cancel` it from any process")
 
     c = cmd("plan", "decide whether SCRIPT should run here, on a provider, or split")
     _job_options(c)
@@ -222,6 +225,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     core = _core(args)
     core.check(job)
     started = time.monotonic()
+    if args.detach:
+        return _submit_detached(args, job, core)
 
     async def go() -> Any:
         with Reporter(follow=args.follow, quiet=args.json) as show:
@@ -280,6 +285,33 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"(exit {r.exit_code}){extra}{moved}; {len(r.outputs)} output(s) in "
               f"{outcome.out_dir}", file=sys.stderr)
     return 0 if r.status == "ok" else 1
+
+
+def _submit_detached(args: argparse.Namespace, job: Job, core: Session) -> int:
+    from node.cli.progress import Reporter
+    from node.requester.detach import submit_detached
+
+    if args.follow:
+        raise UserError("--follow and --detach exclude each other; `offload logs JOB "
+                        "--follow` follows a detached job")
+
+    async def go() -> Any:
+        with Reporter(follow=False, quiet=args.json) as show:
+            core.emit = show
+            async with core:
+                report_swept(core.swept)
+                return await submit_detached(core, job)
+
+    d = trio.run(go)
+    emit(args, {"job_id": d.job_id, "provider": d.provider, "detached": True,
+                "quoted": credits(d.quote.max_charge), "keep_s": d.keep_s},
+         d.job_id)
+    if not args.json:
+        print(f"offload: job {d.job_id[:12]} runs on {d.provider[:16]} without this process "
+              f"(its result is kept {d.keep_s // 3600} h after it ends); `offload logs "
+              f"{d.job_id[:12]} --follow`, `offload result {d.job_id[:12]}`, `offload "
+              f"cancel {d.job_id[:12]}`", file=sys.stderr)
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

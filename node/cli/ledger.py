@@ -261,6 +261,8 @@ def _escrow_status(r: Record) -> tuple[str, str]:
     free jobs share: released is accepted (charge 0 included), refunded is not paid."""
     if r.status == "running":
         return ("locked" if r.max_charge else "running"), ""
+    if r.status == "detached":
+        return "detached", ""
     if r.status in ("held", "accepted"):
         return ("held" if r.status == "held" else "released"), ""
     return "refunded", r.status

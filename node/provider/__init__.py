@@ -11,6 +11,9 @@ session_host_io.py  the frames to and from the session host (HOST_FRAMES)
 live.py        live job output: runner chunks to capped `Output` frames
 cache.py       content-addressed input cache: LRU by bytes, pins, resumable partials
 results.py     recent signed results, for requesters that lost theirs
+board.py       jobs running here by id: their output tail, followers, stop events
+control.py     a requester's control of its jobs: logs (live with follow) and cancel
+kept.py        detached jobs' signed results and outputs, kept on disk to be fetched
 replies.py     the named error frames a provider answers with
 runner.py      a plain subprocess with capped output, wall timeout and group kill
 telemetry.py   live host and GPU load (pynvml) for ads and admission

@@ -30,8 +30,10 @@ from node.net.reach import Reachability, ReachState
 from node.net.relay import provide_relay_forever
 from node.provider import exchange, sessions
 from node.provider.admission import Admission
+from node.provider.board import JobBoard
 from node.provider.cache import InputCache
 from node.provider.executor import Executor, ExecutorSetup, SandboxExecutor, open_executor
+from node.provider.kept import KeptJobs
 from node.provider.metrics import ProviderMetrics, serve_metrics
 from node.provider.replies import (
     busy_stream,
@@ -88,6 +90,10 @@ class ProviderConfig:
     sandbox_tiers: tuple[Literal["A", "B"], ...] = ("A", "B")
     limits: Limits = dataclasses.field(default_factory=Limits)
     jobs_per_peer: int | None = None
+    detached_keep_s: float = 86400.0
+    """How long a detached job's result and outputs are kept after it ends (0: no detach)."""
+    detached_max_bytes: int = 5 * 10**9
+    """Disk for detached jobs' outputs, all together (each reserves its disk limit)."""
     relay_service: bool = False
     """Relay for NATed peers too (circuit relay v2 hop), as `offload relay` does."""
     max_relays: int = 2
@@ -128,6 +134,9 @@ class Provider:
         self.peer_errors = PeerErrors()
         self.results = RecentResults(Home(config.home).results)  # for handle_settle
         self.held_outputs = HeldOutputs()
+        self.board = JobBoard()
+        self.kept = KeptJobs(Home(config.home).kept, keep_s=config.detached_keep_s,
+                             max_bytes=config.detached_max_bytes, clock=clock)
         self.reach = ReachState()
         self.sessions = sessions.Live()
 
@@ -382,6 +391,7 @@ async def _run_provider(provider: Provider, host: Host, disc: Discovery,
         provider.metrics_url = f"http://{mhost}:{port}/metrics"
     nursery.start_soon(partial(publish_forever, config.home, provider.status,
                                clock=provider.clock))
+    nursery.start_soon(prune_forever, provider)
     if config.ready_file is not None:
         write_ready_file(config.ready_file, identity.peer_id, host.addrs())
     log.info("provider %s listening on %s", identity.peer_id, host.addrs())
@@ -393,6 +403,16 @@ async def _run_provider(provider: Provider, host: Host, disc: Discovery,
         ads.cancel()
         await provider.drain(host, disc, signals)
     nursery.cancel_scope.cancel()
+
+
+async def prune_forever(provider: Provider, every_s: float = 300.0) -> None:
+    """Drop detached jobs whose time to be fetched ran out (at start, then every few
+    minutes)."""
+    while True:
+        n = await trio.to_thread.run_sync(provider.kept.prune)
+        if n:
+            log.info("dropped %d detached job(s) nobody fetched in time", n)
+        await trio.sleep(every_s)
 
 
 async def _in_scope(scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], *args: Any,

@@ -24,7 +24,9 @@ from node.net.guard import guarded
 from node.net.host import Stream
 from node.net.transfer import file_sha256, transfer_deadline
 from node.provider.admission import Busy, Capacity, Ticket
-from node.provider.executor import SandboxExecutor
+from node.provider.board import LiveJob
+from node.provider.control import serve_cancel, serve_logs
+from node.provider.executor import SandboxExecutor, Slot
 from node.provider.jobio import (
     MAX_OUTPUT_BYTES,
     collect_outputs,
@@ -34,7 +36,7 @@ from node.provider.jobio import (
 )
 from node.provider.live import LIVE_BACKLOG, forward_output, offer
 from node.provider.replies import REFUSAL_OUTCOME, error_code, error_text, refuse, try_send
-from node.provider.runner import Capture, capture, output_sink
+from node.provider.runner import Capture, capture, output_sink, stop_signal
 from node.provider.sandbox.errors import LaunchFailed
 from protocol import (
     BadSignature,
@@ -80,10 +82,14 @@ async def handle_settle(p: Provider, raw: Stream) -> None:
     try:
         frame = await stream.receive_within(SETTLE_IDLE_S, "a settle frame")
         if isinstance(frame, wire.ResultQuery):
-            await p.results.answer(stream, frame.job_id)
+            await _answer_result(p, stream, frame.job_id)
             return
         if isinstance(frame, wire.FetchOutputs):
             await _serve_fetch(p, stream, frame.job_id)
+            return
+        if isinstance(frame, wire.LogsQuery | wire.CancelJob):
+            await (serve_logs if isinstance(frame, wire.LogsQuery) else serve_cancel)(
+                p, stream, frame)  # type: ignore[arg-type]
             return
         assert isinstance(frame, wire.Settle | wire.ErrorReply)  # the table allows no other
         if isinstance(frame, wire.ErrorReply):
@@ -94,6 +100,7 @@ async def handle_settle(p: Provider, raw: Stream) -> None:
         if frame.cheque:
             await trio.to_thread.run_sync(p.ledger.accept_cheque, frame.cheque)
         await trio.to_thread.run_sync(p.ledger.record_receipt, frame.receipt)
+        await trio.to_thread.run_sync(p.kept.drop, receipt.job_id)  # settled: fetched
         await p.gossip.publish(frame.receipt)  # the requester gossips it too; we stay online
     except (ProtocolError, RemoteLedgerError) as exc:
         p.peer_errors.failed("settle exchange", stream.remote_peer, exc)
@@ -118,10 +125,24 @@ async def _serve_fetch(p: Provider, stream: Stream, job_id: str) -> None:
                  s.remote_peer[:16])
 
     try:
+        if not p.held_outputs.holds(job_id):
+            kept = await trio.to_thread.run_sync(p.kept.outputs, job_id, stream.remote_peer)
+            if kept is not None:
+                await send(stream, kept)
+                return
         await p.held_outputs.serve(stream, job_id, send)
     except Exception as exc:  # the boundary, as for jobs
         p.peer_errors.failed("output fetch", stream.remote_peer, exc)
         await try_send(stream, wire.ErrorReply(code=error_code(exc), message=error_text(exc)))
+
+
+async def _answer_result(p: Provider, stream: Stream, job_id: str) -> None:
+    """A `result_query`: `running` while the job runs here, else its signed result."""
+    live = p.board.get(job_id, stream.remote_peer)
+    if live is not None:
+        await try_send(stream, wire.Running(elapsed_s=live.elapsed_s))
+        return
+    await p.results.answer(stream, job_id, also=p.kept.result)
 
 
 async def handle_job(p: Provider, raw: Stream) -> None:
@@ -274,6 +295,13 @@ def check_spec(p: Provider, spec: JobSpec, peer: str) -> tuple[wire.ErrorCode, s
         return ("bad_request", f"max_seconds above this provider's {p.config.max_seconds}")
     if sum(f.size for f in spec.inputs) > MAX_INPUT_BYTES:
         return ("too_large", f"inputs exceed {MAX_INPUT_BYTES} bytes")
+    if getattr(spec, "detach", False):
+        if p.kept.keep_s <= 0:
+            return ("bad_request", "this provider keeps no detached jobs; submit without "
+                    "--detach")
+        if spec.resources.disk_mb << 20 > p.kept.max_bytes:
+            return ("too_large", f"a detached job's outputs may take {spec.resources.disk_mb}"
+                    f" MB; this provider keeps at most {p.kept.max_bytes >> 20} MB of them")
     return None
 
 
@@ -310,8 +338,14 @@ async def _run(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Q
                   file_limit=min(spec.resources.disk_mb << 20, MAX_OUTPUT_BYTES // 2))
     token = capture.set(how)
     try:
+        if spec.detach and not p.kept.reserve(job_id, spec.resources.disk_mb << 20):
+            await try_send(stream, wire.ErrorReply(
+                code="busy", message="no room left here to keep a detached job's outputs; "
+                "try later or another provider", retry_after_s=60.0))
+            return
         await _run_captured(p, stream, spec, job_id, quote, how)
     finally:
+        p.kept.release(job_id)
         capture.reset(token)
         if whole is not None:
             shutil.rmtree(whole, ignore_errors=True)
@@ -344,69 +378,97 @@ async def _run_captured(p: Provider, stream: Stream, spec: JobSpec, job_id: str,
         await receive_inputs(stream, spec, job_id, slot, cache=p.cache, metrics=p.metrics,
                              on_cached=p.wake_advertiser, identity=p.identity)
         mark("inputs")
-        log.info("job %s from %s: running %s", job_id[:12], spec.requester[:16],
-                 spec.entrypoint)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_heartbeat, stream)
-            send, recv = trio.open_memory_channel[tuple[str, bytes]](LIVE_BACKLOG)
-            async with trio.open_nursery() as forwarding:
-                forwarding.start_soon(forward_output, stream, recv)
-                with send:
-                    token = output_sink.set(partial(offer, send))
-                    try:
-                        ex = await slot.run()
-                    finally:
-                        output_sink.reset(token)
-                forwarding.cancel_scope.deadline = trio.current_time() + 2.0
-            mark("sandbox")
-            # heartbeats go on while outputs are hashed (large outputs, slow disks)
-            found = await trio.to_thread.run_sync(collect_outputs, slot.out_dir)
-            outputs = await trio.to_thread.run_sync(whole_outputs, how, found)
-            nursery.cancel_scope.cancel()
-        mark("collect")
-        proc = ex.process
-        price_charged = charge(
-            p.config.price, spec.resources, cpu_s=proc.cpu_s, wall_s=proc.wall_s,
-            bytes_in=sum(f.size for f in spec.inputs),
-            bytes_out=sum(o.size for o, _ in outputs), quoted=quote.max_charge)
-        stdout, out_lost = clip_output(proc.stdout, how.cap)
-        stderr, err_lost = clip_output(proc.stderr, how.cap)
-        result = JobResult(
-            job_id=job_id, provider=p.identity.peer_id, requester=spec.requester,
-            status=proc.status, exit_code=proc.exit_code, stdout=stdout, stderr=stderr,
-            stdout_truncated=proc.stdout_truncated or out_lost > 0,
-            stderr_truncated=proc.stderr_truncated or err_lost > 0,
-            stdout_dropped=min(MAX_SAFE, proc.stdout_dropped + out_lost),
-            stderr_dropped=min(MAX_SAFE, proc.stderr_dropped + err_lost),
-            outputs=tuple(o for o, _ in outputs), limits_hit=ex.limits_hit,
-            usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3),
-                        gpu_s=0.0, peak_memory_mb=proc.peak_memory_mb),
-            sandbox=ex.profile, price_charged=price_charged, finished_at=p.now_ms())
-        signed = sign(result, p.identity)
-        await trio.to_thread.run_sync(p.results.put, job_id, signed.raw)
-        m = p.metrics
-        m.jobs_total.labels(outcome=proc.status).inc()
-        m.job_seconds.observe(proc.wall_s)
-        m.earnings_total.inc(price_charged)
-        mark("sign+store")
-        await stream.send(wire.ResultReady(result=signed.raw))
-        on = await outputs_stream(stream, job_id, outputs)
-        if on is None:
-            log.info("job %s: %s fetches the outputs on a new stream", job_id[:12],
-                     spec.requester[:16])
-            if not await p.held_outputs.hold(job_id, spec.requester, outputs):
-                log.info("job %s: the outputs were not fetched", job_id[:12])
-                await try_send(stream, wire.ErrorReply(
-                    code="expired", message="the outputs were not fetched in time"))
-        else:
-            with transfer_deadline(sum(o.size for o, _ in outputs), f"the outputs of job "
-                                   f"{job_id[:12]}"):
-                await send_outputs(on, outputs, metrics=m, identity=p.identity)
-        mark("send")
+        log.info("job %s from %s: running %s%s", job_id[:12], spec.requester[:16],
+                 spec.entrypoint, " (detached)" if spec.detach else "")
+        with p.board.running(job_id, spec.requester, detached=spec.detach) as live:
+            if spec.detach:
+                await stream.send(wire.Detached(job_id=job_id, keep_s=int(p.kept.keep_s)))
+                await stream.close()
+            await _run_live(p, stream, spec, job_id, quote, how, slot, live, mark)
     mark("teardown")
     log.debug("job %s phases (ms): %s", job_id[:12], " ".join(mark.ms))
+
+
+async def _run_live(p: Provider, stream: Stream, spec: JobSpec, job_id: str, quote: Quote,
+                    how: Capture, slot: Slot, live: LiveJob, mark: _Marks) -> None:
+    """The job in its slot, its output to the board (and the stream unless detached), its
+    signed result kept and sent with the outputs (kept here instead when detached)."""
+    async with trio.open_nursery() as nursery:
+        if not spec.detach:
+            nursery.start_soon(_heartbeat, stream)
+        send, recv = trio.open_memory_channel[tuple[str, bytes]](LIVE_BACKLOG)
+        async with trio.open_nursery() as forwarding:
+            if not spec.detach:
+                forwarding.start_soon(forward_output, stream, recv)
+            with send:
+                token = output_sink.set(partial(_tee, live, send))
+                stop = stop_signal.set(live.stop)
+                try:
+                    ex = await slot.run()
+                finally:
+                    stop_signal.reset(stop)
+                    output_sink.reset(token)
+            forwarding.cancel_scope.deadline = trio.current_time() + 2.0
+        mark("sandbox")
+        # heartbeats go on while outputs are hashed (large outputs, slow disks)
+        found = await trio.to_thread.run_sync(collect_outputs, slot.out_dir)
+        outputs = await trio.to_thread.run_sync(whole_outputs, how, found)
+        nursery.cancel_scope.cancel()
+    mark("collect")
+    proc = ex.process
+    price_charged = charge(
+        p.config.price, spec.resources, cpu_s=proc.cpu_s, wall_s=proc.wall_s,
+        bytes_in=sum(f.size for f in spec.inputs),
+        bytes_out=sum(o.size for o, _ in outputs), quoted=quote.max_charge)
+    stdout, out_lost = clip_output(proc.stdout, how.cap)
+    stderr, err_lost = clip_output(proc.stderr, how.cap)
+    result = JobResult(
+        job_id=job_id, provider=p.identity.peer_id, requester=spec.requester,
+        status=proc.status, exit_code=proc.exit_code, stdout=stdout, stderr=stderr,
+        stdout_truncated=proc.stdout_truncated or out_lost > 0,
+        stderr_truncated=proc.stderr_truncated or err_lost > 0,
+        stdout_dropped=min(MAX_SAFE, proc.stdout_dropped + out_lost),
+        stderr_dropped=min(MAX_SAFE, proc.stderr_dropped + err_lost),
+        outputs=tuple(o for o, _ in outputs), limits_hit=ex.limits_hit,
+        usage=Usage(wall_s=round(proc.wall_s, 3), cpu_s=round(proc.cpu_s, 3),
+                    gpu_s=0.0, peak_memory_mb=proc.peak_memory_mb),
+        sandbox=ex.profile, price_charged=price_charged, finished_at=p.now_ms())
+    signed = sign(result, p.identity)
+    await trio.to_thread.run_sync(p.results.put, job_id, signed.raw)
+    m = p.metrics
+    m.jobs_total.labels(outcome=proc.status).inc()
+    m.job_seconds.observe(proc.wall_s)
+    m.earnings_total.inc(price_charged)
+    mark("sign+store")
+    if spec.detach:
+        kept = await trio.to_thread.run_sync(p.kept.keep, job_id, spec.requester,
+                                             signed.raw, outputs)
+        log.info("job %s (detached): %s (exit %d) in %.2f s, %s", job_id[:12],
+                 proc.status, proc.exit_code, proc.wall_s,
+                 "kept for its requester" if kept else "its outputs could not be kept")
+        return
+    await stream.send(wire.ResultReady(result=signed.raw))
+    on = await outputs_stream(stream, job_id, outputs)
+    if on is None:
+        log.info("job %s: %s fetches the outputs on a new stream", job_id[:12],
+                 spec.requester[:16])
+        if not await p.held_outputs.hold(job_id, spec.requester, outputs):
+            log.info("job %s: the outputs were not fetched", job_id[:12])
+            await try_send(stream, wire.ErrorReply(
+                code="expired", message="the outputs were not fetched in time"))
+    else:
+        with transfer_deadline(sum(o.size for o, _ in outputs), f"the outputs of job "
+                               f"{job_id[:12]}"):
+            await send_outputs(on, outputs, metrics=m, identity=p.identity)
+    mark("send")
     log.info("job %s: %s (exit %d%s) in %.2f s", job_id[:12], proc.status, proc.exit_code,
              f", hit {','.join(ex.limits_hit)}" if ex.limits_hit else "", proc.wall_s)
+
+
+def _tee(live: LiveJob, send: trio.MemorySendChannel[tuple[str, bytes]], name: str,
+         data: bytes) -> None:
+    live.write(name, data)
+    offer(send, name, data)
 
 
 async def _heartbeat(stream: Stream) -> None:

@@ -84,9 +84,13 @@ class RecentResults:
             return None
         return raw if r.job_id == job_id and r.requester == requester else None
 
-    async def answer(self, stream: Stream, job_id: str) -> None:
-        """A `result_query` on the settle protocol: the result, or an `expired` error."""
+    async def answer(self, stream: Stream, job_id: str,
+                     also: Callable[[str, str], bytes | None] | None = None) -> None:
+        """A `result_query` on the settle protocol: the result (from here, else from
+        `also`), or an `expired` error."""
         raw = await trio.to_thread.run_sync(self.get, job_id, stream.remote_peer)
+        if raw is None and also is not None:
+            raw = await trio.to_thread.run_sync(also, job_id, stream.remote_peer)
         if raw is None:
             frame: wire.Frame = wire.ErrorReply(
                 code="expired", message=f"no signed result of job {job_id[:12]} for you is "
@@ -137,6 +141,9 @@ class HeldOutputs:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    def holds(self, job_id: str) -> bool:
+        return job_id in self._held
 
     async def hold(self, job_id: str, requester: str, outputs: Outputs) -> bool:
         """Until the one fetch of these outputs ended, or none began within `start_s`;

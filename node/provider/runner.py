@@ -44,6 +44,11 @@ class Capture:
     file_limit: int = 0
 
 
+stop_signal: contextvars.ContextVar[trio.Event | None] = contextvars.ContextVar(
+    "stop_signal", default=None)
+"""Set by the provider around a job's run: when the event is set (`cancel_job`), the job
+is killed as if its wall limit had come, and its status is `killed`."""
+
 capture: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("capture",
                                                                           default=None)
 """Set by the provider around a job's run, from its spec; None: the runner's cap only."""
@@ -126,15 +131,32 @@ async def collect_output(proc: trio.Process, *, timeout_s: float, output_cap: in
     it exits, `on_exit` runs and the pipes get 1 s more. Returns (out, err, timed_out)."""
     assert proc.stdout is not None and proc.stderr is not None
     how = capture.get()
+    stop = stop_signal.get()
     out, err = _Capped(output_cap, "stdout", how), _Capped(output_cap, "stderr", how)
+    waiter = trio.CancelScope()
+
+    async def stop_on(event: trio.Event, nursery: trio.Nursery) -> None:
+        with waiter:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
     with trio.move_on_after(timeout_s) as scope:
         async with trio.open_nursery() as nursery:
+            if stop is not None:
+                nursery.start_soon(stop_on, stop, nursery)
             nursery.start_soon(out.drain, proc.stdout)
             nursery.start_soon(err.drain, proc.stderr)
             await proc.wait()
+            waiter.cancel()
             on_exit()
             nursery.cancel_scope.deadline = trio.current_time() + 1.0
     return out, err, scope.cancelled_caught
+
+
+def stopped() -> bool:
+    """Whether this job was told to stop (`stop_signal`)."""
+    stop = stop_signal.get()
+    return stop is not None and stop.is_set()
 
 
 def outcome(*, timed_out: bool, code: int, killed: bool = False) -> Outcome:
@@ -168,7 +190,7 @@ async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     code = proc.returncode if proc.returncode is not None else -9
     return ProcessResult(
-        status=outcome(timed_out=timed_out, code=code), exit_code=code,
+        status=outcome(timed_out=timed_out, code=code, killed=stopped()), exit_code=code,
         stdout=bytes(out.data), stderr=bytes(err.data),
         stdout_truncated=out.truncated, stderr_truncated=err.truncated, wall_s=wall,
         cpu_s=max(0.0, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)),

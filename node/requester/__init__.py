@@ -15,7 +15,8 @@ placement.py   placing one job: rank offers, try providers until one delivers, v
 mapper.py      a distributed map: N jobs over several providers, results in input order
 plan.py        the offload decision with real inputs: local benchmark, hints, offers
 payments.py    the money path: escrow per attempt, then release, reject or refund once
-holds.py       payments held back until a second opinion or a deadline
+holds.py       books of the home: payments held back, detached jobs' escrows
+detach.py      detached jobs: submit, then result, logs and cancel from any process
 escrows.py     leases of live requester processes; escrows of dead ones swept at start
 agreement.py   when two providers' results agree; canary jobs
 verify.py      offline checks of a saved result: signature and output digests

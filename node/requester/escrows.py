@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from ledger import Job, Ledger
 from node.errors import HostError
 from node.home import Home
-from node.requester.holds import HoldBook
+from node.requester.holds import DetachedBook, HoldBook
 
 log = logging.getLogger(__name__)
 SWEEP_LOCK = ".sweep.lock"
@@ -57,6 +58,8 @@ class Orphan:
     addrs: tuple[str, ...]
     refund_after_ms: int
     """Unix ms after which it is refunded even if its provider cannot be asked."""
+    detached: bool = False
+    """A detached job whose provider's keeping time ran out (holds.DetachedBook)."""
 
 
 class Lease:
@@ -207,13 +210,21 @@ def find_orphans(ledger: Ledger, home: Path, *,
     leases = read_leases(home)
     try:
         held = {h.job_id for h in HoldBook.load(home).all()}
+        detached = DetachedBook.load(home)
+        kept = detached.kept(time.time())
+        was_detached = {d.job_id: d for d in detached.all()}
     except (OSError, ValueError, TypeError, KeyError):
-        return []  # an unreadable holds file: sweep nothing rather than refund a hold
+        return []  # an unreadable book: sweep nothing rather than refund a hold
     orphans = []
     for job in locked:
-        if job.job_id in leases.live or job.job_id in held:
+        if job.job_id in leases.live or job.job_id in held or job.job_id in kept:
             continue
         claim = leases.dead.get(job.job_id)
+        gone = was_detached.get(job.job_id)
+        if gone is not None:  # its provider's keeping time ran out
+            orphans.append(Orphan(job=job, addrs=gone.addrs, detached=True,
+                                  refund_after_ms=int((gone.until + ORPHAN_GRACE_S) * 1000)))
+            continue
         grace = ORPHAN_GRACE_S if claim is not None else UNCLAIMED_GRACE_S
         orphans.append(Orphan(job=job, addrs=claim.addrs if claim else (),
                               refund_after_ms=job.locked_at + int(grace * 1000)))

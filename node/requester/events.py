@@ -9,9 +9,17 @@ provider replaced, the money that moved, and how long each phase of an exchange 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Literal
+
+import trio
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,3 +155,45 @@ Emit = Callable[[Event], None]
 
 def ignore(_: Event) -> None:
     """The default listener."""
+
+
+class Meter:
+    """A transfer's `Progress` (node.net.transfer) as `events.Transferred`: at most one
+    per file every `every_s`, and one when a file completes. Called from a lane's worker
+    thread, it hands the event to the trio thread (run_sync_soon), so listeners stay there."""
+
+    def __init__(self, emit: Emit, job_id: str, provider: str,
+                 direction: Literal["up", "down"], files: Sequence[tuple[str, int, int]], *,
+                 every_s: float = 0.1) -> None:
+        self.emit, self.job_id, self.provider, self.direction = emit, job_id, provider, direction
+        self.files = {name: (size, offset) for name, size, offset in files}
+        self.every_s = every_s
+        self.began: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self._thread = threading.current_thread()
+        self._token = trio.lowlevel.current_trio_token()
+        self._clock = time.monotonic()
+
+    def __call__(self, name: str, at: int) -> None:
+        size, offset = self.files.get(name, (at, 0))
+        now = time.monotonic()
+        began = self.began.setdefault(name, self._clock)
+        if at < size and now - self.last.get(name, 0.0) < self.every_s:
+            return
+        self.last[name] = now
+        if at >= size:
+            self._clock = now  # the next file begins here
+        ev = Transferred(job_id=self.job_id, provider=self.provider,
+                                direction=self.direction, name=name, done=at, size=size,
+                                offset=offset, elapsed_s=round(now - began, 3))
+        if threading.current_thread() is self._thread:
+            self.emit(ev)
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._emit_quietly, ev)
+
+    def _emit_quietly(self, ev: Event) -> None:
+        try:
+            self.emit(ev)
+        except Exception:  # a listener's bug must not end the trio run
+            log.exception("a progress listener failed")

@@ -7,12 +7,11 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TypeVar
 
 import trio
 
@@ -40,7 +39,7 @@ from node.net.transfer import (
     transfer_seconds,
 )
 from node.requester import events
-from node.requester.events import Emit, ignore
+from node.requester.events import Emit, Meter, ignore
 from node.requester.payments import Payments
 from node.requester.verify import RESULT_FILE, safe_join, verify_result_bytes
 from protocol import (
@@ -65,6 +64,7 @@ from protocol.messages import MAX_OUTPUT_TEXT, check_file_name
 from scheduler.pricing import credits, over_caps
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 QUOTE_S = 30.0
 """The longest wait for a provider's quote (or its named refusal)."""
@@ -156,6 +156,8 @@ class JobRequest:
     limit, MAX_OUTPUT_TEXT); 0: the provider's limit. What is cut is stated in the result."""
     full_output: bool = False
     """Also bring back the whole of stdout and stderr as files (FULL_OUTPUT) in out_dir."""
+    detach: bool = False
+    """Let the job run on without us once its inputs are in (`detach_job`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,48 +174,6 @@ class JobOutcome:
     @property
     def result(self) -> JobResult:
         return self.signed.message
-
-
-class Meter:
-    """A transfer's `Progress` (node.net.transfer) as `events.Transferred`: at most one
-    per file every `every_s`, and one when a file completes. Called from a lane's worker
-    thread, it hands the event to the trio thread (run_sync_soon), so listeners stay there."""
-
-    def __init__(self, emit: Emit, job_id: str, provider: str,
-                 direction: Literal["up", "down"], files: Sequence[tuple[str, int, int]], *,
-                 every_s: float = 0.1) -> None:
-        self.emit, self.job_id, self.provider, self.direction = emit, job_id, provider, direction
-        self.files = {name: (size, offset) for name, size, offset in files}
-        self.every_s = every_s
-        self.began: dict[str, float] = {}
-        self.last: dict[str, float] = {}
-        self._thread = threading.current_thread()
-        self._token = trio.lowlevel.current_trio_token()
-        self._clock = time.monotonic()
-
-    def __call__(self, name: str, at: int) -> None:
-        size, offset = self.files.get(name, (at, 0))
-        now = time.monotonic()
-        began = self.began.setdefault(name, self._clock)
-        if at < size and now - self.last.get(name, 0.0) < self.every_s:
-            return
-        self.last[name] = now
-        if at >= size:
-            self._clock = now  # the next file begins here
-        ev = events.Transferred(job_id=self.job_id, provider=self.provider,
-                                direction=self.direction, name=name, done=at, size=size,
-                                offset=offset, elapsed_s=round(now - began, 3))
-        if threading.current_thread() is self._thread:
-            self.emit(ev)
-            return
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._emit_quietly, ev)
-
-    def _emit_quietly(self, ev: events.Event) -> None:
-        try:
-            self.emit(ev)
-        except Exception:  # a listener's bug must not end the trio run
-            log.exception("a progress listener failed")
 
 
 def input_files(request: JobRequest) -> list[tuple[InputFile, Path]]:
@@ -233,6 +193,33 @@ def input_files(request: JobRequest) -> list[tuple[InputFile, Path]]:
     return pairs
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DetachedJob:
+    """A job that runs on without us (`detach_job`): its escrow stays locked until its
+    result is fetched (`offload result`) or its provider's keeping time has run out."""
+
+    job_id: str
+    provider: str
+    quote: Quote
+    keep_s: int
+    accepted_at: float
+    """Unix seconds when the provider took it."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Attempt:
+    """What the parts of one exchange share."""
+
+    stream: Stream
+    spec_raw: bytes
+    job_id: str
+    files: list[tuple[InputFile, Path]]
+    pay: Payments
+    seen: list[str]
+    mark: _Marks
+    route: str
+
+
 async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path, *,
                   clock: Callable[[], float] = time.time, emit: Emit = ignore,
                   payments: Payments | None = None) -> JobOutcome:
@@ -244,6 +231,50 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
     (timeout, rejection, cancellation named as such). A returned result's escrow stays
     locked: the caller accepts (pays) or rejects it once it has judged the result."""
     started = time.monotonic()
+
+    async def body(a: _Attempt) -> JobOutcome:
+        signed, quote, out_route = await _exchange(
+            a.stream, a.spec_raw, a.job_id, ad, a.files, out_dir, host.peer_id, request,
+            emit, a.pay, a.seen, a.mark, identity=host.identity, host=host, route=a.route)
+        return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
+                          quote=quote, route=a.route, output_route=out_route)
+
+    return await _attempt(host, ad, dataclasses.replace(request, detach=False), body,
+                          clock=clock, emit=emit, payments=payments)
+
+
+async def detach_job(host: Host, ad: CapacityAd, request: JobRequest, *,
+                     clock: Callable[[], float] = time.time, emit: Emit = ignore,
+                     payments: Payments | None = None) -> DetachedJob:
+    """Send the job as `run_job` does, and return once the provider has taken it and said
+    it runs on without us (`detached`); the escrow stays locked for `Payments.detach`."""
+
+    async def body(a: _Attempt) -> DetachedJob:
+        quote = await _send_job(a.stream, a.spec_raw, a.job_id, ad, a.files, host.peer_id,
+                                request, emit, a.pay, a.mark, identity=host.identity)
+        with within(HEARTBEAT_GRACE_S, f"provider {ad.peer_id[:16]} did not confirm "
+                    f"detached job {a.job_id[:12]}"):
+            while True:
+                frame = await a.stream.receive()
+                raise_if_error(frame)
+                if isinstance(frame, wire.Detached):
+                    break
+        if frame.job_id != a.job_id:
+            raise ResultRejected("the provider detached a different job id")
+        a.mark("run")
+        return DetachedJob(job_id=a.job_id, provider=ad.peer_id, quote=quote,
+                           keep_s=frame.keep_s, accepted_at=clock())
+
+    return await _attempt(host, ad, dataclasses.replace(request, detach=True), body,
+                          clock=clock, emit=emit, payments=payments)
+
+
+async def _attempt(host: Host, ad: CapacityAd, request: JobRequest,
+                   body: Callable[[_Attempt], Awaitable[T]], *, clock: Callable[[], float],
+                   emit: Emit, payments: Payments | None) -> T:
+    """One exchange with `ad`'s provider: the signed spec, the stream, then `body`; any
+    failure refunds what was escrowed (a rejected result's digest named)."""
+    started = time.monotonic()
     files = input_files(request)
     if not 0 <= request.output_cap <= MAX_OUTPUT_TEXT:
         raise UserError(f"the output cap must be 0 (the provider's limit) to "
@@ -254,7 +285,7 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
         inputs=tuple(f for f, _ in files), resources=request.resources,
         max_price=request.max_price, verification="none", nonce=os.urandom(16),
         created_at=int(clock() * 1000), output_cap=request.output_cap,
-        full_output=request.full_output)
+        full_output=request.full_output, detach=request.detach)
     signed_spec = sign(spec, host.identity)
     job_id = signed_spec.digest
     pay = payments or Payments(None, host)
@@ -267,9 +298,8 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
         stream = guarded(raw, JOB, "requester")
         mark("connect")
         try:
-            signed, quote, out_route = await _exchange(
-                stream, signed_spec.raw, job_id, ad, files, out_dir, host.peer_id, request,
-                emit, pay, seen, mark, identity=host.identity, host=host, route=route)
+            done = await body(_Attempt(stream, signed_spec.raw, job_id, files, pay, seen,
+                                       mark, route))
         finally:
             await stream.close()
     except BaseException as exc:
@@ -280,8 +310,7 @@ async def run_job(host: Host, ad: CapacityAd, request: JobRequest, out_dir: Path
             await pay.refund(job_id, refund_reason(exc), detail=str(exc))
         raise
     await pay.timed(job_id, mark.phases)
-    return JobOutcome(signed=signed, out_dir=out_dir, wall_s=time.monotonic() - started,
-                      quote=quote, route=route, output_route=out_route)
+    return done
 
 
 async def _open_route(host: Host, ad: CapacityAd, input_bytes: int, emit: Emit,
@@ -359,13 +388,11 @@ def check_quote(raw: bytes, *, job_id: str, ad: CapacityAd, requester: str,
     return quote
 
 
-async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
-                    files: list[tuple[InputFile, Path]], out_dir: Path,
-                    requester: str, request: JobRequest, emit: Emit, pay: Payments,
-                    seen: list[str], mark: _Marks, *, identity: Identity | None = None,
-                    host: Host | None = None,
-                    route: str = "direct") -> tuple[Signed[JobResult], Quote, str]:
-    """The verified result, the quote, and the outputs' route (from the job's `route`)."""
+async def _send_job(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
+                    files: list[tuple[InputFile, Path]], requester: str, request: JobRequest,
+                    emit: Emit, pay: Payments, mark: _Marks, *,
+                    identity: Identity | None = None) -> Quote:
+    """The spec, its quote checked and escrowed, a slot, the inputs: the provider runs it."""
     phases = Phases(request.resources.max_seconds)
     who = f"provider {ad.peer_id[:16]}"
     with within(phases.quote_s, f"{who} sent no quote for job {job_id[:12]}"):
@@ -427,6 +454,20 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
                               [(f.name, path, offset) for (f, path), offset in sending],
                               fallback=upload, on_lane=on_lane, progress=meter)
     mark("upload")
+    return quote
+
+
+async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd,
+                    files: list[tuple[InputFile, Path]], out_dir: Path,
+                    requester: str, request: JobRequest, emit: Emit, pay: Payments,
+                    seen: list[str], mark: _Marks, *, identity: Identity | None = None,
+                    host: Host | None = None,
+                    route: str = "direct") -> tuple[Signed[JobResult], Quote, str]:
+    """The verified result, the quote, and the outputs' route (from the job's `route`)."""
+    phases = Phases(request.resources.max_seconds)
+    who = f"provider {ad.peer_id[:16]}"
+    quote = await _send_job(stream, spec_raw, job_id, ad, files, requester, request, emit,
+                            pay, mark, identity=identity)
     with within(phases.run_s, f"{who} returned no result for job {job_id[:12]}"):
         ready = await _await_result(stream, job_id, ad, emit)
     mark("run")
@@ -443,7 +484,7 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     source, out_route = await _outputs_route(stream, host, ad, job_id, route, size, emit)
     try:
         with transfer_deadline(size, f"the outputs of job {job_id[:12]} from {who}"):
-            await _download(source, identity, outputs, out_dir, lambda out: emit(
+            await download_outputs(source, identity, outputs, out_dir, lambda out: emit(
                 events.Downloading(job_id=job_id, provider=ad.peer_id, name=out.name,
                                    size=out.size)),
                 Meter(emit, job_id, ad.peer_id, "down", [(o.name, o.size, 0) for o in outputs]))
@@ -455,7 +496,7 @@ async def _exchange(stream: Stream, spec_raw: bytes, job_id: str, ad: CapacityAd
     return signed, quote, out_route
 
 
-async def _download(stream: Stream, identity: Identity | None, outputs: Sequence[OutputFile],
+async def download_outputs(stream: Stream, identity: Identity | None, outputs: Sequence[OutputFile],
                     out_dir: Path, downloading: Callable[[OutputFile], None],
                     progress: Progress = no_progress) -> None:
     """The outputs in the result's order: over a fast lane we offer when they are big

@@ -7,6 +7,9 @@ refused (a signed rejection, the user is told which results are suspect); otherw
 payment is released. The simulation (bench/sim_verification.py, policy "escrow") is where
 this policy met the 99 % / 10 % target. Kept in `<home>/holds.json`, settled at the start
 and end of every requester session.
+
+Detached jobs (node/requester/detach.py) are a book of the same kind, `<home>/detached.json`:
+their escrows stay locked while their provider keeps their result.
 """
 
 from __future__ import annotations
@@ -19,13 +22,24 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 from node.home import Home, atomic_write_json
 
 log = logging.getLogger(__name__)
 MAX_HOLDS = 100_000
 DEFAULT_HOLD_S = 600.0
+DETACH_GRACE_S = 30.0
+"""A detached job may end this long after its timeout (exchange.GRACE_S)."""
 """How long `verify="adaptive"` holds a payment no second provider checked."""
+
+
+class _Keyed(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Keyed)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,37 +54,37 @@ class Hold:
     """How often the provider had been caught when the hold began."""
 
 
-class HoldBook:
-    """The holds of a home. Several processes may use one home at once: every change is a
-    read-merge-write of the file under an `flock`, and `all()` reads it afresh."""
+class JsonBook(Generic[R]):
+    """Records by job id in one JSON file of a home. Several processes may use one home
+    at once: every change is a read-merge-write of the file under an `flock`, and `all()`
+    reads it afresh. None: in memory only."""
+
+    what = "records"
+    max_records = MAX_HOLDS
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._holds: dict[str, Hold] = {}
+        self._records: dict[str, R] = {}
 
-    @classmethod
-    def load(cls, home: Path) -> HoldBook:
-        book = cls(Home(home).holds)
-        book._holds = book._read()
-        return book
+    @staticmethod
+    def parse(doc: dict[str, Any]) -> R:
+        raise NotImplementedError
 
-    def _read(self) -> dict[str, Hold]:
+    def _read(self) -> dict[str, R]:
         if self.path is None:
-            return dict(self._holds)
-        holds: dict[str, Hold] = {}
+            return dict(self._records)
+        found: dict[str, R] = {}
         try:
-            for doc in json.loads(self.path.read_text())[:MAX_HOLDS]:
-                hold = Hold(job_id=str(doc["job_id"]), provider=str(doc["provider"]),
-                            charge=int(doc["charge"]), result_digest=str(doc["result_digest"]),
-                            until=float(doc["until"]), strikes=int(doc.get("strikes", 0)))
-                holds[hold.job_id] = hold
+            for doc in json.loads(self.path.read_text())[:self.max_records]:
+                record = self.parse(doc)
+                found[record.job_id] = record
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.error("cannot read %s (%s): held escrows stay locked until it is fixed",
-                      self.path, exc)
+            log.error("cannot read %s (%s): %s stay locked until it is fixed",
+                      self.path, exc, self.what)
             raise
-        return holds
+        return found
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -83,34 +97,96 @@ class HoldBook:
             os.close(fd)
 
     def __len__(self) -> int:
-        return len(self._holds)
+        return len(self._records)
 
-    def add(self, hold: Hold) -> None:
-        self._change(hold.job_id, hold)
+    def add(self, record: R) -> None:
+        self._change(record.job_id, record)
 
     def remove(self, job_id: str) -> None:
         self._change(job_id, None)
 
-    def all(self) -> list[Hold]:
-        """Every hold of the home, as the file says now (other processes add some)."""
+    def all(self) -> list[R]:
+        """Every record of the home, as the file says now (other processes add some)."""
         if self.path is not None:
             with self._locked():
-                self._holds = self._read()
-        return list(self._holds.values())
+                self._records = self._read()
+        return list(self._records.values())
 
-    def _change(self, job_id: str, hold: Hold | None) -> None:
+    def _change(self, job_id: str, record: R | None) -> None:
         if self.path is None:
-            self._apply(self._holds, job_id, hold)
+            self._apply(self._records, job_id, record)
             return
         with self._locked():
-            holds = self._read()
-            self._apply(holds, job_id, hold)
-            atomic_write_json(self.path, [dataclasses.asdict(h) for h in holds.values()])
-            self._holds = holds
+            found = self._read()
+            self._apply(found, job_id, record)
+            atomic_write_json(self.path, [dataclasses.asdict(r)  # type: ignore[call-overload]
+                                          for r in found.values()])
+            self._records = found
 
     @staticmethod
-    def _apply(holds: dict[str, Hold], job_id: str, hold: Hold | None) -> None:
-        if hold is None:
-            holds.pop(job_id, None)
+    def _apply(found: dict[str, R], job_id: str, record: R | None) -> None:
+        if record is None:
+            found.pop(job_id, None)
         else:
-            holds[job_id] = hold
+            found[job_id] = record
+
+
+class HoldBook(JsonBook[Hold]):
+    """The holds of a home."""
+
+    what = "held escrows"
+
+    @classmethod
+    def load(cls, home: Path) -> HoldBook:
+        book = cls(Home(home).holds)
+        book._records = book._read()
+        return book
+
+    @staticmethod
+    def parse(doc: dict[str, Any]) -> Hold:
+        return Hold(job_id=str(doc["job_id"]), provider=str(doc["provider"]),
+                    charge=int(doc["charge"]), result_digest=str(doc["result_digest"]),
+                    until=float(doc["until"]), strikes=int(doc.get("strikes", 0)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Detached:
+    """One detached job of this home, until its result is fetched and settled."""
+
+    job_id: str
+    provider: str
+    addrs: tuple[str, ...]
+    amount: int
+    """Micro-credits escrowed (0: a free job, only recorded)."""
+    max_seconds: int
+    accepted_at: float
+    keep_s: int
+
+    @property
+    def until(self) -> float:
+        """Unix seconds after which the provider no longer keeps its result."""
+        return self.accepted_at + self.max_seconds + DETACH_GRACE_S + self.keep_s
+
+
+class DetachedBook(JsonBook[Detached]):
+    what = "detached jobs' escrows"
+
+    @classmethod
+    def load(cls, home: Path) -> DetachedBook:
+        book = cls(Home(home).detached)
+        book._records = book._read()
+        return book
+
+    @staticmethod
+    def parse(doc: dict[str, Any]) -> Detached:
+        return Detached(job_id=str(doc["job_id"]), provider=str(doc["provider"]),
+                        addrs=tuple(str(a) for a in doc.get("addrs", ())[:8]),
+                        amount=int(doc["amount"]), max_seconds=int(doc["max_seconds"]),
+                        accepted_at=float(doc["accepted_at"]), keep_s=int(doc["keep_s"]))
+
+    def get(self, job_id: str) -> Detached | None:
+        return next((d for d in self.all() if d.job_id == job_id), None)
+
+    def kept(self, now: float) -> set[str]:
+        """Ids whose provider still keeps their result: not orphans yet."""
+        return {d.job_id for d in self.all() if now < d.until}

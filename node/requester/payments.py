@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,7 +43,7 @@ from node.requester.escrows import (
     sweeping,
 )
 from node.requester.events import Emit, ignore
-from node.requester.holds import Hold, HoldBook
+from node.requester.holds import Detached, DetachedBook, Hold, HoldBook
 from node.requester.verify import verify_result_bytes
 from protocol import JobResult, Signed, wire
 from protocol.exchange import SETTLE
@@ -258,6 +259,25 @@ class Payments:
         self._locked.discard(job_id)
         self._pending.pop(job_id, None)
 
+    async def detach(self, entry: Detached, book: DetachedBook) -> None:
+        """A job that runs on without this process: its escrow stays locked, kept from the
+        sweep by `book` (written first), and this session no longer settles it."""
+        await self._run(book.add, entry)
+        await self._note(entry.job_id, detached=True)
+        self._free.discard(entry.job_id)
+        self._forget(entry.job_id)
+
+    async def adopt(self, entry: Detached) -> None:
+        """Settle a detached job in this session: claimed in its lease, then open here."""
+        if self.ledger is None:
+            return
+        if self.lease is not None:
+            self.lease.claim(entry.job_id, entry.provider, entry.addrs)
+        (self._free if entry.amount == 0 else self._locked).add(entry.job_id)
+
+    async def undetach(self, job_id: str, book: DetachedBook) -> None:
+        await self._run(book.remove, job_id)
+
     async def hold(self, signed: Signed[JobResult], until: float, *, strikes: int = 0) -> bool:
         """Keep an unreplicated result's escrow locked until `until` (see holds.py);
         False (and nothing held) when nothing was escrowed."""
@@ -382,6 +402,8 @@ class Payments:
                 swept.waiting.append(job_id)
                 continue
             self._locked.add(job_id)
+            if o.detached:
+                await self._run(DetachedBook.load(home).remove, job_id)
             try:
                 if kind == "result" and signed is not None:
                     await self._settle(job_id, _Pending("release", signed=signed))
@@ -495,8 +517,10 @@ def close_dead_free(ledger: Ledger, home: Path, *,
     Returns their ids; never raises."""
     closed: list[str] = []
     try:
-        running = [r.job_id for r in ledger.records(status="running")
-                   if r.max_charge == 0 and r.job_id not in exclude]
+        kept = DetachedBook.load(home).kept(time.time())
+        running = [r.job_id for r in [*ledger.records(status="running"),
+                                      *ledger.records(status="detached")]
+                   if r.max_charge == 0 and r.job_id not in exclude and r.job_id not in kept]
         live = read_leases(home).live if running else set()
         for job_id in running:
             if job_id in live:
@@ -515,6 +539,4 @@ def close_dead_free(ledger: Ledger, home: Path, *,
 
 
 def _wall_ms() -> int:
-    import time
-
     return time.time_ns() // 1_000_000

@@ -24,7 +24,8 @@ from protocol import Price
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PEER = "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
 SECTIONS = "(valid sections: network, capacity, sandbox, price, cache, operations, limits)"
-CAPACITY_KEYS = "(valid keys: slots, queue, warm, max_job_seconds, quote_hold_s)"
+CAPACITY_KEYS = ("(valid keys: slots, queue, warm, max_job_seconds, quote_hold_s, "
+                 "detached_keep_s, detached_max_gb)")
 LISTEN_FIX = 'use e.g. "/ip4/0.0.0.0/tcp/4001" or "/ip6/::/tcp/4001"'
 METRICS_FIX = 'use e.g. "127.0.0.1:9464" or "[::1]:9464", or "" to disable'
 TOML_FIX = "fix the syntax there (see https://toml.io)"
@@ -61,6 +62,8 @@ PROVIDER_FIELDS: dict[str, str] = {
     "network.listen": "listen", "network.bootstrap": "bootstrap", "network.region": "region",
     "capacity.slots": "slots", "capacity.queue": "queue", "capacity.warm": "warm",
     "capacity.max_job_seconds": "max_job_seconds", "capacity.quote_hold_s": "quote_hold_s",
+    "capacity.detached_keep_s": "detached_keep_s",
+    "capacity.detached_max_gb": "detached_max_gb",
     "sandbox.tier": "sandbox_tier", "sandbox.unsafe_no_sandbox": "unsafe_no_sandbox",
     **{f"price.{k}": f"price.{k}" for k in PROVIDER_LAYOUT["price"]},
     "cache.dir": "cache_dir", "cache.max_gb": "cache_max_gb",

@@ -48,6 +48,10 @@ SAMPLE: dict[str, wire.Frame] = {
     "checkpoint": wire.Checkpoint(result=b"r"),
     "session_close": wire.SessionClose(abandon=False),
     "session_end": wire.SessionEnd(result=b"r"),
+    "detached": wire.Detached(job_id=JOB_ID, keep_s=3600),
+    "logs_query": wire.LogsQuery(job_id=JOB_ID, follow=True),
+    "logs_end": wire.LogsEnd(job_id=JOB_ID, running=False),
+    "cancel_job": wire.CancelJob(job_id=JOB_ID),
 }
 P: Role = "provider"
 R: Role = "requester"
@@ -87,6 +91,12 @@ PATHS: dict[tuple[str, str], list[tuple[Role, wire.Frame]]] = {
     ("settle", "done"): [(R, SAMPLE["settle"]), (P, SAMPLE["settle_ack"])],
     ("settle", CLOSED): [(R, SAMPLE["error"])],
     ("settle", "outputs"): [(R, SAMPLE["fetch_outputs"])],
+    ("settle", "logs"): [(R, SAMPLE["logs_query"])],
+    ("settle", "cancelling"): [(R, SAMPLE["cancel_job"])],
+    ("job", "done"): [(R, SAMPLE["submit"]), (P, SAMPLE["quote"]),
+                      (R, SAMPLE["quote_accept"]),
+                      (P, wire.Accepted(job_id=JOB_ID, need=(), resume={})),
+                      (P, SAMPLE["detached"])],
     **{("session", state): path for state, path in {
         "start": [],
         "submitted": [(R, SAMPLE["session_open"])],

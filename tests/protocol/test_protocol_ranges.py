@@ -88,6 +88,8 @@ RANGES: dict[tuple[type[Message], str], tuple[int, int]] = {
     (wire.Accepted, "resume"): (0, FILE),
     (wire.Chunk, "offset"): (0, FILE),
     (wire.Lane, "port"): (0, 65535),
+    (wire.Detached, "keep_s"): (0, 30 * 24 * 3600),
+    (wire.LogsEnd, "dropped"): (0, FILE),
     (SessionSpec, "idle_timeout_s"): (1, 3600),
     (SessionSpec, "concurrency"): (1, 16),
     (SessionSpec, "max_price"): (0, AMOUNT),
@@ -122,6 +124,8 @@ def samples(build: Any) -> dict[type[Message], Message]:
         wire.Accepted: wire.Accepted(job_id=JOB, need=(DIGEST,), resume={}),
         wire.Chunk: wire.Chunk(name="a.bin", offset=0, data=b"x", final=True),
         wire.Lane: wire.Lane(port=1, token=b"t" * 32, cert=b"c"),
+        wire.Detached: wire.Detached(job_id=JOB, keep_s=1),
+        wire.LogsEnd: wire.LogsEnd(job_id=JOB, running=False),
         SessionSpec: SessionSpec(
             requester=build.alice.peer_id, provider=build.bob.peer_id, runtime="python3",
             inputs=(InputFile(name=CLASS_FILE, sha256=DIGEST, size=1),

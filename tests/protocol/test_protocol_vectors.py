@@ -141,6 +141,10 @@ def frames() -> list[wire.Frame]:
         wire.SessionClose(abandon=False),
         wire.SessionEnd(result=signed["session_result"]),
         wire.Lane(port=40123, token=bytes(range(32)), cert=b"0\x82\x01\x00"),
+        wire.Detached(job_id=job_id, keep_s=86400),
+        wire.LogsQuery(job_id=job_id, follow=True),
+        wire.LogsEnd(job_id=job_id, running=False, dropped=0),
+        wire.CancelJob(job_id=job_id),
     ]
 
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import trio
 
-from node.provider.runner import ProcessResult, collect_output, outcome
+from node.provider.runner import ProcessResult, collect_output, outcome, stopped
 from node.provider.sandbox import landlock, launch
 from node.provider.sandbox.bwrap import (
     BWRAP,
@@ -368,7 +368,8 @@ class SandboxJob:
         if not started_child:
             raise LaunchFailed("the sandbox did not start: "
                                + err.data.decode("utf-8", "replace").strip()[-500:])
-        killed = usage.oom_killed or code in (128 + 9, 128 + 15)  # bwrap reports 128 + signal
+        killed = (usage.oom_killed or code in (128 + 9, 128 + 15)  # bwrap: 128 + signal
+                  or stopped())
         result = ProcessResult(
             status=outcome(timed_out=timed_out, code=code, killed=killed), exit_code=code,
             stdout=bytes(out.data), stderr=bytes(err.data),

@@ -7,7 +7,7 @@ import threading
 import trio
 
 from node.requester import events
-from node.requester.exchange import Meter
+from node.requester.events import Meter
 
 MIB = 2**20
 
