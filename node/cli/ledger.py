@@ -220,7 +220,7 @@ def _export(args: argparse.Namespace, ledger: Ledger) -> int:
 
 def _refund(args: argparse.Namespace, ledger: Ledger) -> int:
     from node.requester.escrows import live_owner
-    from node.requester.holds import HoldBook
+    from node.requester.holds import DetachedBook, HoldBook
 
     home = resolve_home(args.home)
     want = args.job.strip().lower()
@@ -240,6 +240,9 @@ def _refund(args: argparse.Namespace, ledger: Ledger) -> int:
     if pid is not None:
         raise UserError(f"job {job.job_id[:12]} belongs to a running process (pid {pid}) "
                         "on this home; it settles the escrow itself, or stop it first")
+    if DetachedBook.load(home).get(job.job_id) is not None:
+        raise UserError(f"job {job.job_id[:12]} runs detached on its provider; `offload "
+                        f"cancel {job.job_id[:12]}` stops it and refunds what it did not use")
     if any(h.job_id == job.job_id for h in HoldBook.load(home).all()):
         raise UserError(f"job {job.job_id[:12]} is a payment held for a result already "
                         "returned; it is paid or refused when its hold ends")
