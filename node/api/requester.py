@@ -228,6 +228,34 @@ class Requester:
         return self._result(placement.outcome, verification=placement.verification,
                             replicas=placement.replicas, retries=placement.attempts)
 
+    async def detach(self, job: Job | str | os.PathLike[str]) -> str:
+        """Start `job` on the best provider that takes it detached and return its id at
+        once; `result` (from this or any later Requester on the home) fetches it."""
+        from node.requester.detach import submit_detached
+
+        job = job if isinstance(job, Job) else Job(job)
+        return (await submit_detached(self.core, job)).job_id
+
+    async def result(self, job_id: str, *, wait: bool = True) -> Result:
+        """The verified result of a detached job (waiting for it unless `wait` is False:
+        then NotFinished while it runs), paid, its files in result.out_dir."""
+        from node.requester.detach import fetch_result, find_job
+
+        ledger = self.core.payments.ledger
+        if ledger is None:
+            raise UserError("this Requester keeps no ledger, so it has no detached jobs")
+        record = find_job(ledger.records(), job_id)
+        started = time.monotonic()
+        got = await fetch_result(self.core, record, self.out / record.job_id[:12], wait=wait)
+        r = got.signed.message
+        return Result(
+            job_id=r.job_id, provider=r.provider, status=r.status, exit_code=r.exit_code,
+            stdout=r.stdout, stderr=r.stderr, out_dir=got.out_dir,
+            outputs={o.name: got.out_dir / o.name for o in r.outputs},
+            charged=r.price_charged, quoted=record.max_charge,
+            wall_s=time.monotonic() - started, limits_hit=tuple(r.limits_hit),
+            verification="none", signed=got.signed)
+
     async def map(self, jobs: Iterable[Job], *, workers: int | None = None,
                   return_exceptions: bool = False) -> list[Result | RemoteError]:
         """Run jobs that differ only in args and files across providers; results in

@@ -68,16 +68,19 @@ def _record(core: Session, prefix: str) -> Any:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
+    from node.cli.progress import Reporter
     from node.requester.detach import fetch_result
 
     core = _session(args)
 
     async def go() -> Any:
-        async with core:
-            report_swept(core.swept)
-            record = _record(core, args.job)
-            out = args.out or Path("offload-out") / record.job_id[:12]
-            return await fetch_result(core, record, out, wait=args.wait)
+        with Reporter(follow=False, quiet=args.json) as show:
+            core.emit = show
+            async with core:
+                report_swept(core.swept)
+                record = _record(core, args.job)
+                out = args.out or Path("offload-out") / record.job_id[:12]
+                return await fetch_result(core, record, out, wait=args.wait, emit=show)
 
     got = trio.run(go)
     r = got.signed.message

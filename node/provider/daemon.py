@@ -238,7 +238,9 @@ class Provider:
             "peer_id": self.identity.peer_id, "addrs": self.addrs,
             "tier": self.executor.tier if self.executor else "refusing",
             "draining": self.draining, "metrics_url": self.metrics_url,
-            "sessions": self.sessions.doc(trio.current_time())} | self.reach.doc()
+            "sessions": self.sessions.doc(trio.current_time()),
+            "detached_running": self.board.detached(),
+            "kept_bytes": self.kept.used} | self.reach.doc()
 
     async def benchmark_forever(self) -> None:
         """Measure what jobs here get (the job runtime's torch), now and on a schedule."""

@@ -94,6 +94,16 @@ async def test_requester_offers_submit_map_plan_with_events(net: Network) -> Non
     assert streamed == seen
 
 
+async def test_a_detached_job_is_fetched_by_a_later_requester(net: Network) -> None:
+    async with Requester(**_session(net, "req")) as r:
+        job_id = await r.detach(Job(SQUARE, args=["12"], timeout=60))
+    async with Requester(**_session(net, "req")) as r:  # a later process, same home
+        result = await r.result(job_id[:12])
+        assert result.job_id == job_id and result.ok and result.stdout == "144\n"
+        assert result.charged > 0 and (result.out_dir / "result.msgpack").is_file()
+    assert net.offload("verify", str(result.out_dir / "result.msgpack")).returncode == 0
+
+
 @remote(timeout=60, echo=False)
 def square(x: int) -> int:
     return x * x
