@@ -14,7 +14,8 @@ from node.home import Home, atomic_write_json
 def test_every_path_keeps_the_name_existing_homes_use(tmp_path: Path) -> None:
     home = Home(tmp_path)
     names = {"identity": "identity.key", "ledger": "ledger.db", "lock": "provider.lock",
-             "peers": "peers.json", "holds": "holds.json", "leases": "leases",
+             "peers": "peers.json", "holds": "holds.json", "leases": "leases", "kept": "kept",
+             "detached": "detached.json",
              "status": "status.json", "results": "results", "benchmark": "benchmark.json",
              "local_benchmark": "local-benchmark.json", "cache": "cache", "jobs": "jobs",
              "offers": "offers.msgpack", "sessions": "sessions"}
