@@ -175,6 +175,14 @@ def choose(blocks: Sequence[Block], input_bytes: int, remote: Remote | None, pow
     return CutPlan(objective=objective, cuts=cuts, chosen=best, power=power, reason=reason)
 
 
+def hopeless(plan: CutPlan, margin: float) -> bool:
+    """Whether no remote cut could come within `margin` x all-here even through a link of
+    no transfer time (its head, tail and RTT alone): one not worth measuring."""
+    here = next(c.latency_s for c in plan.cuts if c.peer is None)
+    floors = [c.head_s + c.tail_s + c.rtt_s for c in plan.cuts if c.peer is not None]
+    return not floors or min(floors) > margin * here
+
+
 def drifted(planned: Remote, measured_rtt_s: float, measured_bytes_per_s: float, *,
             threshold: float = 0.5) -> bool:
     """Whether a link moved more than `threshold` (a share) from what the plan used."""

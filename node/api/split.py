@@ -16,9 +16,14 @@ How the cut is chosen: each block is timed here (median of `passes` runs after o
 and its output measured; the best provider for the options (as @remote ranks them) is
 estimated at its benchmark's speed over ours, then, once its session is open, measured:
 the session times every block there (the calibration pass) and the link's RTT and
-bandwidth are measured with calls of known sizes. Cut n (all here), when the estimate
-already picks it, opens no session; a provider whose ad has no benchmark is measured
-anyway (its speed is unknown), except for the energy objective.
+bandwidth are measured with calls of known sizes. With objective "latency" (and probe > 0)
+the session is opened even when the estimate keeps all here, since its bandwidth is only
+a guess, unless no remote cut could come within HOPELESS x all-here even with no transfer
+time at all (head + tail + the pinged RTT); then the best predicted cuts, all here and all
+there are timed end to end (`probe`). Cut n opens no session when no provider is found,
+when the estimate picks it under "cost" or "energy" or with probe=0, or when remote is
+hopeless; a provider whose ad has no benchmark is measured anyway (its speed is unknown),
+except for the energy objective.
 Each call re-measures the link from its own timing; when RTT or bandwidth drift more
 than `drift` (a share) from what the plan used, the cut is chosen again. The session
 holds the whole model, so any cut can be served without moving weights again.
@@ -34,6 +39,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +67,7 @@ from scheduler.layers import (
     Remote,
     choose,
     drifted,
+    hopeless,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,13 @@ DEFAULT_JOULES_PER_BYTE = 1e-7
 ASSUMED_BYTES_PER_S = 50e6
 """The link's bandwidth before anything was measured (only the first estimate uses it)."""
 PROBE_BYTES = 512 << 10
+HOPELESS = 2.0
+"""A remote cut whose floor (no transfer time) is above this x all-here is not measured."""
+PROBE_ROUNDS = 2
+PROBE_CALLS = 3
+"""The probe's rounds, and its timed calls of each cut a round (`Split._probe`)."""
+PROBE_MARGIN = 0.05
+"""The probe leaves the predicted cut only for one measured faster by more than this share."""
 LOCAL_GFLOPS_N = 256
 
 
@@ -175,7 +189,10 @@ class Split:
         # a provider that published no benchmark has no speed to estimate: measure it,
         # unless the objective does not depend on it (energy is spent here)
         blind = self.estimate is not None and self.speed_unknown and objective != "energy"
-        if self.plan.chosen.peer is not None or blind:
+        # latency: the estimate's bandwidth is a guess, so measure unless remote is hopeless
+        worth = (objective == "latency" and probe > 0 and self.estimate is not None
+                 and not hopeless(self.plan, HOPELESS))
+        if self.plan.chosen.peer is not None or blind or worth:
             self._open()
 
     # planning --------------------------------------------------------------------------
@@ -253,31 +270,37 @@ class Split:
     def _probe(self) -> None:
         """Latency: the `probe` best predicted cuts, all here and all there are timed end to
         end on the example, and the fastest measured is chosen; per-block predictions miss
-        what a whole call pays (a CPU quota's throttling, the transport's own cost)."""
+        what a whole call pays (a CPU quota's throttling, the transport's own cost). Each
+        of PROBE_ROUNDS rounds takes every cut in turn: one call to warm it, then
+        PROBE_CALLS timed back to back (as a model's calls come: a CPU quota throttles a
+        run of calls more than one after a wait). A cut's figure is its median; the
+        predicted cut stays unless another's is PROBE_MARGIN faster."""
         best = sorted(self.plan.cuts, key=lambda c: c.latency_s)[:self.probe]
         ks = sorted({c.k for c in best} | {0, len(self.blocks)})  # and both ends
-        measured = {}
+        runs: dict[int, list[float]] = {k: [] for k in ks}
         saved, self._probing = self.forced, True
         try:
-            for k in ks:
-                self.forced = k
-                self.plan = self._choose(self.remote)
-                self(self._example)  # warm
-                runs = []
-                for _ in range(2):
-                    t = time.perf_counter()
-                    self(self._example)
-                    runs.append(time.perf_counter() - t)
-                measured[k] = min(runs)
+            for _ in range(PROBE_ROUNDS):  # rounds: a burst of load hits every cut alike
+                for k in ks:
+                    self.forced = k
+                    self.plan = self._choose(self.remote)
+                    self(self._example)  # warm: the switch from the previous cut
+                    for _ in range(PROBE_CALLS):
+                        t = time.perf_counter()
+                        self(self._example)
+                        runs[k].append(time.perf_counter() - t)
         finally:
             self.forced, self._probing = saved, False
+        measured = {k: statistics.median(v) for k, v in runs.items()}
         self.measured_s = measured
-        fastest = min(measured, key=lambda k: (measured[k], -k))
         plan = self._choose(self.remote)
-        if saved is None and fastest != plan.chosen.k:
+        fastest = min(measured, key=lambda k: (measured[k], -k))
+        predicted = measured.get(plan.chosen.k, float("inf"))
+        if saved is None and measured[fastest] < (1 - PROBE_MARGIN) * predicted:
             chosen = next(c for c in plan.cuts if c.k == fastest)
             plan = dataclasses.replace(plan, chosen=chosen, reason=(
-                f"least latency measured: cuts {ks} timed end to end, {fastest} fastest"))
+                f"least latency measured: cuts {ks} timed end to end (median of "
+                f"{PROBE_ROUNDS * PROBE_CALLS}), {fastest} fastest"))
         self.plan = plan
 
     def _measure_link(self) -> Link:
@@ -374,7 +397,9 @@ def split(model: Any, example_input: Any, *, objective: Objective = "latency",
     stages=K > 1: a Pipeline of K providers instead, each holding contiguous blocks;
     "auto": the fewest stages whose weights fit a provider's `memory_gb` each.
     probe: with objective "latency", the number of best predicted cuts timed end to end
-    once the session is open (the fastest is chosen; 0: the prediction alone)."""
+    (with all here and all there) in a session opened for it even when the estimate
+    keeps all here, unless remote is hopeless (HOPELESS); the fastest is chosen. 0: the
+    prediction alone, and no session when it keeps all here."""
     if objective not in OBJECTIVES:
         raise UserError(f"split(): objective is one of {', '.join(OBJECTIVES)}")
     if passes < 1 or not drift > 0:

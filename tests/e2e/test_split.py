@@ -1,6 +1,7 @@
 """`split()` against a real provider: every cut's output equals the whole model run here
 (activations above a call's 1 MiB cap move in parts), the plan explains each cut with the
-provider's calibrated times, and a plan that keeps everything here opens no session."""
+provider's calibrated times, a latency plan measures the provider before it keeps
+everything here, and an energy plan that keeps everything here opens no session."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from node.api.split import PART_BYTES, split
+from node.api.blocks import PART_BYTES
+from node.api.split import split
 from tests.e2e.conftest import REPO, Network, _env
 
 
@@ -93,6 +95,20 @@ def test_a_plan_that_keeps_everything_here_opens_no_session(net: Network) -> Non
         assert torch.equal(sm(x), model(x))
     sm.close()
     assert len(sessions(net)) == before  # no session was opened on any provider
+
+
+def test_latency_measures_the_provider_before_keeping_everything_here(net: Network) -> None:
+    model, x = cnn(), torch.randn(1, 3, 64, 64)
+    before = len(sessions(net))
+    with split(model, x, passes=1, **settings(net)) as sm:
+        n = len(model)
+        assert sm.remote is not None and sm.remote.remote_s is not None  # calibrated there
+        assert {0, n} <= set(sm.measured_s) and all(v > 0 for v in sm.measured_s.values())
+        fastest = min(sm.measured_s.values())
+        assert sm.measured_s[sm.plan.chosen.k] <= fastest / 0.95 + 1e-9  # within the margin
+        with torch.no_grad():
+            assert torch.allclose(sm(x), model(x), atol=1e-5)
+    assert len(sessions(net)) == before + 1
 
 
 def test_energy_names_its_power_figure_when_none_is_given(net: Network) -> None:

@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.errors import SchedulerError
-from scheduler.layers import Block, Power, Remote, choose, cut_table, drifted, partition
+from scheduler.layers import (
+    Block,
+    Power,
+    Remote,
+    choose,
+    cut_table,
+    drifted,
+    hopeless,
+    partition,
+)
 
 # three blocks: a cheap one with a huge output, a costly one with a small output, a last one
 BLOCKS = (Block("a", 0.010, 8_000_000), Block("b", 0.100, 4_000), Block("c", 0.020, 400))
@@ -61,6 +70,17 @@ def test_no_provider_leaves_only_cut_n() -> None:
     plan = choose(BLOCKS, 10, None, POWER)
     assert [c.k for c in plan.cuts] == [3] and plan.chosen.peer is None
     assert plan.to_json()["chosen"] == 3 and plan.to_json()["power"]["source"] == "test"
+
+
+def test_remote_is_hopeless_only_when_even_a_free_link_loses_by_the_margin() -> None:
+    # all here 130 ms; the best floor (no transfer) is cut 0: 13 ms there + 5 ms RTT
+    slow_link = Remote(peer="P", speedup=10.0, rtt_s=0.005, bytes_per_s=1e3)
+    plan = choose(BLOCKS, 1_000_000, slow_link, POWER)
+    assert plan.chosen.k == 3 and not hopeless(plan, 2.0)  # the guessed link decides: measure
+    far = Remote(peer="P", speedup=10.0, rtt_s=0.300, bytes_per_s=1e9)  # 313 ms at best
+    assert hopeless(choose(BLOCKS, 1_000_000, far, POWER), 2.0)
+    assert not hopeless(choose(BLOCKS, 1_000_000, far, POWER), 3.0)
+    assert hopeless(choose(BLOCKS, 10, None, POWER), 2.0)  # no provider: nothing to measure
 
 
 def test_bad_inputs_are_named_errors() -> None:
