@@ -12,6 +12,7 @@ import trio
 from node.errors import RemoteError
 from node.net.host import Stream
 from node.net.transfer import STALL_S
+from node.provider.live import pieces
 from protocol import wire
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 HEARTBEAT_S = 2.0
 CANCEL_WAIT_S = 30.0
 """The longest a `cancel_job` waits for the stopped job's result."""
-PIECE = wire.MAX_OUTPUT_TEXT // 4
 
 
 async def _send(stream: Stream, frame: wire.Frame) -> bool:
@@ -33,9 +33,9 @@ async def _send(stream: Stream, frame: wire.Frame) -> bool:
 
 
 async def _lines(stream: Stream, name: str, text: str) -> bool:
-    for i in range(0, len(text), PIECE):
+    for part in pieces(text):
         if not await _send(stream, wire.Output(stream=name,  # type: ignore[arg-type]
-                                               text=text[i:i + PIECE])):
+                                               text=part)):
             return False
     return True
 

@@ -15,6 +15,13 @@ LIVE_CAP = 1 << 20
 STREAMS = ("stdout", "stderr")
 
 
+def pieces(text: str) -> list[str]:
+    """`text` in parts that fit an `Output` frame (a quarter of its cap in characters,
+    so any UTF-8 stays within it)."""
+    n = wire.MAX_OUTPUT_TEXT // 4
+    return [text[i:i + n] for i in range(0, len(text), n)]
+
+
 def offer(send: trio.MemorySendChannel[tuple[str, bytes]], name: str, data: bytes) -> None:
     try:
         send.send_nowait((name, data))
@@ -33,8 +40,6 @@ async def forward_output(stream: Stream,
                 continue
             data = data[: LIVE_CAP - sent]
             sent += len(data)
-            text = decoders[name].decode(data)
-            for i in range(0, len(text), wire.MAX_OUTPUT_TEXT // 4):
-                part = text[i:i + wire.MAX_OUTPUT_TEXT // 4]
+            for part in pieces(decoders[name].decode(data)):
                 await stream.send(wire.Output(stream=name,  # type: ignore[arg-type]
                                               text=part))

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from node.home import Home, atomic_write_json
 
@@ -61,10 +61,18 @@ class JsonBook(Generic[R]):
 
     what = "records"
     max_records = MAX_HOLDS
+    home_path = ""
+    """The `Home` property naming this book's file."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._records: dict[str, R] = {}
+
+    @classmethod
+    def load(cls, home: Path) -> Self:
+        book = cls(getattr(Home(home), cls.home_path))
+        book._records = book._read()
+        return book
 
     @staticmethod
     def parse(doc: dict[str, Any]) -> R:
@@ -135,12 +143,7 @@ class HoldBook(JsonBook[Hold]):
     """The holds of a home."""
 
     what = "held escrows"
-
-    @classmethod
-    def load(cls, home: Path) -> HoldBook:
-        book = cls(Home(home).holds)
-        book._records = book._read()
-        return book
+    home_path = "holds"
 
     @staticmethod
     def parse(doc: dict[str, Any]) -> Hold:
@@ -170,12 +173,7 @@ class Detached:
 
 class DetachedBook(JsonBook[Detached]):
     what = "detached jobs' escrows"
-
-    @classmethod
-    def load(cls, home: Path) -> DetachedBook:
-        book = cls(Home(home).detached)
-        book._records = book._read()
-        return book
+    home_path = "detached"
 
     @staticmethod
     def parse(doc: dict[str, Any]) -> Detached:

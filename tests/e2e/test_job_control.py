@@ -37,6 +37,16 @@ def _start(network: Network, tmp_path: Path, *, port: int | None = None,
                                   home="prov", tag=tag)
 
 
+def _funded(network: Network, tmp_path: Path, **start: Any
+            ) -> tuple[dict[str, Any], list[str], Path]:
+    """A priced provider, 5 credits on home `req`, and the steps script."""
+    p = _start(network, tmp_path, **start)
+    network.offload("ledger", "deposit", "5", home="req", check=True)
+    script = tmp_path / "steps.py"
+    script.write_text(STEPS)
+    return p, ["--bootstrap", p["addr"]], script
+
+
 def _detach(network: Network, script: Path, boot: list[str], *args: str) -> str:
     started = time.monotonic()
     doc = _doc(network.offload("submit", str(script), *args, "--detach", "--json", *boot,
@@ -48,11 +58,7 @@ def _detach(network: Network, script: Path, boot: list[str], *args: str) -> str:
 
 def test_detached_job_is_followed_fetched_paid_and_shown_from_other_processes(
         network: Network, tmp_path: Path) -> None:
-    p = _start(network, tmp_path)
-    boot = ["--bootstrap", p["addr"]]
-    network.offload("ledger", "deposit", "5", home="req", check=True)
-    script = tmp_path / "steps.py"
-    script.write_text(STEPS)
+    p, boot, script = _funded(network, tmp_path)
     job = _detach(network, script, boot, "12")
     # the submitting process is gone; the job still runs and its escrow stays locked,
     # also through a command that sweeps orphans
@@ -88,11 +94,7 @@ def test_detached_job_is_followed_fetched_paid_and_shown_from_other_processes(
 
 def test_cancel_stops_a_detached_job_and_refunds_the_rest(network: Network,
                                                           tmp_path: Path) -> None:
-    p = _start(network, tmp_path)
-    boot = ["--bootstrap", p["addr"]]
-    network.offload("ledger", "deposit", "5", home="req", check=True)
-    script = tmp_path / "steps.py"
-    script.write_text(STEPS)
+    p, boot, script = _funded(network, tmp_path)
     job = _detach(network, script, boot, "1000")
     locked = balance(network)["escrow"]
     assert locked > 0
@@ -118,12 +120,8 @@ def test_cancel_stops_a_detached_job_and_refunds_the_rest(network: Network,
 
 def test_detached_results_outlive_a_provider_restart_and_a_lost_job_is_refunded(
         network: Network, tmp_path: Path) -> None:
-    p = _start(network, tmp_path, tag="first")
+    p, boot, script = _funded(network, tmp_path, tag="first")
     port = int(re.search(r"/tcp/(\d+)/", p["addr"]).group(1))  # type: ignore[union-attr]
-    boot = ["--bootstrap", p["addr"]]
-    network.offload("ledger", "deposit", "5", home="req", check=True)
-    script = tmp_path / "steps.py"
-    script.write_text(STEPS)
     done = _detach(network, script, boot, "2")
     deadline = time.monotonic() + 60
     while "status" not in (logs := _doc(network.offload(
@@ -149,11 +147,7 @@ def test_detached_results_outlive_a_provider_restart_and_a_lost_job_is_refunded(
 
 def test_cancel_from_another_process_stops_a_followed_job(network: Network,
                                                           tmp_path: Path) -> None:
-    p = _start(network, tmp_path)
-    boot = ["--bootstrap", p["addr"]]
-    network.offload("ledger", "deposit", "5", home="req", check=True)
-    script = tmp_path / "steps.py"
-    script.write_text(STEPS)
+    _, boot, script = _funded(network, tmp_path)
     submit = network.offload_async("submit", str(script), "1000", "--json", *boot,
                                    "--timeout", "120", home="req")
     deadline = time.monotonic() + 60
