@@ -326,15 +326,17 @@ class SandboxExecutor:
 
     @asynccontextmanager
     async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
-        """A sandbox for `spec`: a warm worker when one is ready, else cold."""
+        """A sandbox for `spec`: a warm worker (parked for its requester, or ready) when the
+        pool has one, else cold."""
         worker = None
         if self.pool is not None and spec.resources.gpus == 0:
-            worker = self.pool.take()
+            worker = self.pool.take(spec.requester)
         if worker is not None:
+            assert self.pool is not None
             try:
                 yield SandboxSlot(self, spec, worker.job, worker)
             finally:
-                worker.done()
+                await self.pool.finish(worker, spec.requester)
             return
         name = f"job-{job_id[:16]}-{os.urandom(2).hex()}"
         gpus = self.gpus.take(spec.resources.gpus)

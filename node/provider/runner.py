@@ -16,7 +16,7 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -130,6 +130,16 @@ async def collect_output(proc: trio.Process, *, timeout_s: float, output_cap: in
     """Drain a process's capped stdout/stderr until it exits or `timeout_s` passes; after
     it exits, `on_exit` runs and the pipes get 1 s more. Returns (out, err, timed_out)."""
     assert proc.stdout is not None and proc.stderr is not None
+    return await collect_streams(proc.stdout, proc.stderr, proc.wait, timeout_s=timeout_s,
+                                 output_cap=output_cap, on_exit=on_exit)
+
+
+async def collect_streams(stdout: trio.abc.ReceiveStream, stderr: trio.abc.ReceiveStream,
+                          exited: Callable[[], Awaitable[object]], *, timeout_s: float,
+                          output_cap: int, on_exit: Callable[[], None] = lambda: None
+                          ) -> tuple[_Capped, _Capped, bool]:
+    """`collect_output` for any two streams and an awaitable that returns once the job
+    has ended (a process's exit, or a warm worker's report of its forked job)."""
     how = capture.get()
     stop = stop_signal.get()
     out, err = _Capped(output_cap, "stdout", how), _Capped(output_cap, "stderr", how)
@@ -144,9 +154,9 @@ async def collect_output(proc: trio.Process, *, timeout_s: float, output_cap: in
         async with trio.open_nursery() as nursery:
             if stop is not None:
                 nursery.start_soon(stop_on, stop, nursery)
-            nursery.start_soon(out.drain, proc.stdout)
-            nursery.start_soon(err.drain, proc.stderr)
-            await proc.wait()
+            nursery.start_soon(out.drain, stdout)
+            nursery.start_soon(err.drain, stderr)
+            await exited()
             waiter.cancel()
             on_exit()
             nursery.cancel_scope.deadline = trio.current_time() + 1.0

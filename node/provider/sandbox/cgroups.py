@@ -23,6 +23,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,11 +241,22 @@ class JobCgroup:
                 self._signal_round(deadline)
             time.sleep(0.01)
 
-    def _signal_round(self, deadline: float) -> None:
+    def kill_except(self, keep: AbstractSet[int], timeout: float = 2.0) -> bool:
+        """SIGKILL every process of the job's groups but `keep` (a warm worker's own), in
+        frozen rounds so that none forks past it; True once only `keep` is left."""
+        deadline = time.monotonic() + timeout
+        while self.pids() - keep:
+            if time.monotonic() > deadline:
+                return False
+            self._signal_round(deadline, keep)
+            time.sleep(0.002)
+        return True
+
+    def _signal_round(self, deadline: float, keep: AbstractSet[int] = frozenset()) -> None:
         frozen = self._freeze(True, deadline)
         fds: dict[int, int] = {}
         try:
-            for pid in self.pids():
+            for pid in self.pids() - keep:
                 try:
                     fds[pid] = os.pidfd_open(pid)
                 except OSError as exc:  # exited already, or a kernel before 5.3

@@ -172,18 +172,28 @@ class SandboxJob:
         if res.returncode != 0:
             raise SandboxUnavailable(f"cannot mount the job's tmpfs: {res.stderr.strip()}")
         self._mounted = True
+        self._make_tmp()
+        self.cgroup = self.sandbox.cgroups.create(self.name)
+        self.cgroup.set_limits(self.cgroup_limits(self.limits))
+
+    def _make_tmp(self) -> None:
         if self.sandbox.tier == "B":  # no private /tmp without namespaces: TMPDIR lives here
             tmp = self.work_dir / ".tmp"
             tmp.mkdir(mode=0o700)
             os.chown(tmp, self.user.uid, self.user.gid)
-        self.cgroup = self.sandbox.cgroups.create(self.name)
-        self.cgroup.set_limits(self.cgroup_limits(self.limits))
+
+    def private_dirs(self) -> list[str]:
+        """The sandbox's own scratch dirs outside /work, as the job sees them."""
+        return ["/tmp", "/dev/shm"] if self.sandbox.tier == "A" else []
 
     def apply_limits(self, limits: JobLimits) -> None:
         """Re-limit a sandbox that is already running (a warm worker taking its job)."""
         assert self.cgroup is not None
+        resize = limits.disk_mb != self.limits.disk_mb
         self.limits = limits
         self.cgroup.set_limits(self.cgroup_limits(limits))
+        if not resize:
+            return
         res = subprocess.run(["mount", "-o", f"remount,size={limits.disk_mb}m",
                               str(self.work_dir)], capture_output=True, text=True)
         if res.returncode != 0:
@@ -230,6 +240,17 @@ class SandboxJob:
                 self.cgroup.kill_all(timeout=2.0)
         except CgroupError as exc:
             log.warning("sandbox %s: %s", self.name, exc)
+
+    def reset(self) -> None:
+        """Empty the work and inputs dirs for the next job of the same requester."""
+        for d in (self.work_dir, self.inputs_dir):
+            with os.scandir(d) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        shutil.rmtree(e.path)
+                    else:
+                        os.unlink(e.path)
+        self._make_tmp()
 
     def destroy(self) -> None:
         """Remove everything; a cgroup the kernel will not release yet is left for the next
@@ -352,6 +373,17 @@ class SandboxJob:
                 if s is not None:
                     await s.aclose()
         started_child, exit_code = self._read_status()
+        if not started_child:
+            raise LaunchFailed("the sandbox did not start: "
+                               + err.data.decode("utf-8", "replace").strip()[-500:])
+        code = exit_code if exit_code is not None else (proc.returncode or 0)
+        return self.result(out, err, timed_out=timed_out, wall=wall, code=code, warm=warm,
+                           cpu_baseline_s=cpu_baseline_s)
+
+    def result(self, out: Any, err: Any, *, timed_out: bool, wall: float, code: int,
+               warm: bool, cpu_baseline_s: float) -> SandboxResult:
+        """The job's result from its captured output, its exit code and the cgroup's usage."""
+        assert self.cgroup is not None
         usage = self.cgroup.usage()
         hit = []
         if timed_out:
@@ -364,10 +396,6 @@ class SandboxJob:
             hit.append("disk")
         if wall > 1.0 and usage.cpu_s - cpu_baseline_s >= 0.9 * self.limits.cpus * wall:
             hit.append("cpu")
-        code = exit_code if exit_code is not None else (proc.returncode or 0)
-        if not started_child:
-            raise LaunchFailed("the sandbox did not start: "
-                               + err.data.decode("utf-8", "replace").strip()[-500:])
         killed = (usage.oom_killed or code in (128 + 9, 128 + 15)  # bwrap: 128 + signal
                   or stopped())
         result = ProcessResult(

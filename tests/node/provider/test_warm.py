@@ -1,4 +1,5 @@
-"""Warm workers: torch already imported, one job each, nothing carried over to the next."""
+"""Warm workers: torch already imported; a worker destroyed after its job, or parked for
+the same requester with nothing of the last job left; requesters never share one."""
 
 from __future__ import annotations
 
@@ -93,3 +94,126 @@ async def test_exit_codes_tracebacks_and_unflushed_output_survive_the_fast_exit(
                 worker.done()
             assert r.process.exit_code == exit_code, r.process.stderr
             assert out in r.process.stdout.decode() and err in r.process.stderr.decode()
+
+
+PROBE = """\
+import os, sys
+def sandbox_id():
+    return str(os.stat('.').st_dev)  # each sandbox's /work is a tmpfs of its own
+def mine(p):  # in this sandbox's cgroup (tier B shares the host's pid namespace)
+    try:
+        return open(f'/proc/{p}/cgroup').read() == open('/proc/self/cgroup').read()
+    except OSError:
+        return False
+others = sorted(int(p) for p in os.listdir('/proc') if p.isdigit()
+                and int(p) not in (1, os.getpid(), os.getppid()) and mine(p))
+tmp = os.environ['TMPDIR']
+def ls(d):
+    try:
+        return os.listdir(d)
+    except OSError:  # tier B: no private /dev/shm, and the job may not list the host's
+        return []
+files = sorted(f for d in ('.', tmp, '/dev/shm') for f in ls(d)
+               if not f.startswith('.offload-') and f not in ('out', 'job.py', '.tmp'))
+print('id', sandbox_id(), 'others', others, 'files', files, 'env', 'LEAK' in os.environ)
+"""
+DIRTY = PROBE + """\
+import subprocess
+subprocess.Popen(['sleep', '300'], start_new_session=True)
+for d in ('.', tmp, '/dev/shm'):
+    try:
+        open(os.path.join(d, 'left-' + os.path.basename(d.rstrip('/') or 'x')), 'w').write('1')
+    except OSError:
+        pass
+os.environ['LEAK'] = '1'
+print('spawned')
+"""
+
+
+async def job_of(pool: WarmPool, owner: str, code: str, *, wall_s: float = 60,
+                 args: tuple[str, ...] = ()) -> tuple[object, object]:
+    worker = pool.take(owner)
+    assert worker is not None, "no worker for " + owner
+    try:
+        worker.job.input_path("job.py").write_text(code)
+        worker.job.expose_input("job.py")
+        worker.job.make_out_dir()
+        limits = JobLimits(wall_s=wall_s)
+        result = await worker.run("job.py", list(args), limits, job_env(limits))
+    finally:
+        await pool.finish(worker, owner)
+    return worker, result
+
+
+def probe(result: object) -> dict[str, str]:
+    out = result.process.stdout.decode()  # type: ignore[attr-defined]
+    line = next(x for x in out.splitlines() if x.startswith("id "))
+    words = line.split(" ", 7)
+    return {"id": words[1], "others": words[3], "rest": line.split(" files ", 1)[1]}
+
+
+async def test_a_requesters_next_job_reuses_its_emptied_sandbox(sandbox: object) -> None:
+    async with warm_pool(sandbox, 2) as pool:  # type: ignore[arg-type]
+        await ready(pool, 2)
+        w1, first = await job_of(pool, "alice", DIRTY)
+        assert "spawned" in first.process.stdout.decode(), first  # type: ignore[attr-defined]
+        assert pool.parked == 1 and w1.reusable  # type: ignore[attr-defined]
+        w2, second = await job_of(pool, "alice", PROBE)
+        assert w2 is w1, "the requester's parked worker was not reused"
+        one, two = probe(first), probe(second)
+        assert one["id"] == two["id"], "not the same sandbox: the probe would see nothing"
+        assert two["others"] == "[]", f"the last job's process survived: {two}"
+        assert two["rest"] == "[] env False", f"the last job's files or env survived: {two}"
+        w3, third = await job_of(pool, "bob", PROBE)
+        assert w3 is not w1 and probe(third)["id"] != one["id"]
+        assert pool.reused == 1
+
+
+async def test_canary_the_probe_sees_a_jobs_own_leftovers(sandbox: object) -> None:
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        await ready(pool)
+        _, result = await job_of(pool, "alice", DIRTY + "\n" + PROBE.replace("print('id'",
+                                                                            "print('id2'"))
+        out = result.process.stdout.decode()  # type: ignore[attr-defined]
+        line = next(x for x in out.splitlines() if x.startswith("id2 "))
+        assert "others []" not in line and "left-" in line and "env True" in line, line
+
+
+async def test_output_exit_codes_and_cpu_stay_each_jobs_own_across_reuse(
+        sandbox: object) -> None:
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+    cases = [(burn + "print('first')\n", 0, "first\n", ""),
+             ("import sys\nprint('partial', end='')\nsys.exit(3)\n", 3, "partial", ""),
+             ("raise ValueError('boom')\n", 1, "", "ValueError: boom"),
+             ("print('last')\n", 0, "last\n", "")]
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        await ready(pool)
+        workers = []
+        for code, exit_code, out, err in cases:
+            worker, r = await job_of(pool, "alice", code)
+            workers.append(worker)
+            assert r.process.exit_code == exit_code, r  # type: ignore[attr-defined]
+            assert r.process.stdout.decode() == out  # type: ignore[attr-defined]
+            assert err in r.process.stderr.decode()  # type: ignore[attr-defined]
+        assert all(w is workers[0] for w in workers)
+        _, first = await job_of(pool, "alice", burn)
+        _, after = await job_of(pool, "alice", "pass\n")
+        assert first.process.cpu_s >= 0.5  # type: ignore[attr-defined]
+        assert after.process.cpu_s < 0.3, "the last job's CPU was charged again"  # type: ignore[attr-defined]
+
+
+async def test_a_worker_that_timed_out_or_lost_its_supervisor_is_not_reused(
+        sandbox: object) -> None:
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        await ready(pool)
+        w1, slow = await job_of(pool, "alice", "import time\ntime.sleep(30)\n", wall_s=1)
+        assert slow.process.status == "timeout"  # type: ignore[attr-defined]
+        assert not w1.reusable and pool.parked == 0  # type: ignore[attr-defined]
+        await ready(pool)
+        w2, rogue = await job_of(pool, "alice", "import os, signal\n"
+                                 "os.kill(os.getppid(), signal.SIGKILL)\nprint('done')\n")
+        assert w2 is not w1 and not w2.reusable and pool.parked == 0  # type: ignore[attr-defined]
+        assert rogue.process.status == "killed"  # type: ignore[attr-defined]
+        await ready(pool)
+        w3, ok = await job_of(pool, "alice", "print('fine')\n")
+        assert w3 is not w2 and ok.process.stdout == b"fine\n"  # type: ignore[attr-defined]
