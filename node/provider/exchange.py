@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ledger import ReceiptRefused, RemoteLedgerError
+from ledger import ChequeReplayed, ReceiptRefused, RemoteLedgerError
 from node.errors import BeyondCapacity
 from node.net.guard import guarded
 from node.net.host import Stream
@@ -60,6 +60,7 @@ from protocol import (
 from protocol.exchange import JOB, SETTLE, Table
 from protocol.limits import MAX_SAFE
 from protocol.messages import FULL_OUTPUT, MAX_OUTPUT_TEXT, clip_text
+from protocol.receipts import open_cheque
 from scheduler.pricing import charge, credits
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ async def handle_settle(p: Provider, raw: Stream) -> None:
         if receipt.provider != p.identity.peer_id or receipt.requester != stream.remote_peer:
             raise ReceiptRefused("the receipt is not about a job this peer gave us")
         if frame.cheque:
-            await trio.to_thread.run_sync(p.ledger.accept_cheque, frame.cheque)
+            await trio.to_thread.run_sync(_accept_cheque, p, frame.cheque)
         await trio.to_thread.run_sync(p.ledger.record_receipt, frame.receipt)
         await trio.to_thread.run_sync(p.kept.drop, receipt.job_id)  # settled: fetched
         await p.gossip.publish(frame.receipt)  # the requester gossips it too; we stay online
@@ -114,6 +115,18 @@ async def handle_settle(p: Provider, raw: Stream) -> None:
     log.info("job %s settled by %s: %s, charge %s", receipt.job_id[:12],
              receipt.requester[:16], receipt.outcome, credits(receipt.charge))
     await try_send(stream, wire.SettleAck(job_id=receipt.job_id))
+
+
+def _accept_cheque(p: Provider, raw: bytes) -> None:
+    """Keep the cheque; one that a later cheque of the same payer, accepted already, covers
+    (two settles of concurrent jobs that crossed on the way) adds nothing and is no error."""
+    try:
+        p.ledger.accept_cheque(raw)
+    except ChequeReplayed:
+        cheque = open_cheque(raw).message
+        latest = p.ledger.latest_cheque(cheque.payer)
+        if latest is None or latest.message.cumulative < cheque.cumulative:
+            raise
 
 
 async def _serve_fetch(p: Provider, stream: Stream, job_id: str) -> None:

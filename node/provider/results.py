@@ -4,7 +4,8 @@ and pay for the work; and the outputs of a job whose requester fetches them on a
 stream (`fetch_outputs`: its job stream was relayed, the outputs too big for the relay).
 
 Results: one file per job under `<home>/results/`, written atomically, at most MAX_RESULTS
-of them and none older than MAX_AGE_S; served only to the job's own requester. Held
+of them (a tenth more between two prunes: a prune reads every file's age) and none served
+older than MAX_AGE_S; served only to the job's own requester. Held
 outputs: in the job's slot while its exchange waits, FETCH_START_S for the fetch to begin,
 one fetch per job, by its requester only.
 """
@@ -42,6 +43,7 @@ class RecentResults:
         self.folder = folder
         self.max_results = max_results
         self.max_age_s = max_age_s
+        self._since_prune = max_results  # the first put prunes what an earlier run left
 
     def _path(self, job_id: str) -> Path | None:
         try:
@@ -60,7 +62,10 @@ class RecentResults:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp.write_bytes(raw)
             os.replace(tmp, path)
-            self.prune()
+            self._since_prune += 1
+            if self._since_prune > self.max_results // 10:
+                self._since_prune = 0
+                self.prune()
         except OSError as exc:
             log.warning("could not keep the signed result of job %s: %s", job_id[:12], exc)
             with contextlib.suppress(OSError):

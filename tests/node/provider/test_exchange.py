@@ -206,3 +206,58 @@ async def test_a_spec_beyond_the_machine_is_refused_as_too_large(
     await stream.send(wire.SubmitJob(spec=spec_for(me, phost.peer_id)))
     with trio.fail_after(5):
         assert isinstance(await stream.receive(), wire.QuoteOffer)
+
+
+def test_recent_results_stay_within_their_cap_and_prune_rarely(tmp_path: Path) -> None:
+    from node.provider.results import RecentResults
+
+    results = RecentResults(tmp_path, max_results=50)
+    prunes = 0
+    real = results.prune
+
+    def counted() -> None:
+        nonlocal prunes
+        prunes += 1
+        real()
+
+    results.prune = counted  # type: ignore[method-assign]
+    for i in range(500):
+        results.put(f"{i:064x}", b"signed result")
+        assert len(list(tmp_path.glob("*.result"))) <= 55
+    assert 2 < prunes <= 500 // 5, prunes
+    assert (tmp_path / f"{499:064x}.result").exists()
+    assert not (tmp_path / f"{0:064x}.result").exists()
+
+
+async def test_two_settles_that_crossed_on_the_way_both_leave_their_receipt(
+        pair: tuple[Provider, MemoryHost, MemoryHost], tmp_path: Path) -> None:
+    from protocol import Cheque
+
+    provider, phost, rhost = pair
+    payer = Ledger.open(tmp_path / "payer.db", rhost.identity)
+    payer.deposit(10**6)
+    pays = []
+    for n in (1, 2, 3):
+        job_id = hashlib.sha256(bytes([n])).hexdigest()
+        payer.lock(job_id, phost.identity.peer_id, 1000)
+        pays.append(payer.release(job_id, 400, result_digest="ab" * 32))
+
+    async def settle(receipt: bytes, cheque: bytes) -> object:
+        stream = await rhost.open_stream(phost.identity.peer_id, wire.SETTLE_PROTOCOL)
+        with trio.fail_after(30):
+            await stream.send(wire.Settle(receipt=receipt, cheque=cheque))
+            return await stream.receive()
+
+    assert isinstance(await settle(pays[1].receipt.raw, pays[1].cheque.raw), wire.SettleAck)
+    assert isinstance(await settle(pays[0].receipt.raw, pays[0].cheque.raw), wire.SettleAck), \
+        "the receipt that came with the older cheque was refused"
+    assert provider.ledger.balance().earned == 800
+    assert provider.ledger._store.query("SELECT COUNT(*) FROM receipts")[0][0] == 2
+    # canary: an old serial that promises more than the cheque accepted is still refused
+    greedy = sign(Cheque(payer=rhost.identity.peer_id, payee=phost.identity.peer_id,
+                         channel=provider.ledger.backend.channel, cumulative=10**5, serial=1,
+                         issued_at=int(time.time() * 1000)), rhost.identity)
+    refused = await settle(pays[2].receipt.raw, greedy.raw)
+    assert isinstance(refused, wire.ErrorReply) and "serial 1" in refused.message, refused
+    assert provider.ledger.balance().earned == 800
+    payer.close()
