@@ -234,6 +234,8 @@ class Provider:
         self.metrics.slots_in_use.set(self.admission.in_use)
         pool = getattr(self.executor, "pool", None)
         self.metrics.warm_ready.set(pool.ready if pool is not None else 0)
+        self.metrics.warm_parked.set(pool.parked if pool is not None else 0)
+        self.metrics.warm_reuses.set(pool.reused if pool is not None else 0)
         return self.metrics.snapshot() | {
             "peer_id": self.identity.peer_id, "addrs": self.addrs,
             "tier": self.executor.tier if self.executor else "refusing",

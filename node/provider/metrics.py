@@ -52,6 +52,12 @@ class ProviderMetrics:
                                      buckets=JOB_SECONDS_BUCKETS, registry=r)
         self.warm_ready = Gauge("offload_warm_workers_ready",
                                 "Pre-started sandboxed interpreters ready for a job", registry=r)
+        self.warm_parked = Gauge("offload_warm_workers_parked",
+                                 "Warm workers kept for the next job of the requester they "
+                                 "served", registry=r)
+        self.warm_reuses = Gauge("offload_warm_reuses",
+                                 "Jobs since start that ran in a sandbox their requester's "
+                                 "previous job had used", registry=r)
         self.info = Info("offload_provider", "Provider identity (peer_id, tier, version)",
                          registry=r)
         self.peer_errors_total = Counter(
@@ -83,6 +89,8 @@ class ProviderMetrics:
             "bytes_out": self._value("offload_bytes_out_total"),
             "earnings_microcredits": self._value("offload_earnings_microcredits_total"),
             "warm_ready": self._value("offload_warm_workers_ready"),
+            "warm_parked": self._value("offload_warm_workers_parked"),
+            "warm_reuses": self._value("offload_warm_reuses"),
         }
 
 

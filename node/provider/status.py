@@ -154,7 +154,11 @@ def format_status(doc: dict[str, Any]) -> str:
           else []),
         *([f"  reachable:    {_reach(doc)}"] if "reachability" in doc else []),
         f"  slots:        {_int(doc, 'slots_in_use')}/{_int(doc, 'slots_total')} in use, "
-        f"{_int(doc, 'warm_ready')} warm worker(s) ready",
+        f"{_int(doc, 'warm_ready')} warm worker(s) ready"
+        + (f", {_int(doc, 'warm_parked')} kept for their requester"
+           if _int(doc, "warm_parked") else ""),
+        *([f"  reused:       {_int(doc, 'warm_reuses')} job(s) ran in their requester's "
+           "last sandbox"] if _int(doc, "warm_reuses") else []),
         f"  queue:        {_int(doc, 'queue_depth')} waiting",
         f"  jobs:         {total} ({by_outcome})",
         *([f"  sessions:     {_sessions(doc['sessions'])}"] if "sessions" in doc else []),

@@ -29,6 +29,8 @@ def busy_metrics() -> ProviderMetrics:
     pm.job_seconds.observe(0.2)
     pm.job_seconds.observe(1800.0)
     pm.warm_ready.set(1)
+    pm.warm_parked.set(2)
+    pm.warm_reuses.set(7)
     pm.info.info({"peer_id": "12D3KooWtest", "tier": "A", "version": "0.1.0"})
     return pm
 
@@ -43,7 +45,8 @@ def test_render_shows_every_metric() -> None:
                  'offload_job_seconds_bucket{le="0.01"} 0.0',
                  'offload_job_seconds_bucket{le="0.25"} 1.0',
                  'offload_job_seconds_bucket{le="3600.0"} 2.0', "offload_job_seconds_count 2.0",
-                 "offload_warm_workers_ready 1.0",
+                 "offload_warm_workers_ready 1.0", "offload_warm_workers_parked 2.0",
+                 "offload_warm_reuses 7.0",
                  'offload_provider_info{peer_id="12D3KooWtest",tier="A",version="0.1.0"} 1.0']:
         assert line + "\n" in text, line
 
@@ -53,7 +56,8 @@ def test_snapshot_is_plain_numbers() -> None:
         "jobs": {"ok": 5, "failed": 2, "timeout": 0, "killed": 0, "error": 0, "refused": 0,
                  "busy": 0, "price": 0},
         "queue_depth": 3, "slots_in_use": 1, "slots_total": 2, "bytes_in": 1_048_576,
-        "bytes_out": 2048, "earnings_microcredits": 1_234_567, "warm_ready": 1}
+        "bytes_out": 2048, "earnings_microcredits": 1_234_567, "warm_ready": 1,
+        "warm_parked": 2, "warm_reuses": 7}
 
 
 def test_registries_are_private() -> None:

@@ -99,6 +99,8 @@ def test_format_status_shows_the_key_numbers() -> None:
     pm.slots_total.set(2)
     pm.queue_depth.set(3)
     pm.warm_ready.set(1)
+    pm.warm_parked.set(1)
+    pm.warm_reuses.set(12)
     pm.bytes_in_total.inc(1_048_576)
     pm.bytes_out_total.inc(100)
     pm.earnings_total.inc(1_234_567)
@@ -107,7 +109,8 @@ def test_format_status_shows_the_key_numbers() -> None:
         "provider 12D3KooWexample: running (pid 4321)",
         "  sandbox tier: A",
         "  listening:    /ip4/127.0.0.1/tcp/4001",
-        "  slots:        1/2 in use, 1 warm worker(s) ready",
+        "  slots:        1/2 in use, 1 warm worker(s) ready, 1 kept for their requester",
+        "  reused:       12 job(s) ran in their requester's last sandbox",
         "  queue:        3 waiting",
         "  jobs:         7 (5 ok, 2 timeout)",
         "  bytes in:     1048576 B (1.0 MiB)",
