@@ -327,10 +327,10 @@ class SandboxExecutor:
     @asynccontextmanager
     async def slot(self, spec: JobSpec, job_id: str) -> AsyncIterator[Slot]:
         """A sandbox for `spec`: a warm worker (parked for its requester, or ready) when the
-        pool has one, else cold."""
+        pool has one, else one booted now without preloads; cold for GPU jobs."""
         worker = None
         if self.pool is not None and spec.resources.gpus == 0:
-            worker = self.pool.take(spec.requester)
+            worker = self.pool.take(spec.requester) or await self.pool.boot()
         if worker is not None:
             assert self.pool is not None
             try:

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from node.provider.runner import collect_streams
-from node.provider.sandbox.errors import LaunchFailed
+from node.provider.sandbox.errors import LaunchFailed, SandboxError
 from node.provider.sandbox.runner import JobLimits, Sandbox, SandboxJob, SandboxResult, job_env
 from protocol.messages import MAX_OUTPUT_TEXT
 
@@ -268,7 +268,9 @@ class WarmPool:
     A worker that served a requester's job cleanly is parked for that requester (its
     sandbox emptied: files, processes) and serves its next job without a new sandbox; it
     is destroyed after `idle_s` unused, after `max_jobs`, or when another requester needs
-    a worker and none is ready. Requesters never share a sandbox."""
+    a worker and none is ready. At most `size` are parked, and never the last free job
+    user. A job that finds no worker boots one without preloads (`boot`), parked after it
+    like any other. Requesters never share a sandbox."""
 
     def __init__(self, sandbox: Sandbox, *, size: int = 1,
                  preload: Sequence[str] = PRELOAD, idle_s: float = 30.0,
@@ -316,7 +318,8 @@ class WarmPool:
         destroy it. Shielded: the caller may be cancelled."""
         with trio.CancelScope(shield=True):
             if (owner is None or not worker.reusable or not worker.alive
-                    or worker.jobs >= self.max_jobs or self._nursery is None):
+                    or worker.jobs >= self.max_jobs or self._nursery is None
+                    or self.parked >= self.size or self.sandbox.users.free == 0):
                 worker.done()
                 return
             try:
@@ -366,19 +369,56 @@ class WarmPool:
 
     _booting = 0
 
-    async def _worker_lifetime(self) -> None:
+    async def boot(self) -> Worker | None:
+        """A worker without preloads, booted now for a job that found none ready (tens of
+        ms); after its job it may be parked like any other. None if it failed to boot."""
+        if self._nursery is None:
+            return None
+        with trio.move_on_after(5):  # an evicted worker frees its job user as it ends
+            while self.sandbox.users.free == 0:
+                await trio.sleep(0.01)
+        if self.sandbox.users.free == 0:
+            return None
+        handed: list[Worker] = []
+        done = trio.Event()
+
+        def deliver(worker: Worker | None) -> None:
+            if worker is not None:
+                if done.is_set():  # the job gave up waiting
+                    worker.done()
+                else:
+                    handed.append(worker)
+            done.set()
+
+        self._nursery.start_soon(self._worker_lifetime, "", deliver)
+        try:
+            await done.wait()
+        finally:
+            done.set()
+        return handed[0] if handed else None
+
+    def _refilled(self, worker: Worker | None) -> None:
+        self._booting -= 1
+        if worker is not None:
+            self._ready.append(worker)
+
+    async def _worker_lifetime(self, preload: str | None = None,
+                               deliver: Callable[[Worker | None], None] | None = None) -> None:
+        """Boot one worker, hand it to `deliver` once ready (None if it fails to), and hold
+        its sandbox until it is released."""
+        hand = deliver or self._refilled
         self.started += 1
         name = f"job-warm-{os.urandom(6).hex()}"
         release = trio.Event()
-        booting = True
+        worker = None
         try:
             async with self.sandbox.job(name, WORKER_LIMITS) as job:
                 job.make_out_dir()
                 argv = [str(self.sandbox.runtime.interpreter), "-s", "-u", "-c", BOOT,
-                        self.preload]
+                        self.preload if preload is None else preload]
                 proc = await job.start(argv, job_env(WORKER_LIMITS),
                                        stdin=subprocess.PIPE)
-                assert proc.stdout is not None
+                assert proc.stdout is not None and job.cgroup is not None
                 first = b""
                 with trio.move_on_after(120):
                     while len(first) < 6:
@@ -387,18 +427,16 @@ class WarmPool:
                             break
                         first += chunk
                 if first != b"ready\n":
-                    log.warning("warm worker failed to boot: %r", first)
-                    return
-                booting = False
-                self._booting -= 1
+                    raise LaunchFailed(f"it did not boot: {first!r}")
                 worker = Worker(job, release)
-                assert job.cgroup is not None
                 worker.keep = job.cgroup.pids()
-                self._ready.append(worker)
+                hand(worker)
                 await release.wait()
+        except (SandboxError, OSError) as exc:
+            log.warning("warm worker %s: %s", name, exc)
         finally:
-            if booting:
-                self._booting -= 1
+            if worker is None:
+                hand(None)
             self._wanted.set()
 
 

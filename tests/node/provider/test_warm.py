@@ -217,3 +217,25 @@ async def test_a_worker_that_timed_out_or_lost_its_supervisor_is_not_reused(
         await ready(pool)
         w3, ok = await job_of(pool, "alice", "print('fine')\n")
         assert w3 is not w2 and ok.process.stdout == b"fine\n"  # type: ignore[attr-defined]
+
+
+async def test_a_job_that_finds_no_worker_boots_a_lean_one_that_is_parked_too(
+        sandbox: object) -> None:
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        await ready(pool)
+        alices, _ = await job_of(pool, "alice", PROBE)
+        assert pool.take("bob") is None, "bob was given alice's worker"
+        assert not alices.alive  # evicted: bob's job needs the job user
+        lean = await pool.boot()
+        assert lean is not None
+        try:
+            lean.job.input_path("job.py").write_text(
+                "import sys\nprint('torch preloaded:', 'torch' in sys.modules)\n")
+            lean.job.expose_input("job.py")
+            limits = JobLimits(wall_s=60)
+            r = await lean.run("job.py", [], limits, job_env(limits))
+        finally:
+            await pool.finish(lean, "bob")
+        assert r.process.stdout == b"torch preloaded: False\n", r
+        again, _ = await job_of(pool, "bob", PROBE)
+        assert again is lean
