@@ -133,6 +133,9 @@ def kind_of(exc: BaseException) -> str:
     """The metrics label of a peer's failure; "unexpected" marks a bug of ours."""
     from protocol.errors import FrameTooLarge
 
+    if isinstance(exc, BaseExceptionGroup):  # a task group's: one kind, or a bug of ours
+        kinds = {kind_of(e) for e in exc.exceptions}
+        return kinds.pop() if len(kinds) == 1 else "unexpected"
     if isinstance(exc, FrameTooLarge):
         return "too_large"
     if isinstance(exc, ProtocolError):

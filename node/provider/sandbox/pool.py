@@ -25,7 +25,7 @@ from protocol.messages import MAX_OUTPUT_TEXT
 
 log = logging.getLogger(__name__)
 
-PRELOAD = ("torch", "numpy")
+PRELOAD = ("torch", "numpy", "cloudpickle")
 BOOT = """\
 import json, os, shutil, sys
 _err = os.dup(2)
@@ -152,6 +152,7 @@ class Worker:
         assert job.cgroup is not None and job._process is not None
         proc = job._process
         assert proc.stdin is not None and proc.stdout is not None
+        self.reusable = False  # until the worker reports a clean end (not if cancelled)
         job.apply_limits(limits)
         self.cpu_at_ready = job.cgroup.usage().cpu_s
         self.jobs += 1
@@ -205,14 +206,14 @@ class Worker:
                 with suppress(FileNotFoundError):
                     os.unlink(job.work_dir / name)
         wall = time.monotonic() - started
-        if "exit" not in ended or not ended.get("clean"):
-            self.reusable = False
+        clean = "exit" in ended and ended.get("clean") is True
+        if not clean:
             await trio.to_thread.run_sync(job._kill_quietly)
         code = int(ended.get("exit", 128 + 9))
         result = job.result(out, err, timed_out=timed_out, wall=wall, code=code, warm=True,
                             cpu_baseline_s=self.cpu_at_ready)
-        if result.limits_hit or result.process.status in ("timeout", "killed"):
-            self.reusable = False
+        self.reusable = clean and not result.limits_hit and result.process.status not in (
+            "timeout", "killed")
         return result
 
     async def _line(self) -> bytes:

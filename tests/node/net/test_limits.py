@@ -60,6 +60,8 @@ def test_limits_refuse_nonsense(kw: dict[str, object], message: str) -> None:
     (FrameTooLarge("x"), "too_large"), (MalformedMessage("x"), "protocol"),
     (PeerTimeout("x"), "timeout"), (PeerGone("x"), "gone"), (KeyError("x"), "unexpected"),
     (OverflowError("Python int too large to convert to SQLite INTEGER"), "unexpected"),
+    (ExceptionGroup("g", [ExceptionGroup("h", [PeerGone("x")])]), "gone"),
+    (ExceptionGroup("g", [PeerGone("x"), KeyError("x")]), "unexpected"),
 ])
 def test_failures_are_named(exc: BaseException, kind: str) -> None:
     assert kind_of(exc) == kind

@@ -239,3 +239,23 @@ async def test_a_job_that_finds_no_worker_boots_a_lean_one_that_is_parked_too(
         assert r.process.stdout == b"torch preloaded: False\n", r
         again, _ = await job_of(pool, "bob", PROBE)
         assert again is lean
+
+
+async def test_a_job_cancelled_while_it_runs_never_parks_its_worker(sandbox: object) -> None:
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        await ready(pool)
+        worker = pool.take("alice")
+        assert worker is not None
+        try:
+            worker.job.input_path("job.py").write_text("import time\ntime.sleep(60)\n")
+            worker.job.expose_input("job.py")
+            limits = JobLimits(wall_s=60)
+            with trio.move_on_after(1.5) as scope:  # the requester went away
+                await worker.run("job.py", [], limits, job_env(limits))
+            assert scope.cancelled_caught
+        finally:
+            await pool.finish(worker, "alice")
+        assert pool.parked == 0 and not worker.alive
+        await ready(pool)
+        w2, r = await job_of(pool, "alice", "print('next')\n", wall_s=20)
+        assert w2 is not worker and r.process.stdout == b"next\n"  # type: ignore[attr-defined]
