@@ -1,8 +1,11 @@
 """Warm workers: sandboxes started ahead of their job, with the runtime's heavy imports done.
 
-A worker is a tier-A SandboxJob running BOOT. It serves exactly one job or session (read as
-one JSON line on stdin; a session's host keeps stdin for its frames) and is then destroyed
-with its sandbox; nothing is shared across jobs.
+A worker is a SandboxJob (tier A or B) running BOOT, a small supervisor: each job line on its
+stdin is forked into a child with the job's environment and two FIFOs of its own for
+stdout and stderr; the supervisor reports the child's exit, and once the host has killed
+what the job left in the cgroup, empties /tmp and /dev/shm. A session instead takes the
+interpreter itself (its stdin and stdout). Only one requester's jobs ever share a worker
+(WarmPool.finish parks it for them); a session's worker is destroyed after it.
 """
 
 from __future__ import annotations
