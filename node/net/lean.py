@@ -8,10 +8,11 @@ work, and never match), any other name a function that returns False. Nothing of
 dials or listens on those transports (every address we use is /tcp, or a relay circuit
 over it); a process that imported the real modules first keeps them.
 
-Modules we may need but rarely do (RSA keys and pycryptodome, libp2p's Prometheus
-exporter and prometheus_client, the DNS resolver and dnspython) are `Deferred`: the finder
-answers them with a module whose listed names load the real one on first use (a call, a
-class attribute, an `isinstance`), so a peer with an RSA key or a /dns4 address still works.
+Modules we may need but rarely do (RSA keys and pycryptodome, secio, PSK, mDNS and
+zeroconf, libp2p's Prometheus metrics and prometheus_client, the DNS resolver and
+dnspython) are `Deferred`: the finder answers them with a module whose listed names load
+the real one on first use (a call, a class attribute, an `isinstance`), so a peer with an
+RSA key or a /dns4 address still works.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The submit path stays lean: a fresh process that loads every module `offload submit`
-imports, shows plain progress and ranks a few offers never imports numpy, rich, or the
-packages node.net.lean defers (mDNS, DNS, RSA keys, Prometheus)."""
+imports, shows plain progress and ranks a few offers never imports numpy, rich or the
+packages node.net.lean defers; the CLI itself (`--help`, every verb before it opens a
+host) imports neither libp2p nor the lane certificates' cryptography.x509."""
 
 from __future__ import annotations
 
@@ -40,3 +41,11 @@ def test_the_probe_can_see_them() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.split() == ["numpy", "rich"]
+
+
+def test_the_cli_imports_no_libp2p_before_it_opens_a_host() -> None:
+    code = ("import sys, node.cli.main\n"
+            "print(*[m for m in ('libp2p', 'cryptography.x509') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.strip() == ""
