@@ -21,13 +21,13 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import threading
 import types
 from collections.abc import Sequence
 from typing import Any
 
 ABSENT = ("libp2p.transport.quic", "libp2p.transport.websocket",
           "libp2p.transport.webtransport", "libp2p.security.tls.autotls", "aioquic")
-
 
 
 class SwarmEvent:
@@ -75,6 +75,9 @@ class Absent(types.ModuleType):
         return made
 
 
+_loading = threading.RLock()
+
+
 class Deferred(types.ModuleType):
     """A stand-in whose listed names load the real module (`real`) when first used;
     any other name loads it at once."""
@@ -85,15 +88,21 @@ class Deferred(types.ModuleType):
         self._real: types.ModuleType | None = None
 
     def real(self) -> types.ModuleType:
-        if self._real is None:
-            module = importlib.util.module_from_spec(self._spec)
-            assert self._spec.loader is not None
-            self._spec.loader.exec_module(module)
-            self._real = module
-        return self._real
+        """The real module, executed once (visible while it runs, as in sys.modules)."""
+        with _loading:
+            if self._real is None:
+                module = importlib.util.module_from_spec(self._spec)
+                assert self._spec.loader is not None
+                self._real = module
+                try:
+                    self._spec.loader.exec_module(module)
+                except BaseException:
+                    self._real = None
+                    raise
+            return self._real
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        if name.startswith("__"):
             raise AttributeError(name)
         kind = DEFERRED[self.__name__].get(name)
         made: Any
@@ -151,7 +160,7 @@ class Instance:
         self._made: Any = None
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        if name.startswith("__") or name in ("_of", "_args", "_kwargs", "_made"):
             raise AttributeError(name)
         if self._made is None:
             self._made = self._of.real()(*self._args, **self._kwargs)

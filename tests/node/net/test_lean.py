@@ -106,9 +106,10 @@ from multiaddr import Multiaddr
 from multiaddr.resolvers import DNSResolver
 r = DNSResolver()
 print("dns" in sys.modules, isinstance(r, DNSResolver), end=" ")
-print(trio.run(r.resolve, Multiaddr("/ip4/10.0.0.1/tcp/1")), "dns" in sys.modules)
+print(trio.run(r.resolve, Multiaddr("/ip4/10.0.0.1/tcp/1")), "dns" in sys.modules,
+      type(r._resolver).__module__)
 """)
-    assert out == "False True [<Multiaddr /ip4/10.0.0.1/tcp/1>] True"
+    assert out == "False True [<Multiaddr /ip4/10.0.0.1/tcp/1>] True dns.asyncresolver"
 
 
 def test_every_deferred_name_is_what_the_real_module_has() -> None:
