@@ -8,6 +8,7 @@ filters.py       the --where expression language over ad fields, parsed without 
 pricing.py       linear prices: quotes (the most a job can cost), charges, caps, credits as text
 scoring.py       offer scoring: cost, completion time, reputation, locality, RTT (pluggable);
                  per-ad reference and the same formula over numpy feature columns
+                 (numpy imported only there: a small rank is scored per ad)
 book.py          the offer book: one ad per peer (newest seq) in columns, ranked with numpy
 decide.py        the offload decision: here, one provider, or split; explained as a Plan
 layers.py        where to cut one model between here and a provider: every cut priced

@@ -29,17 +29,21 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
-from typing import Protocol, runtime_checkable
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from protocol import CapacityAd, Resources
 from scheduler.pricing import GB, MICRO, total
 from scheduler.vivaldi import Coord, estimate_rtt_ms, from_ad
 
-F64 = NDArray[np.float64]
-Rows = NDArray[np.intp]
+if TYPE_CHECKING:  # numpy is imported where it is used: a small `rank` never needs it
+    import numpy as np
+    from numpy.typing import NDArray
+
+    F64 = NDArray[np.float64]
+    Rows = NDArray[np.intp]
+
+PER_AD_BELOW = 32
+"""`rank` scores fewer ads than this one by one (`DefaultStrategy.score`), without numpy."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +102,7 @@ class ScoreArrays:
 
         With a limit the rows are partitioned first, so only the candidates are sorted.
         """
+        import numpy as np
         t = self.total
         n = len(t)
         if limit is None or limit < 0 or limit >= n:
@@ -113,6 +118,7 @@ class ScoreArrays:
 
     def parts(self, rows: Iterable[int]) -> list[ScoreParts]:
         """ScoreParts objects for the given rows (the costly step for very many rows)."""
+        import numpy as np
         idx = np.fromiter(rows, dtype=np.intp)
         cols = [getattr(self, f.name)[idx].tolist() for f in dataclasses.fields(self)]
         return [ScoreParts(cost_credits=c, seconds=s, transfer_s=t, rtt_ms=r, reputation=p,
@@ -202,6 +208,7 @@ class AdColumns:
     __slots__ = ("_ads", "_by_digest", "_by_peer", "_f", "_gpu", "_n")
 
     def __init__(self, capacity: int = 64) -> None:
+        import numpy as np
         cap = max(capacity, 1)
         self._ads: list[CapacityAd] = []
         self._n = 0
@@ -236,11 +243,13 @@ class AdColumns:
 
     def rows_caching(self, digest: str) -> Rows:
         """The rows whose ad caches `digest`."""
+        import numpy as np
         rows = self._by_digest.get(digest, ())
         return np.fromiter(rows, dtype=np.intp, count=len(rows))
 
     def lookup(self, values: Mapping[str, float], default: float) -> F64:
         """A per-peer value for every row (`default` for peers missing in `values`)."""
+        import numpy as np
         n = self._n
         if len(values) * 8 >= n:
             peers = (ad.peer_id for ad in self._ads)
@@ -253,6 +262,7 @@ class AdColumns:
 
     def gpu_throughput(self, g: int, *, bf16: bool) -> F64:
         """GFLOP/s of each row's `g` fastest GPUs (0 without GPUs)."""
+        import numpy as np
         n = self._n
         gpu = self._gpu[1 if bf16 else 0, :, :, :n]
         out = np.zeros(n)
@@ -263,6 +273,7 @@ class AdColumns:
 
     def extend(self, ads: Sequence[CapacityAd]) -> None:
         """Append rows for these ads."""
+        import numpy as np
         k = len(ads)
         if k == 0:
             return
@@ -307,6 +318,7 @@ class AdColumns:
         self._n = last
 
     def _reserve(self, rows: int, groups: int) -> None:
+        import numpy as np
         cap = self._f.shape[1]
         if rows <= cap and groups <= self._gpu.shape[2]:
             return
@@ -412,6 +424,7 @@ class DefaultStrategy:
     def score_arrays(self, cols: AdColumns, job: JobEstimate, obs: Observations, *,
                      now_ms: int) -> ScoreArrays:
         """`score` for every row of `cols` at once, with numpy."""
+        import numpy as np
         n, f, res = len(cols), cols.feature, job.resources
         if res.gpus > 0:
             thr = cols.gpu_throughput(res.gpus, bf16=self.use_bf16)
@@ -455,6 +468,7 @@ class DefaultStrategy:
                            reputation=rep, locality=locality, total=value)
 
     def _rtt_array(self, cols: AdColumns, obs: Observations) -> F64:
+        import numpy as np
         local = obs.local_coord
         if local is None:
             est = np.full(len(cols), self.default_rtt_ms)
@@ -472,7 +486,7 @@ def _rank_each(ads: Sequence[CapacityAd], job: JobEstimate, obs: Observations,
                strategy: Strategy, now_ms: int,
                limit: int | None) -> list[tuple[CapacityAd, ScoreParts]]:
     scored = [(ad, strategy.score(ad, job, obs, now_ms=now_ms)) for ad in ads]
-    scored.sort(key=lambda pair: pair[1].total)
+    scored.sort(key=lambda pair: (math.isnan(pair[1].total), pair[1].total))  # NaN last
     return scored if limit is None else scored[:limit]
 
 
@@ -497,10 +511,11 @@ def rank(ads: Sequence[CapacityAd], job: JobEstimate, obs: Observations, *,
          limit: int | None = None) -> list[tuple[CapacityAd, ScoreParts]]:
     """Ads with their scores, best (lowest total) first; ties keep the input order.
 
-    Builds the ads' columns for this one call; a requester that ranks the same ads for
-    many jobs keeps them in a `book.OfferBook` instead.
+    Builds the ads' columns for this one call (from `PER_AD_BELOW` ads on; fewer are
+    scored one by one); a requester that ranks the same ads for many jobs keeps them in a
+    `book.OfferBook` instead.
     """
-    if not isinstance(strategy, BatchStrategy):
+    if not isinstance(strategy, BatchStrategy) or len(ads) < PER_AD_BELOW:
         return _rank_each(ads, job, obs, strategy, now_ms, limit)
     return rank_columns(AdColumns.of(ads), job, obs, strategy=strategy, now_ms=now_ms,
                         limit=limit)

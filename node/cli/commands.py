@@ -79,13 +79,24 @@ def version() -> str:
         return "unknown (not installed; pip install -e .)"
 
 
+class Version(argparse.Action):
+    """--version, with the installed version looked up (importlib.metadata) only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"offload {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="offload", description="Offload compute jobs to providers found over libp2p.",
         epilog="Every global flag has an OFFLOAD_* environment variable "
                "(OFFLOAD_HOME, OFFLOAD_BOOTSTRAP). OFFLOAD_DEBUG=1 shows tracebacks.")
-    p.add_argument("--version", action="version", version=f"offload {version()}",
-                   help="print offload's version and exit")
+    p.add_argument("--version", action=Version, help="print offload's version and exit")
     p.add_argument("--home",
                    help="node home (identity, jobs); default: the platform's data dir")
     p.add_argument("--log-format", choices=("text", "json"),

@@ -15,13 +15,13 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
+from typing import TYPE_CHECKING, TextIO
 
 from node.requester import events
 from scheduler.pricing import credits
+
+if TYPE_CHECKING:  # rich is imported only for a terminal: plain lines never need it
+    from rich.progress import Progress, TaskID
 
 PLAIN_EVERY_S = 5.0
 """Plain lines: the longest a transfer or a run goes without one."""
@@ -110,6 +110,9 @@ class Reporter:
 
     def __enter__(self) -> Reporter:
         if self._tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
             self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
                                  BarColumn(bar_width=24),
                                  console=Console(file=self.err, highlight=False),

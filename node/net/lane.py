@@ -41,7 +41,7 @@ from node.config import resolve
 from node.errors import LaneRefused, PeerGone, PeerRefused, TransferFailed, TransferTimeout
 from node.net.host import SEND_STALL_S, Stream
 from node.net.transfer import CHUNK, STALL_S, PartialFile, Progress, no_progress
-from protocol import lanecert, wire
+from protocol import wire
 from protocol.errors import ProtocolError
 from protocol.identity import Identity
 
@@ -66,6 +66,8 @@ def enabled() -> bool:
 def certificate_peer(der: bytes) -> str:
     """The peer id a lane certificate is bound to (protocol.lanecert), now; LaneRefused
     when it is not a valid one."""
+    from protocol import lanecert  # cryptography.x509: only a process that uses a lane
+
     try:
         return lanecert.certificate_peer(der, now=datetime.datetime.now(datetime.UTC))
     except ProtocolError as exc:
@@ -87,6 +89,8 @@ _certs_lock = threading.Lock()
 
 def lane_cert(identity: Identity) -> LaneCert:
     """`identity`'s lane certificate, made once a process (again before it gets old)."""
+    from protocol import lanecert
+
     with _certs_lock:
         held = _certs.get(identity.peer_id)
         if held is not None and time.monotonic() - held.made < 86400 * (lanecert.CERT_DAYS - 1):

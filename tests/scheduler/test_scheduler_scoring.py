@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from protocol import CapacityAd, Device, Identity, Price, Resources
 from scheduler.scoring import (
+    PER_AD_BELOW,
     AdColumns,
     DefaultStrategy,
     JobEstimate,
@@ -20,6 +21,7 @@ from scheduler.scoring import (
     ScoreArrays,
     ScoreParts,
     rank,
+    rank_columns,
 )
 from scheduler.vivaldi import Coord, to_ad
 from tests.factories import plain_ad
@@ -264,7 +266,8 @@ def assert_parts_match(fast: ScoreParts, slow: ScoreParts) -> None:
 def test_numpy_path_agrees_with_the_reference(
         ads: list[CapacityAd], job: JobEstimate, obs: Observations, strategy: DefaultStrategy,
         limit: int | None) -> None:
-    ranked = rank(ads, job, obs, strategy=strategy, now_ms=NOW, limit=limit)
+    ranked = rank_columns(AdColumns.of(ads), job, obs, strategy=strategy, now_ms=NOW,
+                          limit=limit)
     assert len(ranked) == (len(ads) if limit is None else min(limit, len(ads)))
     for a, fast in ranked:
         assert_parts_match(fast, strategy.score(a, job, obs, now_ms=NOW))
@@ -273,6 +276,20 @@ def test_numpy_path_agrees_with_the_reference(
     every = sorted(strategy.score(a, job, obs, now_ms=NOW).total for a in ads)
     assert totals == pytest.approx(every[:len(totals)], rel=1e-12, abs=1e-12)
     assert all(p.total == math.inf for a, p in ranked if a.expires <= NOW)
+
+
+@pytest.mark.parametrize("n", [3, PER_AD_BELOW - 1, PER_AD_BELOW, 2 * PER_AD_BELOW])
+def test_rank_per_ad_below_the_threshold_agrees_with_the_columns(n: int) -> None:
+    rng = random.Random(n)
+    ads = [ad(i % len(PEERS), cpus=rng.randint(1, 64), load=rng.random(),
+              price=Price(start=rng.randint(0, 10**6), per_cpu_second=rng.randint(0, 10**4)))
+           for i in range(n)]
+    for job in (CPU_JOB, GPU_JOB, DATA_JOB):
+        small = rank(ads, job, OBS, now_ms=NOW, limit=5)
+        big = rank_columns(AdColumns.of(ads), job, OBS, now_ms=NOW, limit=5)
+        assert [a for a, _ in small] == [a for a, _ in big]
+        for (_, p), (_, q) in zip(small, big, strict=True):
+            assert_parts_match(p, q)
 
 
 def test_arrays_order_ties_limits_and_nan() -> None:
