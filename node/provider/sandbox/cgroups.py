@@ -150,6 +150,7 @@ class JobCgroup:
         self.v2 = v2  # the v2 group: the job group on v2, the kill-only group on hybrid
         self.limits: Limits | None = None
         self.procs_files = tuple(str(d / "cgroup.procs") for d in self.dirs)
+        self._peak_fd: int | None = None
 
     @property
     def dirs(self) -> list[Path]:
@@ -189,15 +190,45 @@ class JobCgroup:
             for rule in dict.fromkeys((*BASIC_DEVICES, *limits.devices)):
                 _write(dev / "devices.allow", rule)
 
+    def reset_peak(self) -> None:
+        """Start the peak memory over (a warm worker's next job): v1 clears its maximum;
+        v2 (Linux 6.12+) keeps a peak of its own for the file that was written, which
+        `usage` reads from then on. Best effort: else the peak stays the group's."""
+        if self.version == 1:
+            with suppress(OSError):
+                _write_raw(self.v1["memory"] / "memory.max_usage_in_bytes", "0")
+            return
+        assert self.v2 is not None
+        try:
+            fd = os.open(self.v2 / "memory.peak", os.O_RDWR)
+        except OSError:
+            return
+        try:
+            os.write(fd, b"reset\n")
+        except OSError:
+            os.close(fd)
+            return
+        if self._peak_fd is not None:
+            os.close(self._peak_fd)
+        self._peak_fd = fd
+
+    def _peak_v2(self) -> int:
+        if self._peak_fd is None:
+            assert self.v2 is not None
+            return _int(self.v2 / "memory.peak")
+        text = os.pread(self._peak_fd, 64, 0).decode().strip()
+        return int(text) if text.isdigit() else 0
+
     def usage(self) -> Usage:
-        """CPU time, peak memory and which limits were hit, since the group was created."""
+        """CPU time, peak memory (since `reset_peak`) and which limits were hit, since the
+        group was created."""
         if self.version == 2:
             assert self.v2 is not None
             g = self.v2
             mem, pids = _keyed(g / "memory.events"), _keyed(g / "pids.events")
             return Usage(
                 cpu_s=_keyed(g / "cpu.stat").get("usage_usec", 0) / 1e6,
-                peak_memory_bytes=_int(g / "memory.peak"),
+                peak_memory_bytes=self._peak_v2(),
                 memory_limit_hit=any(mem.get(k, 0) > 0 for k in ("max", "oom", "oom_kill")),
                 oom_killed=mem.get("oom_kill", 0) > 0,
                 pids_limit_hit=pids.get("max", 0) > 0, peak_pids=_int(g / "pids.peak"))
@@ -292,6 +323,9 @@ class JobCgroup:
 
     def remove(self, timeout: float = 5.0) -> None:
         """Kill everything, then remove every group; removing twice is fine."""
+        if self._peak_fd is not None:
+            os.close(self._peak_fd)
+            self._peak_fd = None
         self.kill_all(timeout)
         deadline = time.monotonic() + timeout
         for d in self.dirs:

@@ -157,6 +157,8 @@ class Worker:
         assert proc.stdin is not None and proc.stdout is not None
         self.reusable = False  # until the worker reports a clean end (not if cancelled)
         job.apply_limits(limits)
+        if self.jobs:
+            job.cgroup.reset_peak()
         self.cpu_at_ready = job.cgroup.usage().cpu_s
         self.jobs += 1
         names = [f".offload-{s}-{self.jobs}" for s in ("stdout", "stderr")]

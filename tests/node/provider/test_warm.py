@@ -259,3 +259,15 @@ async def test_a_job_cancelled_while_it_runs_never_parks_its_worker(sandbox: obj
         await ready(pool)
         w2, r = await job_of(pool, "alice", "print('next')\n", wall_s=20)
         assert w2 is not worker and r.process.stdout == b"next\n"  # type: ignore[attr-defined]
+
+
+async def test_a_jobs_peak_memory_is_its_own_not_the_last_jobs(sandbox: object) -> None:
+    big = "x = bytearray(400 << 20)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\n"
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        await ready(pool)
+        _, first = await job_of(pool, "alice", big)
+        _, second = await job_of(pool, "alice", "pass\n")
+        peak1 = first.process.peak_memory_mb  # type: ignore[attr-defined]
+        peak2 = second.process.peak_memory_mb  # type: ignore[attr-defined]
+        assert peak1 >= 400, peak1  # canary: the probe sees a job's 400 MiB
+        assert peak2 < peak1 - 300, (peak1, peak2)
