@@ -139,6 +139,8 @@ class Worker:
         timeout or stop, a worker that did not report a clean end, a session."""
         self._control = b""
         self.parked_at = 0.0
+        self.expiring = False
+        """Whether the pool's task that destroys it once idle too long is running."""
         self.keep: set[int] = set()
         """The worker's own processes (bwrap's, the interpreter), spared between jobs."""
 
@@ -183,7 +185,6 @@ class Worker:
             with trio.move_on_after(30):
                 reply = await self._line()
             if reply != b"started":
-                self.reusable = False
                 raise LaunchFailed("the warm worker did not start the job")
             streams = [trio.lowlevel.FdStream(fd) for fd in fds]
             fds = []
@@ -336,12 +337,21 @@ class WarmPool:
                 return
             worker.parked_at = trio.current_time()
             self._parked.setdefault(owner, []).append(worker)
-            self._nursery.start_soon(self._expire, worker, worker.parked_at)
+            if not worker.expiring:
+                worker.expiring = True
+                self._nursery.start_soon(self._expire, worker)
 
-    async def _expire(self, worker: Worker, parked_at: float) -> None:
-        await trio.sleep(self.idle_s)
-        if worker.parked_at == parked_at and self._unpark(worker):
-            worker.done()
+    async def _expire(self, worker: Worker) -> None:
+        """Destroy `worker` once it has been parked `idle_s` unused: one task for its whole
+        life, however many times it is parked."""
+        while worker.alive:
+            due = worker.parked_at + self.idle_s
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+            elif self._unpark(worker):
+                worker.done()
+            else:  # serving a job: look again once a whole idle time has passed
+                await trio.sleep(self.idle_s)
 
     def _unpark(self, worker: Worker) -> bool:
         for ws in self._parked.values():

@@ -271,3 +271,18 @@ async def test_a_jobs_peak_memory_is_its_own_not_the_last_jobs(sandbox: object) 
         peak2 = second.process.peak_memory_mb  # type: ignore[attr-defined]
         assert peak1 >= 400, peak1  # canary: the probe sees a job's 400 MiB
         assert peak2 < peak1 - 300, (peak1, peak2)
+
+
+async def test_a_parked_worker_unused_for_its_idle_time_is_destroyed(sandbox: object) -> None:
+    async with warm_pool(sandbox, 1) as pool:  # type: ignore[arg-type]
+        pool.idle_s = 1.0
+        await ready(pool)
+        for _ in range(3):  # parked three times: one expiry task, timed from the last
+            worker, _ = await job_of(pool, "alice", "pass\n")
+        assert pool.parked == 1 and worker.alive  # type: ignore[attr-defined]
+        await trio.sleep(0.5)
+        assert pool.parked == 1, "destroyed before its idle time"
+        with trio.fail_after(10):
+            while pool.parked:
+                await trio.sleep(0.05)
+        assert not worker.alive  # type: ignore[attr-defined]
